@@ -1,0 +1,46 @@
+# Everything a developer runs is a target here. Each target sets up .venv itself,
+# so a fresh clone needs only python3 and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help install test lint typecheck pytest demo sim bench clean
+
+help:
+	@echo "make demo   run the engine against the built-in simulator (about 30 s)"
+	@echo "make test   lint, type-check and run the test suite"
+	@echo "make sim    serve the jobs-API simulator on 127.0.0.1:8080"
+	@echo "make bench  run the benchmarks and regenerate the README's results"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check poller tests benchmarks
+	$(BIN)/ruff format --check poller tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+demo: $(STAMP)
+	$(BIN)/python -m poller demo
+
+sim: $(STAMP)
+	$(BIN)/python -m poller sim --port 8080
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,10 @@
+"""Shared fixtures: the anyio backend (asyncio only: aiohttp needs it)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
