@@ -7,7 +7,7 @@ the original's text would carry a secret::
 
     PollerError
     ├── ConfigError                  invalid configuration (also a ValueError)
-    ├── InvalidJobIdError            a job ID that could address another resource (also a ValueError)
+    ├── InvalidJobIdError            a job ID that could address another resource (a ValueError)
     ├── PollerClosedError            the engine was closed while a call was waiting on it
     ├── SubscriberOverflowError      a subscriber's bounded buffer overflowed; events were dropped
     ├── TrackingExpiredError         a job passed its ``expires_at`` without a terminal status
@@ -105,9 +105,7 @@ class JobsFailedError(PollerError):
     ``results`` holds the jobs that did reach a terminal status, ``errors`` the others.
     """
 
-    def __init__(
-        self, results: Mapping[str, JobStatus], errors: Mapping[str, PollerError]
-    ) -> None:
+    def __init__(self, results: Mapping[str, JobStatus], errors: Mapping[str, PollerError]) -> None:
         first = next(iter(errors.items()), None)
         detail = f"; first: {first[0]}: {first[1]}" if first else ""
         super().__init__(f"{len(errors)} of {len(results) + len(errors)} jobs failed{detail}")

@@ -1,0 +1,194 @@
+"""The one error boundary: HTTP statuses, aiohttp and OS errors become `poller` errors.
+
+Everything the transport can see go wrong is translated here, so the rest of
+the package deals only with the tree in :mod:`poller.errors`. Text that comes
+from outside (error bodies, exception messages) is scrubbed of the request's
+secrets before it is put in a message, and an original exception whose text
+holds a secret is not chained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Final
+
+import aiohttp
+import orjson
+
+from ._decode import excerpt
+from .errors import (
+    APIError,
+    AuthenticationError,
+    ConnectError,
+    ConnectionLostError,
+    JobNotFoundError,
+    PermissionDeniedError,
+    RateLimitedError,
+    RequestError,
+    RequestTimeoutError,
+    ServerError,
+    TransportError,
+    UnexpectedStatusError,
+)
+
+__all__ = ["error_for_status", "map_client_errors", "parse_retry_after", "scrub"]
+
+# A server asking for more than a day is treated as asking for a day: the engine keeps
+# its promise to look again, and a typo on the server side cannot park a job for years.
+MAX_RETRY_AFTER_S: Final = 86_400.0
+_DETAIL_CHARS: Final = 300
+_REDACTED: Final = "[REDACTED]"
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with every secret replaced by a placeholder."""
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, _REDACTED)
+    return text
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value: delay-seconds or an HTTP date.
+
+    Returns None when absent or unreadable; clamps to [0, one day].
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # RFC 9110 dates are GMT; be lenient with a missing zone
+            return None
+        seconds = when.timestamp() - now
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def _detail(body: bytes, secrets: Sequence[str]) -> str | None:
+    """The error text of a ``{"detail": ...}`` body, or the body's start if it is not one."""
+    if not body:
+        return None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = excerpt(body, _DETAIL_CHARS)
+    else:
+        detail = parsed.get("detail") if isinstance(parsed, dict) else parsed
+        if isinstance(detail, dict):
+            code, message = detail.get("code"), detail.get("message")
+            text = f"{code}: {message}" if code and message else str(message or code or detail)
+        else:
+            text = str(detail)
+        text = text[:_DETAIL_CHARS]
+    return scrub(text, secrets)
+
+
+def error_for_status(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    job_id: str | None,
+    now: float,
+    secrets: Sequence[str] = (),
+) -> APIError:
+    """The error for a non-success response."""
+    request_id = headers.get("x-request-id")
+    detail = _detail(body, secrets)
+    suffix = f": {detail}" if detail else ""
+    if status == 429 or status >= 500:
+        kind: type[RateLimitedError | ServerError] = (
+            RateLimitedError if status == 429 else ServerError
+        )
+        return kind(
+            f"{_STATUS_MESSAGES[kind]}{suffix}",
+            retry_after_s=parse_retry_after(headers.get("retry-after"), now),
+            job_id=job_id,
+            status=status,
+            request_id=request_id,
+            detail=detail,
+        )
+    simple = _SIMPLE_STATUSES.get(status, UnexpectedStatusError)
+    return simple(
+        f"{_STATUS_MESSAGES[simple]}{suffix}",
+        job_id=job_id,
+        status=status,
+        request_id=request_id,
+        detail=detail,
+    )
+
+
+_SIMPLE_STATUSES: Final[Mapping[int, type[APIError]]] = {
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: JobNotFoundError,
+}
+_STATUS_MESSAGES: Final[Mapping[type[APIError], str]] = {
+    AuthenticationError: "authentication failed",
+    PermissionDeniedError: "permission denied",
+    JobNotFoundError: "job not found",
+    RateLimitedError: "rate limited",
+    ServerError: "server error",
+    UnexpectedStatusError: "unexpected HTTP status",
+}
+
+
+_MESSAGES: Final[Mapping[type[TransportError], str]] = {
+    ConnectError: "could not connect",
+    RequestTimeoutError: "request timed out",
+    ConnectionLostError: "connection lost",
+    TransportError: "transport error",
+}
+
+
+def _classify(exc: BaseException) -> type[TransportError] | None:
+    # Order matters: aiohttp's connector errors are also OSErrors, and its
+    # ServerTimeoutError is also a TimeoutError.
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientSSLError):
+        return ConnectError
+    if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
+        return RequestTimeoutError
+    if isinstance(
+        exc,
+        aiohttp.ServerDisconnectedError
+        | aiohttp.ClientPayloadError
+        | aiohttp.ClientOSError
+        | ConnectionError,
+    ):
+        return ConnectionLostError
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return TransportError
+    return None
+
+
+@contextmanager
+def map_client_errors(job_id: str | None, secrets: Sequence[str] = ()) -> Iterator[None]:
+    """Translate aiohttp and OS errors raised inside the block into :class:`TransportError`.
+
+    Cancellation and `poller`'s own errors pass through untouched.
+    """
+    try:
+        yield
+    except RequestError:
+        raise
+    except Exception as exc:
+        kind = _classify(exc)
+        if kind is None:
+            raise
+        original = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        safe = scrub(original, secrets)
+        error = kind(f"{_MESSAGES[kind]} ({safe})", job_id=job_id)
+        if safe != original or any(s in repr(exc) for s in secrets if s):
+            raise error from None
+        raise error from exc

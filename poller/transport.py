@@ -1,0 +1,232 @@
+"""The transport seam: how the engine fetches one job, and the aiohttp implementation.
+
+The engine talks only to the :class:`Transport` protocol, so tests and benchmarks
+can put the simulator or a canned server behind it. :class:`AiohttpTransport`
+owns exactly one ``aiohttp.ClientSession`` over one ``TCPConnector`` shared by
+every request, and maps every failure through ``poller._boundary``.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+import warnings
+from collections.abc import Callable
+from typing import Final, Protocol, TypeVar
+from urllib.parse import quote, urlencode
+
+import aiohttp
+from yarl import URL
+
+from ._boundary import error_for_status, map_client_errors
+from ._decode import decode_job, decode_status, excerpt
+from ._ids import validate_job_id
+from ._version import __version__
+from .auth import Credential, resolve_base_url
+from .errors import ConfigError, DecodeError, PollerClosedError
+from .models import Job, JobStatus
+
+__all__ = ["AiohttpTransport", "Transport"]
+
+log = logging.getLogger("poller.transport")
+
+# Status payloads are a few hundred bytes; a full job may carry a large response body.
+MAX_STATUS_BODY_BYTES: Final = 1 << 20
+MAX_JOB_BODY_BYTES: Final = 256 << 20
+
+
+class Transport(Protocol):
+    """Fetches jobs. Implementations raise only :class:`poller.errors.RequestError` subclasses."""
+
+    async def get_status(self, job_id: str, credential: Credential) -> JobStatus:
+        """``GET /v1/jobs/{job_id}/status``."""
+        ...
+
+    async def get_job(
+        self,
+        job_id: str,
+        credential: Credential,
+        *,
+        include_request: bool = False,
+        include_response: bool = True,
+    ) -> Job:
+        """``GET /v1/jobs/{job_id}``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release every connection."""
+        ...
+
+
+class AiohttpTransport:
+    """The production transport: one session, one bounded connection pool.
+
+    Create it inside a running event loop, and close it with :meth:`aclose` (or use it
+    as an async context manager).
+
+    Args:
+        base_url: API root; None reads ``RETAB_API_BASE_URL``, else ``https://api.retab.com``.
+        max_connections: connections open at once, across all hosts.
+        request_timeout_s: limit on one whole request, connect to last byte.
+        insecure_skip_tls_verify: turn TLS certificate verification off. Never do this
+            against the real API; it logs a warning and emits a ``RuntimeWarning``.
+        ssl_context: a custom TLS context (custom CA, client certificate).
+        clock: wall-clock source, for ``Retry-After`` dates.
+
+    Raises:
+        ConfigError: an invalid setting (the message names it).
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        max_connections: int = 64,
+        request_timeout_s: float = 10.0,
+        insecure_skip_tls_verify: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not isinstance(max_connections, int) or max_connections < 1:
+            raise ConfigError("max_connections: must be an integer >= 1")
+        if not request_timeout_s > 0:
+            raise ConfigError("request_timeout_s: must be > 0")
+        self.base_url = resolve_base_url(base_url)
+        self._jobs_prefix = f"{self.base_url}/v1/jobs/"
+        self._clock = clock
+        tls: ssl.SSLContext | bool = True
+        if insecure_skip_tls_verify:
+            msg = "TLS certificate verification is OFF (insecure_skip_tls_verify=True)"
+            log.warning(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            tls = False
+        elif ssl_context is not None:
+            tls = ssl_context
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=max_connections,
+                limit_per_host=0,
+                ttl_dns_cache=300,
+                ssl=tls,
+                keepalive_timeout=30,
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=request_timeout_s),
+            headers={"User-Agent": f"poller/{__version__}", "Accept": "application/json"},
+            raise_for_status=False,
+            trust_env=False,
+        )
+        self._auth_queries: dict[Credential, str] = {}
+
+    async def __aenter__(self) -> AiohttpTransport:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"AiohttpTransport(base_url={self.base_url!r})"
+
+    def _url(self, job_id: str, suffix: str, credential: Credential, query: str = "") -> URL:
+        auth_query = self._auth_queries.get(credential)
+        if auth_query is None:
+            auth_query = self._auth_queries[credential] = urlencode(dict(credential.params))
+        query = "&".join(q for q in (query, auth_query) if q)
+        # The ID was validated; quoting with no safe characters is belt and braces, so no
+        # byte of it can ever act as a separator. encoded=True stops yarl re-parsing it.
+        path = f"{self._jobs_prefix}{quote(validate_job_id(job_id), safe='')}{suffix}"
+        return URL(f"{path}?{query}" if query else path, encoded=True)
+
+    async def _get(
+        self, url: URL, job_id: str, credential: Credential, limit: int
+    ) -> tuple[bytes, str | None]:
+        """The body of a 200 response and its request ID; raises for anything else."""
+        if self._session.closed:
+            raise PollerClosedError("the transport is closed")
+        secrets = credential.secrets()
+        with map_client_errors(job_id, secrets):
+            async with self._session.get(
+                url, headers=credential.headers, allow_redirects=False
+            ) as resp:
+                status = resp.status
+                request_id = resp.headers.get("x-request-id")
+                body = await _read_limited(resp, limit, job_id, request_id)
+                if status == 200:
+                    return body, request_id
+                raise error_for_status(
+                    status,
+                    resp.headers,
+                    body,
+                    job_id=job_id,
+                    now=self._clock(),
+                    secrets=secrets,
+                )
+
+    async def get_status(self, job_id: str, credential: Credential) -> JobStatus:
+        """Fetch a job's lifecycle payload. Raises :class:`poller.errors.RequestError`."""
+        url = self._url(job_id, "/status", credential)
+        body, request_id = await self._get(url, job_id, credential, MAX_STATUS_BODY_BYTES)
+        return _check_id(decode_status(body, job_id, request_id), job_id, body, request_id)
+
+    async def get_job(
+        self,
+        job_id: str,
+        credential: Credential,
+        *,
+        include_request: bool = False,
+        include_response: bool = True,
+    ) -> Job:
+        """Fetch the full job. Raises :class:`poller.errors.RequestError`."""
+        flags = urlencode(
+            {
+                "include_request": "true" if include_request else "false",
+                "include_response": "true" if include_response else "false",
+            }
+        )
+        url = self._url(job_id, "", credential, flags)
+        body, request_id = await self._get(url, job_id, credential, MAX_JOB_BODY_BYTES)
+        return _check_id(decode_job(body, job_id, request_id), job_id, body, request_id)
+
+    async def aclose(self) -> None:
+        """Close the session and every pooled connection. Idempotent."""
+        if not self._session.closed:
+            await self._session.close()
+
+
+async def _read_limited(
+    resp: aiohttp.ClientResponse, limit: int, job_id: str, request_id: str | None
+) -> bytes:
+    """The whole body, refusing (without buffering it all) one larger than ``limit`` bytes."""
+    if resp.content_length is not None and resp.content_length <= limit:
+        return await resp.read()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise DecodeError(
+                f"response body exceeds {limit} bytes",
+                excerpt=excerpt(b"".join(chunks)),
+                job_id=job_id,
+                status=resp.status,
+                request_id=request_id,
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+S = TypeVar("S", JobStatus, Job)
+
+
+def _check_id(decoded: S, job_id: str, body: bytes, request_id: str | None) -> S:
+    # A payload for another job would be attributed to the wrong job: refuse it.
+    if decoded.id != job_id:
+        raise DecodeError(
+            f"payload is for job {decoded.id[:80]!r}, not the job requested",
+            excerpt=excerpt(body),
+            job_id=job_id,
+            status=200,
+            request_id=request_id,
+        )
+    return decoded
