@@ -9,6 +9,7 @@ the original's text would carry a secret::
     ├── ConfigError                  invalid configuration (also a ValueError)
     ├── InvalidJobIdError            a job ID that could address another resource (a ValueError)
     ├── PollerClosedError            the engine was closed while a call was waiting on it
+    ├── UntrackedError               the job was untracked while a call was waiting for it
     ├── SubscriberOverflowError      a subscriber's bounded buffer overflowed; events were dropped
     ├── TrackingExpiredError         a job passed its ``expires_at`` without a terminal status
     ├── JobsFailedError              ``wait_all``: some jobs ended in an error (carries all results)
@@ -52,6 +53,7 @@ __all__ = [
     "TrackingExpiredError",
     "TransportError",
     "UnexpectedStatusError",
+    "UntrackedError",
 ]
 
 from collections.abc import Mapping
@@ -77,6 +79,10 @@ class InvalidJobIdError(PollerError, ValueError):
 
 class PollerClosedError(PollerError):
     """The engine was closed (or never started) while a call needed it."""
+
+
+class UntrackedError(PollerError):
+    """The job was untracked while a ``wait`` for it was pending."""
 
 
 class SubscriberOverflowError(PollerError):

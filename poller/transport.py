@@ -88,11 +88,7 @@ class AiohttpTransport:
         ssl_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not isinstance(max_connections, int) or max_connections < 1:
-            raise ConfigError("max_connections: must be an integer >= 1")
-        if not request_timeout_s > 0:
-            raise ConfigError("request_timeout_s: must be > 0")
-        self.base_url = resolve_base_url(base_url)
+        self.base_url = self.check_settings(base_url, max_connections, request_timeout_s)
         self._jobs_prefix = f"{self.base_url}/v1/jobs/"
         self._clock = clock
         tls: ssl.SSLContext | bool = True
@@ -118,6 +114,19 @@ class AiohttpTransport:
             trust_env=False,
         )
         self._auth_queries: dict[Credential, str] = {}
+
+    @staticmethod
+    def check_settings(base_url: str | None, max_connections: int, request_timeout_s: float) -> str:
+        """Validate settings without opening anything; returns the resolved base URL.
+
+        Raises:
+            ConfigError: a setting is invalid (the message names it).
+        """
+        if not isinstance(max_connections, int) or max_connections < 1:
+            raise ConfigError("max_connections: must be an integer >= 1")
+        if not (isinstance(request_timeout_s, int | float) and request_timeout_s > 0):
+            raise ConfigError("request_timeout_s: must be a number > 0")
+        return resolve_base_url(base_url)
 
     async def __aenter__(self) -> AiohttpTransport:
         return self

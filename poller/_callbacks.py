@@ -1,0 +1,191 @@
+"""Transition callbacks: sync ones inline, async ones on a few ordered lanes.
+
+A synchronous callback runs inline when the transition is delivered: keep it
+short, it holds up the engine while it runs. An asynchronous callback runs on
+one of ``lanes`` tasks, chosen by job ID, so callbacks of one job run one after
+another in transition order while different jobs' callbacks run concurrently,
+at most ``lanes`` at a time. Each lane buffers up to ``lane_capacity``
+invocations; beyond that an invocation is dropped, logged at ERROR and counted
+(``callbacks_dropped``) rather than letting memory grow or the engine stall.
+A callback that raises is logged and counted (``callback_errors``); it never
+stops the engine or the other callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import zlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .errors import ConfigError
+from .events import Transition
+from .models import Status
+
+__all__ = ["CallbackHandle", "CallbackRunner", "TransitionCallback"]
+
+log = logging.getLogger("poller.callbacks")
+
+TransitionCallback = Callable[[Transition], None] | Callable[[Transition], Awaitable[None]]
+
+
+def _is_async(callback: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(
+        getattr(callback, "__call__", None)  # noqa: B004 - async callable objects
+    )
+
+
+class CallbackHandle:
+    """Returned by ``Poller.on_transition``; :meth:`remove` unregisters the callback.
+    Also a context manager that removes it on exit."""
+
+    __slots__ = ("_callback", "_runner", "_statuses", "is_async")
+
+    def __init__(
+        self,
+        runner: CallbackRunner,
+        callback: TransitionCallback,
+        statuses: frozenset[Status] | None,
+    ) -> None:
+        self._runner = runner
+        self._callback = callback
+        self._statuses = statuses
+        self.is_async = _is_async(callback)
+
+    def wants(self, transition: Transition) -> bool:
+        """Whether the callback's status filter accepts ``transition``."""
+        return self._statuses is None or transition.current in self._statuses
+
+    def remove(self) -> None:
+        """Unregister the callback (idempotent). Invocations already queued still run."""
+        self._runner.remove(self)
+
+    def __enter__(self) -> CallbackHandle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        name = getattr(self._callback, "__qualname__", type(self._callback).__name__)
+        return f"<CallbackHandle {name}>"
+
+
+class _Lane:
+    __slots__ = ("queue", "waiter")
+
+    def __init__(self) -> None:
+        self.queue: deque[tuple[CallbackHandle, Transition]] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+
+
+class CallbackRunner:
+    """Holds the registered callbacks and runs them (see the module docstring)."""
+
+    def __init__(self, *, lanes: int = 16, lane_capacity: int = 10_000) -> None:
+        if lanes < 1:
+            raise ConfigError("callback_concurrency: must be >= 1")
+        if lane_capacity < 1:
+            raise ConfigError("callback_queue_size: must be >= 1")
+        self._handles: list[CallbackHandle] = []
+        self._lanes = [_Lane() for _ in range(lanes)]
+        self._lane_capacity = lane_capacity
+        self._pending = 0  # queued or running async invocations
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.errors = 0
+        self.dropped = 0
+
+    def add(
+        self, callback: TransitionCallback, statuses: Iterable[Status | str] | None
+    ) -> CallbackHandle:
+        """Register ``callback`` for transitions to ``statuses`` (all when None)."""
+        if not callable(callback):
+            raise TypeError("callback must be callable")
+        wanted = frozenset(Status(s) for s in statuses) if statuses is not None else None
+        handle = CallbackHandle(self, callback, wanted)
+        self._handles.append(handle)
+        return handle
+
+    def remove(self, handle: CallbackHandle) -> None:
+        """Unregister ``handle`` (idempotent)."""
+        if handle in self._handles:
+            self._handles.remove(handle)
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def dispatch(self, transition: Transition) -> None:
+        """Run sync callbacks now and queue async ones on the job's lane."""
+        if not self._handles:
+            return
+        lane: _Lane | None = None
+        for handle in self._handles:
+            if not handle.wants(transition):
+                continue
+            if not handle.is_async:
+                self._run_sync(handle, transition)
+                continue
+            if lane is None:
+                index = zlib.crc32(transition.job_id.encode()) % len(self._lanes)
+                lane = self._lanes[index]
+            if len(lane.queue) >= self._lane_capacity:
+                self.dropped += 1
+                log.error(
+                    "callback queue full: dropped %r for job %s (%s -> %s)",
+                    handle,
+                    transition.job_id,
+                    transition.previous,
+                    transition.current,
+                )
+                continue
+            lane.queue.append((handle, transition))
+            self._pending += 1
+            self._idle.clear()
+            if lane.waiter is not None and not lane.waiter.done():
+                lane.waiter.set_result(None)
+
+    def _run_sync(self, handle: CallbackHandle, transition: Transition) -> None:
+        try:
+            handle._callback(transition)
+        except Exception:
+            self.errors += 1
+            log.exception("callback %r raised for job %s", handle, transition.job_id)
+
+    def start(self, task_group: TaskGroup) -> None:
+        """Start the lane tasks in the engine's task group."""
+        for lane in self._lanes:
+            task_group.start_soon(self._run_lane, lane, name="poller-callback-lane")
+
+    async def _run_lane(self, lane: _Lane) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not lane.queue:
+                lane.waiter = loop.create_future()
+                try:
+                    await lane.waiter
+                finally:
+                    lane.waiter = None
+            handle, transition = lane.queue.popleft()
+            try:
+                result = handle._callback(transition)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                self.errors += 1
+                log.exception("callback %r raised for job %s", handle, transition.job_id)
+            finally:
+                self._pending -= 1
+                if not self._pending:
+                    self._idle.set()
+            await anyio.lowlevel.checkpoint()
+
+    async def drain(self) -> None:
+        """Wait until every queued async invocation has run."""
+        await self._idle.wait()

@@ -1,0 +1,448 @@
+"""The scheduling core: every tracked job, when each is due, and what a response means.
+
+Pure and synchronous, in the manner of h11: no I/O, no sleeping, no event loop.
+Time is an argument (Unix seconds, so ``expires_at`` compares directly); the
+driver asks :meth:`Scheduler.next_due` for work, reports each outcome with
+:meth:`Scheduler.on_success` / :meth:`Scheduler.on_failure`, sleeps until
+:meth:`Scheduler.next_wakeup`, and drains the events with :meth:`Scheduler.take_events`.
+
+Structure. Jobs are grouped in *buckets*, one per rate budget: an organisation,
+or a key whose organisation is not known yet. Each bucket keeps a heap of
+``(due, job)``; a second heap orders the buckets by when each may send next
+(its head's due time, or later if its budget says so). Taking the next poll is
+O(log buckets + log jobs). A job sits in at most one heap at a time (none while
+its request is in flight); untracking leaves a stale entry that is skipped when
+met and compacted away when stale entries outnumber live ones.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Final
+
+from .auth import Credential
+from .backoff import Backoff
+from .errors import (
+    AuthenticationError,
+    JobNotFoundError,
+    PermissionDeniedError,
+    PollerError,
+    RateLimitedError,
+    RequestError,
+    ServerError,
+    TrackingExpiredError,
+)
+from .events import Event, TrackingFailure, Transition
+from .models import JobStatus, Status
+from .ratelimit import Budget
+
+__all__ = ["PENDING", "Job", "Scheduler"]
+
+PENDING: Final = "pending"
+"""``by_status`` key of jobs not seen yet."""
+ERROR: Final = "error"
+"""``by_status`` key of jobs whose tracking ended in an error."""
+
+# Phases of a tracked job.
+_SCHEDULED: Final = 0
+_IN_FLIGHT: Final = 1
+_DONE: Final = 2
+_REMOVED: Final = 3
+
+_COMPACT_MIN_STALE: Final = 1024
+# After a 429 without Retry-After, the bucket waits this long before its next request.
+_DEFAULT_THROTTLE_PAUSE_S: Final = 1.0
+
+
+class Job:
+    """One tracked job: what the scheduler knows of it. Opaque to users.
+
+    Kept small on purpose (slots, small ints, shared status members): the engine
+    holds one per tracked job, and the goal is well under 600 bytes each.
+    """
+
+    __slots__ = (
+        "bucket",
+        "credential",
+        "errors",
+        "expires_at",
+        "final",
+        "job_id",
+        "phase",
+        "seq",
+        "status",
+        "unchanged",
+    )
+
+    def __init__(self, job_id: str, credential: Credential, bucket: _Bucket) -> None:
+        self.job_id = job_id
+        self.credential = credential
+        self.bucket = bucket
+        self.phase = _SCHEDULED
+        self.status: Status | None = None
+        self.seq = 0
+        self.unchanged = 0
+        self.errors = 0
+        self.expires_at: int | None = None
+        self.final: JobStatus | PollerError | None = None
+
+    def __lt__(self, other: Job) -> bool:
+        # Only consulted when two jobs are due at the same instant: keep it deterministic.
+        return self.job_id < other.job_id
+
+    @property
+    def done(self) -> bool:
+        """True once the job reached a terminal status or its tracking failed."""
+        return self.phase == _DONE
+
+    def __repr__(self) -> str:
+        return f"<Job {self.job_id!r} status={self.status} phase={self.phase}>"
+
+
+class _Bucket:
+    __slots__ = ("budget", "heap", "key", "org_id", "scheduled_at", "stale")
+
+    def __init__(self, key: str, org_id: str | None, budget: Budget) -> None:
+        self.key = key
+        self.org_id = org_id
+        self.budget = budget
+        self.heap: list[tuple[float, Job]] = []
+        self.scheduled_at: float | None = None
+        self.stale = 0
+
+    def head(self) -> tuple[float, Job] | None:
+        """The earliest live entry, dropping stale ones on the way."""
+        heap = self.heap
+        while heap:
+            entry = heap[0]
+            if entry[1].phase == _SCHEDULED:
+                return entry
+            heapq.heappop(heap)
+            self.stale -= 1
+        return None
+
+    def compact(self) -> None:
+        self.heap = [entry for entry in self.heap if entry[1].phase == _SCHEDULED]
+        heapq.heapify(self.heap)
+        self.stale = 0
+
+
+BudgetFactory = Callable[[str | None], Budget]
+"""Makes the budget of an organisation (its ID), or of a key not resolved yet (None)."""
+
+
+class Scheduler:
+    """Per-job state and due times for every tracked job.
+
+    Args:
+        backoff: the interval policy.
+        budget_for: makes each bucket's rate budget.
+        rng: randomness for jitter (seed it for reproducible runs).
+        first_poll_rate_per_s: newly tracked jobs get their first polls paced at this
+            rate, so a burst of thousands does not go out in lockstep; None: no pacing.
+        terminal_retention_s: how long a finished job stays in the table (so ``wait``
+            answers without a request) before it is forgotten.
+        expiry_grace_s: a job still not terminal this long after its ``expires_at``
+            stops being tracked with :class:`TrackingExpiredError`.
+    """
+
+    def __init__(
+        self,
+        *,
+        backoff: Backoff,
+        budget_for: BudgetFactory,
+        rng: random.Random,
+        first_poll_rate_per_s: float | None = 1000.0,
+        terminal_retention_s: float = 3600.0,
+        expiry_grace_s: float = 60.0,
+    ) -> None:
+        self._backoff = backoff
+        self._budget_for = budget_for
+        self._rng = rng
+        self._intake_gap_s = 1.0 / first_poll_rate_per_s if first_poll_rate_per_s else 0.0
+        self._intake_cursor = 0.0
+        self._retention_s = terminal_retention_s
+        self._expiry_grace_s = expiry_grace_s
+        self._jobs: dict[str, Job] = {}
+        self._buckets: dict[str, _Bucket] = {}
+        self._key_orgs: dict[Credential, str] = {}
+        self._refused: dict[Credential, PollerError] = {}
+        self._ready: list[tuple[float, int, _Bucket]] = []
+        self._serial = 0
+        self._retired: deque[tuple[float, Job]] = deque()
+        self._events: list[Event] = []
+        self._counts: dict[str, int] = {}
+        self.in_flight = 0
+        self.transitions = 0
+        self.failures = 0
+
+    # -- queries -----------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._jobs
+
+    def get(self, job_id: str) -> Job | None:
+        """The tracked job, or None."""
+        return self._jobs.get(job_id)
+
+    def jobs(self) -> Iterator[Job]:
+        """Every job in the table."""
+        return iter(self._jobs.values())
+
+    def counts(self) -> dict[str, int]:
+        """Tracked jobs by last seen status value (``pending``: not seen, ``error``: failed)."""
+        return {k: v for k, v in self._counts.items() if v}
+
+    def take_events(self) -> list[Event]:
+        """The events produced since the last call, in order."""
+        events, self._events = self._events, []
+        return events
+
+    def next_wakeup(self, now: float) -> float | None:
+        """When :meth:`next_due` may next return a job, or housekeeping is due; None: never."""
+        ready = self._ready
+        while ready and ready[0][2].scheduled_at != ready[0][0]:
+            heapq.heappop(ready)
+        first = ready[0][0] if ready else None
+        if self._retired and (first is None or self._retired[0][0] < first):
+            return self._retired[0][0]
+        return first
+
+    # -- tracking ----------------------------------------------------------------
+
+    def track(self, job_id: str, credential: Credential, now: float) -> Job:
+        """Start tracking ``job_id`` (validated by the caller); idempotent.
+
+        A job already in the table is returned as is, whatever its state. A job whose
+        credential was refused before ends at once with a :class:`TrackingFailure`.
+        """
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job
+        job = Job(job_id, credential, self._bucket_for(credential, None))
+        self._jobs[job_id] = job
+        self._count(PENDING, 1)
+        refused = self._refused.get(credential)
+        if refused is not None:
+            self._fail(job, refused, now)
+            return job
+        due = now
+        if self._intake_gap_s:
+            due = max(now, self._intake_cursor)
+            self._intake_cursor = due + self._intake_gap_s
+        self._push(job, due)
+        return job
+
+    def untrack(self, job_id: str) -> Job | None:
+        """Stop tracking ``job_id``; returns the removed job, or None if it was not tracked.
+        A request in flight for it completes, and its result is ignored."""
+        job = self._jobs.pop(job_id, None)
+        if job is None:
+            return None
+        self._count(self._count_key(job), -1)
+        if job.phase == _SCHEDULED:
+            bucket = job.bucket
+            bucket.stale += 1
+            if bucket.stale > _COMPACT_MIN_STALE and bucket.stale * 2 > len(bucket.heap):
+                bucket.compact()
+        job.phase = _REMOVED
+        return job
+
+    # -- the poll cycle ----------------------------------------------------------
+
+    def next_due(self, now: float) -> Job | None:
+        """The next job to poll now, with its budget already charged; None if nothing is
+        due (or every due job's budget is spent). The job is in flight until its outcome
+        is reported."""
+        self._retire(now)
+        ready = self._ready
+        while ready and ready[0][0] <= now:
+            at, _, bucket = heapq.heappop(ready)
+            if bucket.scheduled_at != at:
+                continue
+            bucket.scheduled_at = None
+            head = bucket.head()
+            if head is None:
+                continue
+            if head[0] > now:
+                self._schedule_bucket(bucket, head[0])
+                continue
+            wait = bucket.budget.try_acquire(now)
+            if wait > 0.0:
+                self._schedule_bucket(bucket, now + wait)
+                continue
+            heapq.heappop(bucket.heap)
+            job = head[1]
+            job.phase = _IN_FLIGHT
+            self.in_flight += 1
+            if bucket.heap:
+                self._schedule_bucket(bucket, max(now, bucket.heap[0][0]))
+            return job
+        return None
+
+    def on_success(self, job: Job, payload: JobStatus, now: float) -> None:
+        """Record a status payload for a job returned by :meth:`next_due`."""
+        if not self._landed(job):
+            return
+        job.errors = 0
+        if job.bucket.org_id is None:
+            self._learn_org(job, payload.organization_id)
+        current = payload.status
+        if current != job.status:
+            previous = job.status
+            job.seq += 1
+            job.status = current
+            job.unchanged = 0
+            self._count(previous.value if previous is not None else PENDING, -1)
+            self._count(current.value, 1)
+            self.transitions += 1
+            self._events.append(
+                Transition(
+                    job_id=job.job_id,
+                    organization_id=payload.organization_id,
+                    previous=previous,
+                    current=current,
+                    job=payload,
+                    observed_at=now,
+                    seq=job.seq,
+                )
+            )
+        else:
+            job.unchanged += 1
+        job.expires_at = payload.expires_at
+        if current.is_terminal:
+            self._finish(job, payload, now)
+        elif now >= payload.expires_at + self._expiry_grace_s:
+            error = TrackingExpiredError(
+                f"job {job.job_id!r} is still {current.value!r} after its expires_at",
+                job_id=job.job_id,
+            )
+            self._fail(job, error, now)
+        else:
+            interval = self._backoff.interval_s(current, job.unchanged, self._rng)
+            due = now + interval
+            if due > payload.expires_at >= now:
+                # Look once just after expiry: the server then reports "expired".
+                due = payload.expires_at + self._backoff.min_interval_s
+            self._push(job, due)
+
+    def on_failure(self, job: Job, error: RequestError, now: float) -> None:
+        """Record a failed request for a job returned by :meth:`next_due`."""
+        if not self._landed(job):
+            return
+        if isinstance(error, AuthenticationError | PermissionDeniedError):
+            self._refuse(job.credential, error, now)
+            return
+        if isinstance(error, JobNotFoundError):
+            self._fail(job, error, now)
+            return
+        if isinstance(error, RateLimitedError | ServerError) and (
+            isinstance(error, RateLimitedError) or error.retry_after_s is not None
+        ):
+            # The server speaks for the whole organisation: pause its budget, not just
+            # this job. A 429 does not count against the job.
+            pause_s = self.throttled(job.bucket, error.retry_after_s, now)
+            if isinstance(error, RateLimitedError):
+                self._push(job, now + pause_s)
+                return
+        job.errors += 1
+        limit = self._backoff.max_consecutive_errors
+        if limit is not None and job.errors >= limit:
+            self._fail(job, error, now)
+            return
+        retry_after_s = getattr(error, "retry_after_s", None)
+        self._push(job, now + self._backoff.error_delay_s(job.errors, retry_after_s, self._rng))
+
+    def budget_wait(self, credential: Credential, now: float) -> float:
+        """Charge one request to ``credential``'s budget outside the poll cycle (a full-job
+        fetch). Returns 0.0 when charged, else the seconds to wait before asking again."""
+        return self._bucket_for(credential, None).budget.try_acquire(now)
+
+    def throttled(
+        self, where: Credential | _Bucket, retry_after_s: float | None, now: float
+    ) -> float:
+        """The server asked a credential's (or bucket's) organisation to slow down: pause its
+        budget. Returns the pause in seconds."""
+        bucket = where if isinstance(where, _Bucket) else self._bucket_for(where, None)
+        pause_s = _DEFAULT_THROTTLE_PAUSE_S if retry_after_s is None else retry_after_s
+        bucket.budget.pause_until(now + pause_s)
+        return pause_s
+
+    # -- internals ---------------------------------------------------------------
+
+    def _landed(self, job: Job) -> bool:
+        """Account for a returning request; False if the job left the table meanwhile."""
+        self.in_flight -= 1
+        return job.phase == _IN_FLIGHT
+
+    def _push(self, job: Job, due: float) -> None:
+        job.phase = _SCHEDULED
+        bucket = job.bucket
+        heapq.heappush(bucket.heap, (due, job))
+        if bucket.heap[0][1] is job:
+            self._schedule_bucket(bucket, due)
+
+    def _schedule_bucket(self, bucket: _Bucket, at: float) -> None:
+        if bucket.scheduled_at is not None and bucket.scheduled_at <= at:
+            return  # already due to be looked at sooner; it re-files itself then
+        bucket.scheduled_at = at
+        self._serial += 1
+        heapq.heappush(self._ready, (at, self._serial, bucket))
+
+    def _bucket_for(self, credential: Credential, org_id: str | None) -> _Bucket:
+        org_id = org_id or self._key_orgs.get(credential)
+        key = f"org:{org_id}" if org_id is not None else f"key:{credential.fingerprint}"
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(key, org_id, self._budget_for(org_id))
+        return bucket
+
+    def _learn_org(self, job: Job, org_id: str) -> None:
+        self._key_orgs.setdefault(job.credential, org_id)
+        job.bucket = self._bucket_for(job.credential, org_id)
+
+    def _finish(self, job: Job, final: JobStatus | PollerError, now: float) -> None:
+        job.phase = _DONE
+        job.final = final
+        self._retired.append((now + self._retention_s, job))
+
+    def _fail(self, job: Job, error: PollerError, now: float) -> None:
+        self._count(self._count_key(job), -1)
+        self._finish(job, error, now)
+        self._count(ERROR, 1)
+        self.failures += 1
+        self._events.append(
+            TrackingFailure(
+                job_id=job.job_id, organization_id=job.bucket.org_id, error=error, observed_at=now
+            )
+        )
+
+    def _refuse(self, credential: Credential, error: PollerError, now: float) -> None:
+        """The server refused a credential: end every live job that uses it."""
+        self._refused[credential] = error
+        for job in list(self._jobs.values()):
+            if job.credential == credential and job.phase in (_SCHEDULED, _IN_FLIGHT):
+                if job.phase == _SCHEDULED:
+                    job.bucket.stale += 1
+                self._fail(job, error, now)
+
+    def _retire(self, now: float) -> None:
+        retired = self._retired
+        while retired and retired[0][0] <= now:
+            _, job = retired.popleft()
+            if self._jobs.get(job.job_id) is job:
+                self.untrack(job.job_id)
+
+    def _count_key(self, job: Job) -> str:
+        if isinstance(job.final, PollerError):
+            return ERROR
+        return job.status.value if job.status is not None else PENDING
+
+    def _count(self, key: str, delta: int) -> None:
+        self._counts[key] = self._counts.get(key, 0) + delta

@@ -1,0 +1,107 @@
+"""Adaptive backoff: how long to wait before polling a job again.
+
+Pure functions of a policy, a status, a count and a random number; no clock, no I/O.
+
+- While a job's status stays the same, the interval grows geometrically from a
+  per-status start (``queued`` and ``in_progress`` differ), with multiplicative
+  jitter, between ``min_interval_s`` and ``max_interval_s``. A transition resets it.
+- After a failed request the delay grows exponentially with full jitter
+  (AWS-style), and never undercuts a ``Retry-After`` the server sent.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping
+from typing import Final
+
+import msgspec
+
+from .errors import ConfigError
+from .models import Status
+
+__all__ = ["Backoff"]
+
+_DEFAULT_INITIAL: Final[Mapping[str, float]] = {
+    Status.VALIDATING.value: 0.5,
+    Status.QUEUED.value: 1.0,
+    Status.IN_PROGRESS.value: 1.0,
+}
+
+
+class Backoff(msgspec.Struct, frozen=True, kw_only=True):
+    """Polling intervals. All times in seconds.
+
+    Attributes:
+        initial_interval_s: first interval after a job enters a status, by status value
+            (``"queued"``, ``"in_progress"``, ...). Statuses not listed use ``default_interval_s``.
+        default_interval_s: first interval for any other non-terminal status, and for a job
+            whose status is not known yet.
+        multiplier: growth factor per poll that sees no change (>= 1).
+        jitter: relative jitter; each interval is multiplied by a uniform factor in
+            ``[1 - jitter, 1 + jitter]`` so jobs tracked together drift apart.
+        min_interval_s: floor: no job is polled sooner than this after its last poll.
+        max_interval_s: cap: no job waits longer than this between polls.
+        error_base_s: first delay after a failed request; doubles per consecutive failure.
+        error_max_s: cap of the error delay.
+        max_consecutive_errors: after this many failed requests in a row a job stops being
+            tracked and its error is reported; None retries forever (at ``error_max_s``).
+    """
+
+    initial_interval_s: Mapping[str, float] = msgspec.field(
+        default_factory=lambda: dict(_DEFAULT_INITIAL)
+    )
+    default_interval_s: float = 1.0
+    multiplier: float = 1.5
+    jitter: float = 0.2
+    min_interval_s: float = 0.25
+    max_interval_s: float = 30.0
+    error_base_s: float = 1.0
+    error_max_s: float = 60.0
+    max_consecutive_errors: int | None = 30
+
+    def __post_init__(self) -> None:
+        positive = {
+            "default_interval_s": self.default_interval_s,
+            "min_interval_s": self.min_interval_s,
+            "max_interval_s": self.max_interval_s,
+            "error_base_s": self.error_base_s,
+            "error_max_s": self.error_max_s,
+            **{f"initial_interval_s[{k!r}]": v for k, v in self.initial_interval_s.items()},
+        }
+        for name, value in positive.items():
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"backoff.{name}: must be a finite number > 0, got {value!r}")
+        if self.min_interval_s > self.max_interval_s:
+            raise ConfigError("backoff.min_interval_s: must not exceed max_interval_s")
+        if not (math.isfinite(self.multiplier) and self.multiplier >= 1.0):
+            raise ConfigError("backoff.multiplier: must be >= 1")
+        if not 0.0 <= self.jitter < 1.0:
+            raise ConfigError("backoff.jitter: must be in [0, 1)")
+        if self.max_consecutive_errors is not None and self.max_consecutive_errors < 1:
+            raise ConfigError("backoff.max_consecutive_errors: must be >= 1 or None")
+
+    def interval_s(self, status: Status | None, unchanged_polls: int, rng: random.Random) -> float:
+        """Seconds until the next poll of a job seen ``unchanged_polls`` times in ``status``
+        since it entered it (0 right after a transition)."""
+        start = (
+            self.initial_interval_s.get(status.value, self.default_interval_s)
+            if status is not None
+            else self.default_interval_s
+        )
+        # Exponent capped so the power never overflows for very long-lived jobs.
+        grown = start * self.multiplier ** min(unchanged_polls, 64)
+        base = min(self.max_interval_s, max(self.min_interval_s, grown))
+        jittered = base * (1.0 + self.jitter * (2.0 * rng.random() - 1.0))
+        return min(self.max_interval_s, max(self.min_interval_s, jittered))
+
+    def error_delay_s(
+        self, consecutive_errors: int, retry_after_s: float | None, rng: random.Random
+    ) -> float:
+        """Seconds until retrying after the ``consecutive_errors``-th failure in a row (>= 1)."""
+        ceiling = min(self.error_max_s, self.error_base_s * 2.0 ** min(consecutive_errors - 1, 32))
+        delay = max(self.min_interval_s, rng.uniform(0.0, ceiling))
+        if retry_after_s is not None:
+            delay = max(delay, retry_after_s)
+        return delay

@@ -1,0 +1,602 @@
+"""The engine: one scheduler, one connection pool, every tracked job.
+
+:class:`Poller` is the thin asynchronous shell around the pure
+:class:`~poller._core.Scheduler`. It owns one transport (one aiohttp session)
+and one task group holding a fixed set of tasks, however many jobs are tracked:
+
+- ``max_connections`` workers. A worker asks the core for the next due job,
+  fetches its status, reports the outcome, and delivers the resulting events;
+  it asks again straight away, so under load no hand-off is needed.
+- one dispatcher, which sleeps until the core's next wake-up (one loop timer
+  in all) and hands due jobs to idle workers.
+- a few callback lanes (see ``poller._callbacks``).
+
+Time: the core works in Unix seconds from ``clock`` (``time.time`` by default),
+so ``expires_at`` and ``observed_at`` compare directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, Final
+
+import anyio
+
+from ._callbacks import CallbackHandle, CallbackRunner, TransitionCallback
+from ._core import Job, Scheduler
+from ._ids import validate_job_id
+from .auth import AuthScheme, Credential
+from .backoff import Backoff
+from .errors import (
+    ConfigError,
+    JobsFailedError,
+    PollerClosedError,
+    PollerError,
+    RateLimitedError,
+    RequestError,
+    TransportError,
+    UntrackedError,
+)
+from .events import Event, Stats, Transition
+from .models import Job as FullJob
+from .models import JobStatus, Status
+from .ratelimit import Budget, RateLimit, TokenBucket, Unlimited
+from .subscription import Subscription
+from .transport import AiohttpTransport, Transport
+
+__all__ = ["Poller"]
+
+log = logging.getLogger("poller")
+
+_Settle = Callable[[JobStatus | PollerError], None]
+_CLOSED: Final = "the Poller is closed"
+_CALLBACK_DRAIN_S: Final = 5.0
+
+
+class Poller:
+    """Tracks Retab jobs and reports their lifecycle transitions.
+
+    Use it as an async context manager; every method but :meth:`stats` needs it open::
+
+        async with Poller(api_key="rt_live_...") as p:
+            p.track("job_123")
+            job = await p.wait("job_123", timeout_s=600)
+
+    Args:
+        api_key: the default API key; None reads ``RETAB_API_KEY``. Jobs may also carry
+            their own key (``track(..., api_key=...)``), in which case no default is needed.
+        base_url: API root; None reads ``RETAB_API_BASE_URL``, else ``https://api.retab.com``.
+        max_connections: size of the connection pool, and the number of requests in flight
+            at most.
+        request_timeout_s: limit on one request, connect to last byte.
+        auth_scheme: ``"api-key"`` (``Api-Key`` header, the default) or ``"bearer"``.
+        access_token: sent as the ``access_token`` query parameter with the default key.
+        backoff: polling intervals (see :class:`~poller.backoff.Backoff`).
+        rate_limit: default budget of every organisation; None: uncapped until the server
+            answers 429, then paused as the server asks.
+        org_rate_limits: budgets of particular organisations, by organisation ID.
+        first_poll_rate_per_s: newly tracked jobs get their first polls paced at this rate
+            so a burst does not go out at once; None: no pacing.
+        terminal_retention_s: how long a finished job is remembered, so that ``wait``
+            answers without a request.
+        subscriber_buffer: default buffer of each subscription (see :meth:`subscribe`).
+        callback_concurrency: async callbacks running at once at most.
+        callback_queue_size: async callback invocations queued per lane at most.
+        insecure_skip_tls_verify: disable TLS certificate checks (warned; never in production).
+        transport: a custom :class:`~poller.transport.Transport` (tests, simulators);
+            ``base_url``, ``max_connections`` and TLS settings are then unused.
+        seed: seed of the jitter; set it for reproducible schedules.
+        clock: Unix-time source.
+
+    Raises:
+        ConfigError: an invalid setting; the message names it.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        max_connections: int = 64,
+        request_timeout_s: float = 10.0,
+        auth_scheme: AuthScheme | str = AuthScheme.API_KEY,
+        access_token: str | None = None,
+        backoff: Backoff | None = None,
+        rate_limit: RateLimit | None = None,
+        org_rate_limits: Mapping[str, RateLimit] | None = None,
+        first_poll_rate_per_s: float | None = 1000.0,
+        terminal_retention_s: float = 3600.0,
+        subscriber_buffer: int = 10_000,
+        callback_concurrency: int = 16,
+        callback_queue_size: int = 10_000,
+        insecure_skip_tls_verify: bool = False,
+        transport: Transport | None = None,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not isinstance(max_connections, int) or max_connections < 1:
+            raise ConfigError("max_connections: must be an integer >= 1")
+        if first_poll_rate_per_s is not None and not first_poll_rate_per_s > 0:
+            raise ConfigError("first_poll_rate_per_s: must be > 0 or None")
+        if not terminal_retention_s >= 0:
+            raise ConfigError("terminal_retention_s: must be >= 0")
+        if not isinstance(subscriber_buffer, int) or subscriber_buffer < 1:
+            raise ConfigError("subscriber_buffer: must be an integer >= 1")
+        try:
+            self._auth_scheme = AuthScheme(auth_scheme)
+        except ValueError:
+            raise ConfigError("auth_scheme: must be 'api-key' or 'bearer'") from None
+        self._default_credential: Credential | None = None
+        if api_key is not None or access_token is not None or os.environ.get("RETAB_API_KEY"):
+            self._default_credential = Credential(
+                api_key, scheme=self._auth_scheme, access_token=access_token
+            )
+        self._rate_limit = rate_limit
+        self._org_rate_limits = dict(org_rate_limits or {})
+        for org_id, limit in self._org_rate_limits.items():
+            if not isinstance(limit, RateLimit):
+                raise ConfigError(f"org_rate_limits[{org_id!r}]: must be a RateLimit")
+        self._transport_settings: dict[str, Any] = {
+            "base_url": base_url,
+            "max_connections": max_connections,
+            "request_timeout_s": request_timeout_s,
+            "insecure_skip_tls_verify": insecure_skip_tls_verify,
+        }
+        if transport is None:
+            # Validate now, not at __aenter__, so a typo fails where it was made.
+            AiohttpTransport.check_settings(base_url, max_connections, request_timeout_s)
+        self._given_transport = transport
+        self._transport: Transport | None = None
+        self._workers = max_connections
+        self._clock = clock
+        self._subscriber_buffer = subscriber_buffer
+        self._core = Scheduler(
+            backoff=backoff if backoff is not None else Backoff(),
+            budget_for=self._budget_for,
+            rng=random.Random(seed),
+            first_poll_rate_per_s=first_poll_rate_per_s,
+            terminal_retention_s=terminal_retention_s,
+        )
+        self._callbacks = CallbackRunner(
+            lanes=callback_concurrency, lane_capacity=callback_queue_size
+        )
+        self._credentials: dict[str, Credential] = {}
+        self._waiters: dict[str, list[_Settle]] = {}
+        self._subscriptions: list[Subscription] = []
+        self._idle: deque[asyncio.Future[Job]] = deque()
+        self._wake: asyncio.Future[None] | None = None
+        self._sleep_until = 0.0
+        self._stack: AsyncExitStack | None = None
+        self._open = False
+        self._polls = 0
+        self._errors = 0
+        self._rate_limited = 0
+        self._errors_by_kind: dict[str, int] = {}
+        self._overflows = 0
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def __aenter__(self) -> Poller:
+        if self._stack is not None:
+            raise RuntimeError("a Poller can be entered only once")
+        stack = AsyncExitStack()
+        self._stack = stack
+        try:
+            self._transport = self._given_transport or AiohttpTransport(**self._transport_settings)
+            stack.push_async_callback(self._transport.aclose)
+            stack.callback(self._finalize)
+            task_group = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(task_group.cancel_scope.cancel)
+            stack.push_async_callback(self._drain_callbacks)
+            self._callbacks.start(task_group)
+            task_group.start_soon(self._dispatch, name="poller-dispatcher")
+            for _ in range(self._workers):
+                task_group.start_soon(self._work, name="poller-worker")
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._open = True
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        self._open = False
+        assert self._stack is not None
+        return await self._stack.__aexit__(*exc_info)
+
+    def _finalize(self) -> None:
+        """Release everyone still waiting: the engine is gone."""
+        self._open = False
+        waiters, self._waiters = self._waiters, {}
+        for settles in waiters.values():
+            for settle in settles:
+                settle(PollerClosedError(_CLOSED))
+        for subscription in list(self._subscriptions):
+            subscription.end()
+        self._subscriptions.clear()
+
+    async def _drain_callbacks(self) -> None:
+        # Give queued async callbacks a bounded chance to run before the lanes stop.
+        with anyio.move_on_after(_CALLBACK_DRAIN_S):
+            await self._callbacks.drain()
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise PollerClosedError(_CLOSED)
+
+    # -- tracking ----------------------------------------------------------------
+
+    def track(self, job_id: str, *, api_key: str | None = None) -> None:
+        """Start tracking a job; idempotent and non-blocking.
+
+        Args:
+            job_id: the job.
+            api_key: this job's API key, when it differs from the default (multi-tenant
+                workers); sent with the engine's ``auth_scheme``.
+
+        Raises:
+            InvalidJobIdError: the ID is empty, too long or unsafe.
+            ConfigError: no ``api_key`` here and no default key.
+            PollerClosedError: the engine is not open.
+        """
+        self._track(job_id, api_key)
+
+    def _track(self, job_id: str, api_key: str | None) -> Job:
+        self._check_open()
+        job_id = validate_job_id(job_id)
+        job = self._core.track(job_id, self._credential(api_key), self._clock())
+        self._deliver()
+        self._poke_if_due_before(self._sleep_until)
+        return job
+
+    def untrack(self, job_id: str) -> bool:
+        """Stop tracking a job. Returns False if it was not tracked. Pending ``wait`` calls
+        for it raise :class:`~poller.errors.UntrackedError`."""
+        job = self._core.untrack(job_id)
+        if job is None:
+            return False
+        self._settle(job_id, UntrackedError(f"job {job_id!r} was untracked while being waited for"))
+        return True
+
+    def status(self, job_id: str) -> Status | None:
+        """The last status seen for a tracked job; None if it was not seen yet or is not
+        tracked."""
+        job = self._core.get(job_id)
+        return job.status if job is not None else None
+
+    async def wait(
+        self, job_id: str, *, timeout_s: float | None = None, api_key: str | None = None
+    ) -> JobStatus:
+        """Wait for a job to reach a terminal status, tracking it if needed.
+
+        Returns:
+            the job's payload in its terminal status.
+
+        Raises:
+            TimeoutError: ``timeout_s`` passed first (the job stays tracked).
+            JobNotFoundError, AuthenticationError, PermissionDeniedError,
+            TrackingExpiredError, RequestError: tracking of the job ended in that error.
+            PollerClosedError: the engine closed meanwhile.
+        """
+        results = await self._wait_many([job_id], timeout_s, api_key)
+        outcome = results[job_id]
+        if isinstance(outcome, PollerError):
+            raise outcome
+        return outcome
+
+    async def wait_all(
+        self,
+        job_ids: Iterable[str],
+        *,
+        timeout_s: float | None = None,
+        api_key: str | None = None,
+    ) -> dict[str, JobStatus]:
+        """Wait until every job is terminal (tracking those not tracked yet).
+
+        Returns:
+            ``{job_id: terminal payload}``.
+
+        Raises:
+            TimeoutError: ``timeout_s`` passed before all were settled.
+            JobsFailedError: some jobs ended in an error; it carries both the results and
+                the errors, and is raised only once every job is settled.
+            PollerClosedError: the engine closed meanwhile.
+        """
+        results = await self._wait_many(list(job_ids), timeout_s, api_key)
+        errors = {k: v for k, v in results.items() if isinstance(v, PollerError)}
+        statuses = {k: v for k, v in results.items() if not isinstance(v, PollerError)}
+        if errors:
+            raise JobsFailedError(statuses, errors)
+        return statuses
+
+    async def _wait_many(
+        self, job_ids: list[str], timeout_s: float | None, api_key: str | None
+    ) -> dict[str, JobStatus | PollerError]:
+        jobs = [self._track(job_id, api_key) for job_id in job_ids]
+        results: dict[str, JobStatus | PollerError] = {}
+        pending: set[str] = set()
+        for job in jobs:
+            if job.done:
+                assert job.final is not None
+                results[job.job_id] = job.final
+            else:
+                pending.add(job.job_id)
+        if not pending:
+            return results
+        done = asyncio.get_running_loop().create_future()
+        closed: list[PollerError] = []
+
+        def settle_one(job_id: str) -> _Settle:
+            def settle(outcome: JobStatus | PollerError) -> None:
+                if isinstance(outcome, PollerClosedError):
+                    closed.append(outcome)
+                results[job_id] = outcome
+                pending.discard(job_id)
+                if not pending and not done.done():
+                    done.set_result(None)
+
+            return settle
+
+        settles = {job_id: settle_one(job_id) for job_id in pending}
+        for job_id, settle in settles.items():
+            self._waiters.setdefault(job_id, []).append(settle)
+        try:
+            with anyio.fail_after(timeout_s):
+                await done
+        finally:
+            for job_id, settle in settles.items():
+                waiting = self._waiters.get(job_id)
+                if waiting is not None and settle in waiting:
+                    waiting.remove(settle)
+                    if not waiting:
+                        del self._waiters[job_id]
+        if closed:
+            raise closed[0]
+        return results
+
+    # -- events ------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def subscribe(
+        self,
+        *,
+        statuses: Iterable[Status | str] | None = None,
+        job_ids: Iterable[str] | None = None,
+        include_failures: bool = True,
+        max_buffer: int | None = None,
+    ) -> AsyncIterator[Subscription]:
+        """Receive transitions (and tracking failures) as they happen.
+
+        Args:
+            statuses: only transitions *to* these statuses; None for all.
+            job_ids: only these jobs; None for all.
+            include_failures: also yield :class:`~poller.events.TrackingFailure` events.
+            max_buffer: events buffered for this subscriber before it overflows
+                (default: the engine's ``subscriber_buffer``). See
+                :mod:`poller.subscription` for the overflow policy.
+
+        Yields:
+            a :class:`~poller.subscription.Subscription` to iterate with ``async for``.
+        """
+        self._check_open()
+        subscription = Subscription(
+            max_buffer=max_buffer if max_buffer is not None else self._subscriber_buffer,
+            statuses=statuses,
+            job_ids=job_ids,
+            include_failures=include_failures,
+            on_close=self._unsubscribe,
+        )
+        self._subscriptions.append(subscription)
+        try:
+            yield subscription
+        finally:
+            await subscription.aclose()
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        if subscription in self._subscriptions:
+            self._subscriptions.remove(subscription)
+
+    def on_transition(
+        self, callback: TransitionCallback, *, statuses: Iterable[Status | str] | None = None
+    ) -> CallbackHandle:
+        """Call ``callback(transition)`` for every transition (to ``statuses`` only, if given).
+
+        Sync callbacks run inline and should be quick; async ones run concurrently, in order
+        per job. A callback that raises is logged and counted. Returns a handle whose
+        ``remove()`` unregisters it.
+        """
+        return self._callbacks.add(callback, statuses)
+
+    # -- one-off requests --------------------------------------------------------
+
+    async def fetch(
+        self,
+        job_id: str,
+        *,
+        include_request: bool = False,
+        include_response: bool = True,
+        api_key: str | None = None,
+    ) -> FullJob:
+        """Fetch the full job (``GET /v1/jobs/{job_id}``) over the same pool and budget.
+
+        Raises:
+            RequestError: the request failed (see :mod:`poller.errors`).
+        """
+        self._check_open()
+        job_id = validate_job_id(job_id)
+        credential = self._credential(api_key)
+        while True:  # the budget is a rate, not a queue: ask again after the wait it names
+            wait_s = self._core.budget_wait(credential, self._clock())
+            if wait_s <= 0.0:
+                break
+            await anyio.sleep(wait_s)
+        assert self._transport is not None
+        try:
+            return await self._transport.get_job(
+                job_id,
+                credential,
+                include_request=include_request,
+                include_response=include_response,
+            )
+        except RateLimitedError as exc:
+            self._core.throttled(credential, exc.retry_after_s, self._clock())
+            raise
+
+    # -- introspection -------------------------------------------------------------
+
+    def stats(self) -> Stats:
+        """A snapshot of the counters (see :class:`~poller.events.Stats`)."""
+        core = self._core
+        return Stats(
+            tracked=len(core),
+            by_status=core.counts(),
+            in_flight=core.in_flight,
+            polls=self._polls,
+            errors=self._errors,
+            rate_limited=self._rate_limited,
+            transitions=core.transitions,
+            failures=core.failures,
+            callback_errors=self._callbacks.errors,
+            callbacks_dropped=self._callbacks.dropped,
+            subscribers=len(self._subscriptions),
+            subscriber_overflows=self._overflows,
+            errors_by_kind=dict(self._errors_by_kind),
+        )
+
+    def __repr__(self) -> str:
+        state = "open" if self._open else "closed"
+        return f"<Poller {state} tracked={len(self._core)} in_flight={self._core.in_flight}>"
+
+    # -- internals -----------------------------------------------------------------
+
+    def _credential(self, api_key: str | None) -> Credential:
+        if api_key is None:
+            if self._default_credential is None:
+                raise ConfigError(
+                    "api_key: no default API key (pass api_key to Poller or to this call, "
+                    "or set RETAB_API_KEY)"
+                )
+            return self._default_credential
+        credential = self._credentials.get(api_key)
+        if credential is None:
+            credential = Credential(api_key, scheme=self._auth_scheme)
+            self._credentials[api_key] = credential
+        return credential
+
+    def _budget_for(self, org_id: str | None) -> Budget:
+        limit = self._org_rate_limits.get(org_id, self._rate_limit) if org_id else self._rate_limit
+        return TokenBucket.from_limit(limit) if limit is not None else Unlimited()
+
+    def _deliver(self) -> None:
+        """Hand the core's new events to waiters, subscribers and callbacks."""
+        for event in self._core.take_events():
+            if isinstance(event, Transition):
+                if event.current.is_terminal:
+                    self._settle(event.job_id, event.job)
+                self._callbacks.dispatch(event)
+            else:
+                self._settle(event.job_id, event.error)
+            self._publish(event)
+
+    def _publish(self, event: Event) -> None:
+        for subscription in self._subscriptions:
+            if subscription.wants(event) and not subscription.offer(event):
+                self._overflows += 1
+                log.warning("a subscriber overflowed; its stream will end with an error")
+
+    def _settle(self, job_id: str, outcome: JobStatus | PollerError) -> None:
+        settles = self._waiters.pop(job_id, None)
+        if settles:
+            for settle in settles:
+                settle(outcome)
+
+    def _count_error(self, error: RequestError) -> None:
+        if isinstance(error, RateLimitedError):
+            self._rate_limited += 1
+            return
+        self._errors += 1
+        kind = type(error).__name__
+        self._errors_by_kind[kind] = self._errors_by_kind.get(kind, 0) + 1
+
+    def _poke_if_due_before(self, deadline: float) -> None:
+        wake = self._wake
+        if wake is None or wake.done():
+            return
+        next_at = self._core.next_wakeup(self._clock())
+        if next_at is not None and next_at < deadline:
+            wake.set_result(None)
+
+    async def _work(self) -> None:
+        core, clock = self._core, self._clock
+        transport = self._transport
+        assert transport is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            job = core.next_due(clock())
+            if job is None:
+                parked: asyncio.Future[Job] = loop.create_future()
+                self._idle.append(parked)
+                if self._sleep_until == float("inf"):
+                    self._poke()  # the dispatcher was waiting for an idle worker
+                job = await parked
+            try:
+                payload = await transport.get_status(job.job_id, job.credential)
+            except RequestError as exc:
+                self._count_error(exc)
+                core.on_failure(job, exc, clock())
+            except Exception as exc:  # a transport bug must not take the engine down
+                log.exception("transport raised an unexpected error for job %s", job.job_id)
+                error = TransportError(f"unexpected {type(exc).__name__}", job_id=job.job_id)
+                self._count_error(error)
+                core.on_failure(job, error, clock())
+            else:
+                core.on_success(job, payload, clock())
+            self._polls += 1
+            self._deliver()
+            self._poke_if_due_before(self._sleep_until)
+
+    def _poke(self) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        core, clock, idle = self._core, self._clock, self._idle
+        while True:
+            now = clock()
+            while idle:
+                parked = idle[0]
+                if parked.done():  # its worker was cancelled
+                    idle.popleft()
+                    continue
+                job = core.next_due(now)
+                if job is None:
+                    break
+                idle.popleft().set_result(job)
+            self._deliver()  # housekeeping in next_due may have produced events
+            next_at = core.next_wakeup(now) if idle else None
+            # With no idle worker, busy workers serve due jobs themselves; the dispatcher
+            # waits to be poked when one parks.
+            self._sleep_until = next_at if next_at is not None else float("inf")
+            self._wake = wake = loop.create_future()
+            timer = None
+            if next_at is not None:
+                timer = loop.call_later(max(0.0, next_at - now), _resolve, wake)
+            try:
+                await wake
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                self._wake = None
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

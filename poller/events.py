@@ -1,0 +1,98 @@
+"""What the engine reports: transitions, tracking failures and statistics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .errors import PollerError
+from .models import JobStatus, Status
+
+__all__ = ["Event", "Stats", "TrackingFailure", "Transition"]
+
+
+class Transition(msgspec.Struct, frozen=True, kw_only=True):
+    """A job's status changed (or was seen for the first time).
+
+    Attributes:
+        job_id: the job.
+        organization_id: the organisation that owns it.
+        previous: the status seen before, None at the first sighting.
+        current: the status now.
+        job: the payload that showed the change.
+        observed_at: when the engine received it (Unix seconds).
+        seq: per job, 1 for the first sighting and one more for every transition after it.
+    """
+
+    job_id: str
+    organization_id: str
+    previous: Status | None
+    current: Status
+    job: JobStatus
+    observed_at: float
+    seq: int
+
+    @property
+    def is_terminal(self) -> bool:
+        """True when ``current`` is a terminal status."""
+        return self.current.is_terminal
+
+
+class TrackingFailure(msgspec.Struct, frozen=True, kw_only=True):
+    """Tracking of a job ended without a terminal status.
+
+    ``error`` says why: :class:`~poller.errors.JobNotFoundError` (404),
+    :class:`~poller.errors.AuthenticationError` or
+    :class:`~poller.errors.PermissionDeniedError` (the credential was refused),
+    :class:`~poller.errors.TrackingExpiredError`, or the last error after too many
+    consecutive failed requests.
+    """
+
+    job_id: str
+    organization_id: str | None
+    error: PollerError
+    observed_at: float
+
+
+Event = Transition | TrackingFailure
+"""What a subscription yields."""
+
+
+class Stats(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of the engine's counters (see :meth:`poller.Poller.stats`).
+
+    Attributes:
+        tracked: jobs in the table (polled ones and terminal ones kept for ``wait``).
+        by_status: tracked jobs by last seen status value; ``"pending"`` for never seen.
+        in_flight: requests under way.
+        polls: status requests completed (any outcome).
+        errors: failed requests, 429s excluded.
+        rate_limited: 429 answers.
+        transitions: transitions emitted.
+        failures: jobs whose tracking ended in an error.
+        callback_errors: callbacks that raised.
+        callbacks_dropped: async callback invocations dropped because their queue was full.
+        subscribers: open subscriptions.
+        subscriber_overflows: subscriptions ended by an overflow.
+        errors_by_kind: failed requests by error class name.
+    """
+
+    tracked: int
+    by_status: dict[str, int]
+    in_flight: int
+    polls: int
+    errors: int
+    rate_limited: int
+    transitions: int
+    failures: int
+    callback_errors: int
+    callbacks_dropped: int
+    subscribers: int
+    subscriber_overflows: int
+    errors_by_kind: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counters as plain builtins (for JSON or metrics)."""
+        result: dict[str, Any] = msgspec.to_builtins(self)
+        return result
