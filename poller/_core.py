@@ -18,6 +18,7 @@ met and compacted away when stale entries outnumber live ones.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -275,7 +276,9 @@ class Scheduler:
                 continue
             wait = bucket.budget.try_acquire(now)
             if wait > 0.0:
-                self._schedule_bucket(bucket, now + wait)
+                # A wait too small to move a Unix timestamp must still move it, or this
+                # loop would meet the same bucket again at the same instant forever.
+                self._schedule_bucket(bucket, max(now + wait, math.nextafter(now, math.inf)))
                 continue
             heapq.heappop(bucket.heap)
             job = head[1]

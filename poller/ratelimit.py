@@ -19,6 +19,9 @@ from .errors import ConfigError
 
 __all__ = ["Budget", "RateLimit", "TokenBucket", "Unlimited"]
 
+# Float refills land a hair under a whole token; count those as whole.
+_EPSILON = 1e-9
+
 
 class RateLimit(msgspec.Struct, frozen=True):
     """A request budget.
@@ -111,7 +114,7 @@ class TokenBucket:
         if now < self._paused_until:
             return self._paused_until - now
         self._refill(now)
-        if self._tokens >= 1.0:
+        if self._tokens >= 1.0 - _EPSILON:
             self._tokens -= 1.0
             return 0.0
         return (1.0 - self._tokens) / self.rate_per_s

@@ -1,0 +1,398 @@
+"""The scheduling core under a fake clock: no event loop, no sleeping."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from poller._core import PENDING, Job, Scheduler
+from poller.auth import Credential
+from poller.backoff import Backoff
+from poller.errors import (
+    AuthenticationError,
+    ConnectionLostError,
+    DecodeError,
+    JobNotFoundError,
+    RateLimitedError,
+    ServerError,
+    TrackingExpiredError,
+)
+from poller.events import TrackingFailure, Transition
+from poller.models import Endpoint, JobStatus, Status
+from poller.ratelimit import Budget, RateLimit, TokenBucket, Unlimited
+
+T0 = 1_700_000_000.0
+KEY = Credential("rt_test_core", environ={})
+OTHER_KEY = Credential("rt_test_other", environ={})
+NO_JITTER = Backoff(jitter=0.0)
+
+
+def payload(job_id: str, status: Status, *, org: str = "org_a", expires_at: float = T0 + 86400):
+    return JobStatus(
+        id=job_id,
+        status=status,
+        endpoint=Endpoint.DOCUMENTS_EXTRACT,
+        created_at=int(T0),
+        expires_at=int(expires_at),
+        organization_id=org,
+    )
+
+
+def make(
+    *,
+    backoff: Backoff = NO_JITTER,
+    budget_for=lambda org: Unlimited(),
+    first_poll_rate_per_s: float | None = None,
+    retention_s: float = 3600.0,
+) -> Scheduler:
+    return Scheduler(
+        backoff=backoff,
+        budget_for=budget_for,
+        rng=random.Random(7),
+        first_poll_rate_per_s=first_poll_rate_per_s,
+        terminal_retention_s=retention_s,
+    )
+
+
+def drain(core: Scheduler, now: float) -> list[Job]:
+    jobs = []
+    while (job := core.next_due(now)) is not None:
+        jobs.append(job)
+    return jobs
+
+
+def test_new_job_is_due_at_once_and_only_once() -> None:
+    core = make()
+    core.track("job_1", KEY, T0)
+    assert core.next_wakeup(T0) == T0
+    job = core.next_due(T0)
+    assert job is not None and job.job_id == "job_1"
+    assert core.next_due(T0) is None, "an in-flight job is never handed out twice"
+    assert core.in_flight == 1
+    assert core.next_wakeup(T0) is None
+
+
+def test_track_is_idempotent() -> None:
+    core = make()
+    first = core.track("job_1", KEY, T0)
+    assert core.track("job_1", OTHER_KEY, T0) is first
+    assert len(drain(core, T0)) == 1
+    assert len(core) == 1
+
+
+def test_first_sighting_and_changes_are_transitions_repeats_are_not() -> None:
+    core = make()
+    core.track("job_1", KEY, T0)
+    now = T0
+    statuses = [Status.QUEUED, Status.QUEUED, Status.IN_PROGRESS, Status.IN_PROGRESS]
+    for status in statuses:
+        wake = core.next_wakeup(now)
+        assert wake is not None
+        now = wake
+        job = core.next_due(now)
+        assert job is not None
+        core.on_success(job, payload("job_1", status), now)
+    events = core.take_events()
+    assert [(e.previous, e.current, e.seq) for e in events if isinstance(e, Transition)] == [
+        (None, Status.QUEUED, 1),
+        (Status.QUEUED, Status.IN_PROGRESS, 2),
+    ]
+    assert core.take_events() == []
+
+
+def test_interval_grows_while_unchanged_and_resets_on_transition() -> None:
+    backoff = Backoff(jitter=0.0, multiplier=2.0, min_interval_s=0.1, max_interval_s=100.0)
+    core = make(backoff=backoff)
+    core.track("job_1", KEY, T0)
+    now, gaps = T0, []
+    for status in [Status.QUEUED] * 4 + [Status.IN_PROGRESS] * 3:
+        job = core.next_due(now)
+        assert job is not None
+        core.on_success(job, payload("job_1", status), now)
+        wake = core.next_wakeup(now)
+        assert wake is not None
+        gaps.append(round(wake - now, 6))
+        now = wake
+    queued = backoff.initial_interval_s["queued"]
+    running = backoff.initial_interval_s["in_progress"]
+    assert gaps == [queued, queued * 2, queued * 4, queued * 8, running, running * 2, running * 4]
+
+
+def test_interval_never_below_floor_nor_above_cap() -> None:
+    backoff = Backoff(min_interval_s=0.5, max_interval_s=3.0, multiplier=3.0, jitter=0.5)
+    core = make(backoff=backoff)
+    core.track("job_1", KEY, T0)
+    now = T0
+    for _ in range(50):
+        job = core.next_due(now)
+        assert job is not None
+        core.on_success(job, payload("job_1", Status.IN_PROGRESS), now)
+        wake = core.next_wakeup(now)
+        assert wake is not None
+        assert 0.5 <= wake - now <= 3.0
+        now = wake
+
+
+def test_terminal_status_stops_polling_and_keeps_the_payload() -> None:
+    core = make()
+    core.track("job_1", KEY, T0)
+    job = core.next_due(T0)
+    assert job is not None
+    final = payload("job_1", Status.COMPLETED)
+    core.on_success(job, final, T0)
+    assert job.done and job.final is final
+    assert core.next_due(T0 + 100) is None
+    assert core.counts() == {"completed": 1}
+    (event,) = core.take_events()
+    assert isinstance(event, Transition) and event.is_terminal
+
+
+def test_finished_jobs_are_forgotten_after_retention() -> None:
+    core = make(retention_s=60.0)
+    core.track("job_1", KEY, T0)
+    job = core.next_due(T0)
+    assert job is not None
+    core.on_success(job, payload("job_1", Status.FAILED), T0)
+    assert core.next_wakeup(T0) == T0 + 60.0
+    core.next_due(T0 + 59.0)
+    assert "job_1" in core
+    core.next_due(T0 + 60.0)
+    assert "job_1" not in core
+    assert core.counts() == {}
+
+
+def test_untracked_job_is_never_polled_again_even_if_in_flight() -> None:
+    core = make()
+    core.track("job_1", KEY, T0)
+    core.track("job_2", KEY, T0)
+    core.untrack("job_2")
+    job = core.next_due(T0)
+    assert job is not None and job.job_id == "job_1"
+    assert core.next_due(T0) is None
+    core.untrack("job_1")
+    core.on_success(job, payload("job_1", Status.QUEUED), T0)
+    assert core.take_events() == [], "a result for an untracked job is dropped"
+    assert core.in_flight == 0
+    assert core.next_due(T0 + 1000) is None
+    assert core.untrack("job_1") is None
+
+
+def test_stale_entries_are_compacted() -> None:
+    core = make()
+    for i in range(3000):
+        core.track(f"job_{i}", KEY, T0)
+    for i in range(2900):
+        core.untrack(f"job_{i}")
+    bucket = next(iter(core._buckets.values()))
+    assert len(bucket.heap) < 3000, "compaction ran"
+    assert {job.job_id for job in drain(core, T0)} == {f"job_{i}" for i in range(2900, 3000)}
+
+
+def test_burst_of_new_jobs_is_paced() -> None:
+    core = make(first_poll_rate_per_s=100.0)
+    for i in range(300):
+        core.track(f"job_{i}", KEY, T0)
+    assert len(drain(core, T0)) == 1
+    assert len(drain(core, T0 + 1.0)) == 100
+    assert len(drain(core, T0 + 3.0)) == 199
+    # A job tracked after a quiet spell goes at once.
+    core.track("job_late", KEY, T0 + 100.0)
+    assert [j.job_id for j in drain(core, T0 + 100.0)] == ["job_late"]
+
+
+def test_not_found_ends_tracking_with_an_error() -> None:
+    core = make()
+    core.track("job_1", KEY, T0)
+    job = core.next_due(T0)
+    assert job is not None
+    error = JobNotFoundError("job not found", job_id="job_1", status=404)
+    core.on_failure(job, error, T0)
+    (event,) = core.take_events()
+    assert isinstance(event, TrackingFailure) and event.error is error
+    assert job.done and job.final is error
+    assert core.next_due(T0 + 1000) is None
+    assert core.counts() == {"error": 1}
+
+
+def test_authentication_failure_stops_every_job_of_that_key_only() -> None:
+    core = make()
+    for i in range(3):
+        core.track(f"job_{i}", KEY, T0)
+    core.track("job_other", OTHER_KEY, T0)
+    first = core.next_due(T0)
+    assert first is not None and first.credential == KEY
+    second = core.next_due(T0)
+    assert second is not None
+    error = AuthenticationError("authentication failed", status=401)
+    core.on_failure(first, error, T0)
+    failed = {e.job_id for e in core.take_events() if isinstance(e, TrackingFailure)}
+    assert failed == {"job_0", "job_1", "job_2"}
+    # A refused key's in-flight result is ignored; the other key's job goes on.
+    core.on_success(second, payload(second.job_id, Status.QUEUED), T0)
+    assert [j.job_id for j in drain(core, T0 + 100)] == ["job_other"]
+    core.take_events()
+    # A job tracked later with the refused key fails at once.
+    late = core.track("job_late", KEY, T0 + 1)
+    assert late.done
+    (event,) = core.take_events()
+    assert isinstance(event, TrackingFailure) and event.job_id == "job_late"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionLostError("connection lost"),
+        DecodeError("bad", excerpt="x"),
+        ServerError("server error", status=500),
+    ],
+)
+def test_errors_back_off_exponentially_then_give_up(error) -> None:
+    backoff = Backoff(error_base_s=1.0, error_max_s=8.0, max_consecutive_errors=6, jitter=0.0)
+    core = make(backoff=backoff)
+    core.track("job_1", KEY, T0)
+    now, delays = T0, []
+    for _ in range(5):
+        job = core.next_due(now)
+        assert job is not None
+        core.on_failure(job, error, now)
+        wake = core.next_wakeup(now)
+        assert wake is not None
+        delays.append(wake - now)
+        now = wake
+    for attempt, delay in enumerate(delays, start=1):
+        assert backoff.min_interval_s <= delay <= min(8.0, 2.0 ** (attempt - 1))
+    job = core.next_due(now)
+    assert job is not None
+    core.on_failure(job, error, now)
+    (event,) = core.take_events()
+    assert isinstance(event, TrackingFailure) and event.error is error
+    assert core.next_due(now + 10_000) is None
+
+
+def test_success_resets_the_error_count() -> None:
+    core = make(backoff=Backoff(max_consecutive_errors=2, jitter=0.0))
+    core.track("job_1", KEY, T0)
+    now = T0
+    for outcome in ["error", "ok", "error", "ok", "error"]:
+        wake = core.next_wakeup(now)
+        assert wake is not None
+        now = wake
+        job = core.next_due(now)
+        assert job is not None
+        if outcome == "error":
+            core.on_failure(job, ConnectionLostError("reset"), now)
+        else:
+            core.on_success(job, payload("job_1", Status.QUEUED), now)
+    assert not any(isinstance(e, TrackingFailure) for e in core.take_events())
+
+
+def test_retry_after_on_one_job_pauses_the_whole_organisation() -> None:
+    core = make()
+    for i in range(3):
+        core.track(f"job_{i}", KEY, T0)
+    jobs = drain(core, T0)
+    for job in jobs:
+        core.on_success(job, payload(job.job_id, Status.QUEUED), T0)
+    now = core.next_wakeup(T0)
+    assert now is not None
+    job = core.next_due(now)
+    assert job is not None
+    core.on_failure(job, RateLimitedError("rate limited", status=429, retry_after_s=30.0), now)
+    assert drain(core, now + 29.9) == [], "the org is paused, not just the job"
+    assert len(drain(core, now + 30.0)) == 3
+    assert not any(isinstance(e, TrackingFailure) for e in core.take_events())
+
+
+def test_a_429_does_not_count_towards_giving_up() -> None:
+    core = make(backoff=Backoff(max_consecutive_errors=1))
+    core.track("job_1", KEY, T0)
+    now = T0
+    for _ in range(5):
+        job = core.next_due(now)
+        assert job is not None
+        core.on_failure(job, RateLimitedError("slow down", status=429, retry_after_s=1.0), now)
+        now += 1.0
+    assert core.take_events() == []
+
+
+def test_org_budget_caps_requests_and_other_orgs_are_unaffected() -> None:
+    budgets: dict[str | None, Budget] = {}
+
+    def budget_for(org: str | None) -> Budget:
+        budget = (
+            TokenBucket.from_limit(RateLimit(per_s=10.0, burst=1))
+            if org == "org_a"
+            else Unlimited()
+        )
+        budgets[org] = budget
+        return budget
+
+    core = make(budget_for=budget_for)
+    # Resolve both keys' organisations with a first poll each.
+    for i in range(50):
+        core.track(f"a_{i}", KEY, T0)
+        core.track(f"b_{i}", OTHER_KEY, T0)
+    for job in drain(core, T0):
+        org = "org_a" if job.job_id.startswith("a_") else "org_b"
+        core.on_success(job, payload(job.job_id, Status.IN_PROGRESS, org=org), T0)
+    sent = {"a": 0, "b": 0}
+    now = T0 + 1.0
+    while now < T0 + 2.0:
+        for job in drain(core, now):
+            sent[job.job_id[0]] += 1
+            org = "org_a" if job.job_id.startswith("a_") else "org_b"
+            core.on_success(job, payload(job.job_id, Status.IN_PROGRESS, org=org), now)
+        now += 0.01
+    assert sent["a"] <= 11, sent
+    assert sent["b"] >= 50, sent
+
+
+def test_expiry_polls_once_after_expires_at_then_gives_up() -> None:
+    core = make(backoff=Backoff(jitter=0.0, max_interval_s=1000.0, min_interval_s=0.5))
+    expires = T0 + 5.0
+    core.track("job_1", KEY, T0)
+    now = T0
+    job = core.next_due(now)
+    assert job is not None
+    core.on_success(job, payload("job_1", Status.QUEUED, expires_at=expires), now)
+    # Backoff would wait past expiry; the core looks right after it instead.
+    now = T0 + 4.9
+    job = core.next_due(now)
+    assert job is not None
+    core.on_success(job, payload("job_1", Status.QUEUED, expires_at=expires), now)
+    assert core.next_wakeup(now) == expires + 0.5
+    # Still not terminal well past expiry: tracking ends with TrackingExpiredError.
+    now = expires + 61.0
+    job = core.next_due(now)
+    assert job is not None
+    core.on_success(job, payload("job_1", Status.QUEUED, expires_at=expires), now)
+    failure = core.take_events()[-1]
+    assert isinstance(failure, TrackingFailure)
+    assert isinstance(failure.error, TrackingExpiredError)
+
+
+def test_counts_follow_statuses() -> None:
+    core = make()
+    for i in range(4):
+        core.track(f"job_{i}", KEY, T0)
+    assert core.counts() == {PENDING: 4}
+    jobs = drain(core, T0)
+    core.on_success(jobs[0], payload("job_0", Status.QUEUED), T0)
+    core.on_success(jobs[1], payload("job_1", Status.COMPLETED), T0)
+    core.on_failure(jobs[2], JobNotFoundError("gone", status=404), T0)
+    assert core.counts() == {PENDING: 1, "queued": 1, "completed": 1, "error": 1}
+    core.untrack("job_0")
+    assert core.counts() == {PENDING: 1, "completed": 1, "error": 1}
+
+
+def test_unknown_status_is_a_non_terminal_transition() -> None:
+    core = make()
+    core.track("job_1", KEY, T0)
+    job = core.next_due(T0)
+    assert job is not None
+    core.on_success(job, payload("job_1", Status("postprocessing")), T0)
+    (event,) = core.take_events()
+    assert isinstance(event, Transition) and not event.current.is_known
+    assert not job.done
+    assert core.next_wakeup(T0) is not None
