@@ -317,16 +317,10 @@ def test_a_429_does_not_count_towards_giving_up() -> None:
 
 
 def test_org_budget_caps_requests_and_other_orgs_are_unaffected() -> None:
-    budgets: dict[str | None, Budget] = {}
-
     def budget_for(org: str | None) -> Budget:
-        budget = (
-            TokenBucket.from_limit(RateLimit(per_s=10.0, burst=1))
-            if org == "org_a"
-            else Unlimited()
-        )
-        budgets[org] = budget
-        return budget
+        if org == "org_a":
+            return TokenBucket.from_limit(RateLimit(per_s=10.0, burst=1))
+        return Unlimited()
 
     core = make(budget_for=budget_for)
     # Resolve both keys' organisations with a first poll each.
