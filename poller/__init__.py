@@ -1,6 +1,23 @@
-"""poller: track thousands of Retab jobs over one connection pool."""
+"""poller: track thousands of Retab jobs over one connection pool.
 
+Quick start::
+
+    import poller
+
+    async with poller.Poller(api_key="rt_live_...") as p:
+        p.track("job_123")
+        job = await p.wait("job_123", timeout_s=600)
+        print(job.status)
+
+See the README for configuration, subscriptions and callbacks.
+"""
+
+from ._callbacks import CallbackHandle, TransitionCallback
 from ._version import __version__
+from .auth import AuthScheme, Credential
+from .backoff import Backoff
+from .blocking import BlockingPoller
+from .engine import Poller
 from .errors import (
     APIError,
     AuthenticationError,
@@ -22,17 +39,29 @@ from .errors import (
     TrackingExpiredError,
     TransportError,
     UnexpectedStatusError,
+    UntrackedError,
 )
+from .events import Event, Stats, TrackingFailure, Transition
 from .models import Endpoint, Job, JobError, JobResponse, JobStatus, JobWarning, Status
+from .ratelimit import RateLimit
+from .subscription import Subscription, SubscriptionStatistics
+from .transport import AiohttpTransport, Transport
 
 __all__ = [
     "APIError",
+    "AiohttpTransport",
+    "AuthScheme",
     "AuthenticationError",
+    "Backoff",
+    "BlockingPoller",
+    "CallbackHandle",
     "ConfigError",
     "ConnectError",
     "ConnectionLostError",
+    "Credential",
     "DecodeError",
     "Endpoint",
+    "Event",
     "InvalidJobIdError",
     "Job",
     "JobError",
@@ -42,16 +71,26 @@ __all__ = [
     "JobWarning",
     "JobsFailedError",
     "PermissionDeniedError",
+    "Poller",
     "PollerClosedError",
     "PollerError",
+    "RateLimit",
     "RateLimitedError",
     "RequestError",
     "RequestTimeoutError",
     "ServerError",
+    "Stats",
     "Status",
     "SubscriberOverflowError",
+    "Subscription",
+    "SubscriptionStatistics",
     "TrackingExpiredError",
+    "TrackingFailure",
+    "Transition",
+    "TransitionCallback",
+    "Transport",
     "TransportError",
     "UnexpectedStatusError",
+    "UntrackedError",
     "__version__",
 ]
