@@ -250,6 +250,9 @@ class Poller:
     def _track(self, job_id: str, api_key: str | None) -> Job:
         self._check_open()
         job_id = validate_job_id(job_id)
+        job = self._core.get(job_id)
+        if job is not None:  # tracked already, perhaps with another key: leave it be
+            return job
         job = self._core.track(job_id, self._credential(api_key), self._clock())
         self._deliver()
         self._poke_if_due_before(self._sleep_until)

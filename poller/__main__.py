@@ -1,0 +1,7 @@
+"""``python -m poller``: the ``poller`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
