@@ -205,10 +205,12 @@ class Poller:
         self._open = True
         return self
 
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
+    async def __aexit__(self, *exc_info: Any) -> None:
         self._open = False
         assert self._stack is not None
-        return await self._stack.__aexit__(*exc_info)
+        # The body's own exception is not handed to the task group (which would wrap it
+        # in an ExceptionGroup): shut down cleanly, then let it propagate unchanged.
+        await self._stack.aclose()
 
     def _finalize(self) -> None:
         """Release everyone still waiting: the engine is gone."""
