@@ -6,24 +6,26 @@ driver asks :meth:`Scheduler.next_due` for work, reports each outcome with
 :meth:`Scheduler.on_success` / :meth:`Scheduler.on_failure`, sleeps until
 :meth:`Scheduler.next_wakeup`, and drains the events with :meth:`Scheduler.take_events`.
 
-Structure. Jobs are grouped in *buckets*, one per rate budget: an organisation,
-or a key whose organisation is not known yet. Each bucket keeps a heap of
-``(due, job)``; a second heap orders the buckets by when each may send next
-(its head's due time, or later if its budget says so). Taking the next poll is
+Structure. Jobs are grouped in buckets, one per rate budget, and a fair queue
+picks the bucket that sends next (``poller._buckets``). Taking the next poll is
 O(log buckets + log jobs). A job sits in at most one heap at a time (none while
 its request is in flight); untracking leaves a stale entry that is skipped when
 met and compacted away when stale entries outnumber live ones.
+
+Intervals. After a response the next poll is placed by the learned duration
+model (``poller._learn``) when it knows the job's kind, else by the geometric
+backoff, both stretched by the bucket's pressure when its budget cannot keep up.
 """
 
 from __future__ import annotations
 
-import heapq
-import math
 import random
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Final
 
+from ._buckets import LEVEL_GROWTH, Bucket, FairQueue
+from ._learn import DurationModel, solve_step, steady_hazard_step
 from .auth import Credential
 from .backoff import Backoff
 from .errors import (
@@ -38,10 +40,11 @@ from .errors import (
 )
 from .events import Event, TrackingFailure, Transition
 from .models import JobStatus, Status
-from .ratelimit import Budget
+from .ratelimit import Budget, TokenBucket
 
 __all__ = ["PENDING", "Job", "Scheduler"]
 
+_NEW_JOB_WEIGHT: Final = 3.0
 PENDING: Final = "pending"
 """``by_status`` key of jobs not seen yet."""
 ERROR: Final = "error"
@@ -53,10 +56,6 @@ _IN_FLIGHT: Final = 1
 _DONE: Final = 2
 _REMOVED: Final = 3
 
-_COMPACT_MIN_STALE: Final = 1024
-# After a 429 without Retry-After, the bucket waits this long before its next request.
-_DEFAULT_THROTTLE_PAUSE_S: Final = 1.0
-
 
 class Job:
     """One tracked job: what the scheduler knows of it. Opaque to users.
@@ -66,6 +65,7 @@ class Job:
     """
 
     __slots__ = (
+        "base_s",
         "bucket",
         "credential",
         "errors",
@@ -73,16 +73,23 @@ class Job:
         "final",
         "job_id",
         "phase",
+        "polled_at",
+        "row",
         "seq",
         "status",
         "unchanged",
     )
 
-    def __init__(self, job_id: str, credential: Credential, bucket: _Bucket) -> None:
+    def __init__(self, job_id: str, credential: Credential, bucket: Bucket) -> None:
         self.job_id = job_id
         self.credential = credential
         self.bucket = bucket
         self.phase = _SCHEDULED
+        # How its lag piles up since polled_at: along a learned table row, else as if the
+        # hazard were steady with first step base_s, else (never seen) one second a second.
+        self.polled_at = 0.0
+        self.row: list[float] | None = None
+        self.base_s = 0.0
         self.status: Status | None = None
         self.seq = 0
         self.unchanged = 0
@@ -103,34 +110,6 @@ class Job:
         return f"<Job {self.job_id!r} status={self.status} phase={self.phase}>"
 
 
-class _Bucket:
-    __slots__ = ("budget", "heap", "key", "org_id", "scheduled_at", "stale")
-
-    def __init__(self, key: str, org_id: str | None, budget: Budget) -> None:
-        self.key = key
-        self.org_id = org_id
-        self.budget = budget
-        self.heap: list[tuple[float, Job]] = []
-        self.scheduled_at: float | None = None
-        self.stale = 0
-
-    def head(self) -> tuple[float, Job] | None:
-        """The earliest live entry, dropping stale ones on the way."""
-        heap = self.heap
-        while heap:
-            entry = heap[0]
-            if entry[1].phase == _SCHEDULED:
-                return entry
-            heapq.heappop(heap)
-            self.stale -= 1
-        return None
-
-    def compact(self) -> None:
-        self.heap = [entry for entry in self.heap if entry[1].phase == _SCHEDULED]
-        heapq.heapify(self.heap)
-        self.stale = 0
-
-
 BudgetFactory = Callable[[str | None], Budget]
 """Makes the budget of an organisation (its ID), or of a key not resolved yet (None)."""
 
@@ -141,6 +120,8 @@ class Scheduler:
     Args:
         backoff: the interval policy.
         budget_for: makes each bucket's rate budget.
+        weight_for: an organisation's share when buckets compete (1 by default).
+        global_budget: a cap on the total request rate, or None.
         rng: randomness for jitter (seed it for reproducible runs).
         first_poll_rate_per_s: newly tracked jobs get their first polls paced at this
             rate, so a burst of thousands does not go out in lockstep; None: no pacing.
@@ -156,23 +137,26 @@ class Scheduler:
         backoff: Backoff,
         budget_for: BudgetFactory,
         rng: random.Random,
+        weight_for: Callable[[str | None], float] = lambda org_id: 1.0,
+        global_budget: TokenBucket | None = None,
         first_poll_rate_per_s: float | None = 1000.0,
         terminal_retention_s: float = 3600.0,
         expiry_grace_s: float = 60.0,
     ) -> None:
         self._backoff = backoff
         self._budget_for = budget_for
+        self._weight_for = weight_for
         self._rng = rng
+        self._model = DurationModel() if backoff.learn else None
+        self._queue = FairQueue(self._crossing, global_budget)
         self._intake_gap_s = 1.0 / first_poll_rate_per_s if first_poll_rate_per_s else 0.0
         self._intake_cursor = 0.0
         self._retention_s = terminal_retention_s
         self._expiry_grace_s = expiry_grace_s
         self._jobs: dict[str, Job] = {}
-        self._buckets: dict[str, _Bucket] = {}
+        self._buckets: dict[str, Bucket] = {}
         self._key_orgs: dict[Credential, str] = {}
         self._refused: dict[Credential, PollerError] = {}
-        self._ready: list[tuple[float, int, _Bucket]] = []
-        self._serial = 0
         self._retired: deque[tuple[float, Job]] = deque()
         self._events: list[Event] = []
         self._counts: dict[str, int] = {}
@@ -207,10 +191,7 @@ class Scheduler:
 
     def next_wakeup(self, now: float) -> float | None:
         """When :meth:`next_due` may next return a job, or housekeeping is due; None: never."""
-        ready = self._ready
-        while ready and ready[0][2].scheduled_at != ready[0][0]:
-            heapq.heappop(ready)
-        first = ready[0][0] if ready else None
+        first = self._queue.next_wakeup(now)
         if self._retired and (first is None or self._retired[0][0] < first):
             return self._retired[0][0]
         return first
@@ -237,6 +218,7 @@ class Scheduler:
         if self._intake_gap_s:
             due = max(now, self._intake_cursor)
             self._intake_cursor = due + self._intake_gap_s
+        job.polled_at = due
         self._push(job, due)
         return job
 
@@ -248,10 +230,8 @@ class Scheduler:
             return None
         self._count(self._count_key(job), -1)
         if job.phase == _SCHEDULED:
-            bucket = job.bucket
-            bucket.stale += 1
-            if bucket.stale > _COMPACT_MIN_STALE and bucket.stale * 2 > len(bucket.heap):
-                bucket.compact()
+            job.phase = _REMOVED
+            job.bucket.forget_one()
         job.phase = _REMOVED
         return job
 
@@ -262,38 +242,18 @@ class Scheduler:
         due (or every due job's budget is spent). The job is in flight until its outcome
         is reported."""
         self._retire(now)
-        ready = self._ready
-        while ready and ready[0][0] <= now:
-            at, _, bucket = heapq.heappop(ready)
-            if bucket.scheduled_at != at:
-                continue
-            bucket.scheduled_at = None
-            head = bucket.head()
-            if head is None:
-                continue
-            if head[0] > now:
-                self._schedule_bucket(bucket, head[0])
-                continue
-            wait = bucket.budget.try_acquire(now)
-            if wait > 0.0:
-                # A wait too small to move a Unix timestamp must still move it, or this
-                # loop would meet the same bucket again at the same instant forever.
-                self._schedule_bucket(bucket, max(now + wait, math.nextafter(now, math.inf)))
-                continue
-            heapq.heappop(bucket.heap)
-            job = head[1]
+        job = self._queue.take(now)
+        if job is not None:
             job.phase = _IN_FLIGHT
             self.in_flight += 1
-            if bucket.heap:
-                self._schedule_bucket(bucket, max(now, bucket.heap[0][0]))
-            return job
-        return None
+        return job
 
     def on_success(self, job: Job, payload: JobStatus, now: float) -> None:
         """Record a status payload for a job returned by :meth:`next_due`."""
         if not self._landed(job):
             return
         job.errors = 0
+        job.bucket.budget.on_accepted(now)
         if job.bucket.org_id is None:
             self._learn_org(job, payload.organization_id)
         current = payload.status
@@ -305,6 +265,8 @@ class Scheduler:
             self._count(previous.value if previous is not None else PENDING, -1)
             self._count(current.value, 1)
             self.transitions += 1
+            if self._model is not None:
+                self._model.observe(payload, previous)
             self._events.append(
                 Transition(
                     job_id=job.job_id,
@@ -328,8 +290,7 @@ class Scheduler:
             )
             self._fail(job, error, now)
         else:
-            interval = self._backoff.interval_s(current, job.unchanged, self._rng)
-            due = now + interval
+            due = self._next_poll(job, payload, now)
             if due > payload.expires_at >= now:
                 # Look once just after expiry: the server then reports "expired".
                 due = payload.expires_at + self._backoff.min_interval_s
@@ -339,6 +300,8 @@ class Scheduler:
         """Record a failed request for a job returned by :meth:`next_due`."""
         if not self._landed(job):
             return
+        if error.status is not None and not isinstance(error, RateLimitedError):
+            job.bucket.budget.on_accepted(now)  # answered, so it counted at the server
         if isinstance(error, AuthenticationError | PermissionDeniedError):
             self._refuse(job.credential, error, now)
             return
@@ -352,7 +315,7 @@ class Scheduler:
             # this job. A 429 does not count against the job.
             pause_s = self.throttled(job.bucket, error.retry_after_s, now)
             if isinstance(error, RateLimitedError):
-                self._push(job, now + pause_s)
+                self._retry_at(job, now, pause_s)
                 return
         job.errors += 1
         limit = self._backoff.max_consecutive_errors
@@ -360,7 +323,7 @@ class Scheduler:
             self._fail(job, error, now)
             return
         retry_after_s = getattr(error, "retry_after_s", None)
-        self._push(job, now + self._backoff.error_delay_s(job.errors, retry_after_s, self._rng))
+        self._retry_at(job, now, self._backoff.error_delay_s(job.errors, retry_after_s, self._rng))
 
     def budget_wait(self, credential: Credential, now: float) -> float:
         """Charge one request to ``credential``'s budget outside the poll cycle (a full-job
@@ -368,14 +331,12 @@ class Scheduler:
         return self._bucket_for(credential, None).budget.try_acquire(now)
 
     def throttled(
-        self, where: Credential | _Bucket, retry_after_s: float | None, now: float
+        self, where: Credential | Bucket, retry_after_s: float | None, now: float
     ) -> float:
         """The server asked a credential's (or bucket's) organisation to slow down: pause its
         budget. Returns the pause in seconds."""
-        bucket = where if isinstance(where, _Bucket) else self._bucket_for(where, None)
-        pause_s = _DEFAULT_THROTTLE_PAUSE_S if retry_after_s is None else retry_after_s
-        bucket.budget.pause_until(now + pause_s)
-        return pause_s
+        bucket = where if isinstance(where, Bucket) else self._bucket_for(where, None)
+        return bucket.budget.on_throttled(now, retry_after_s)
 
     # -- internals ---------------------------------------------------------------
 
@@ -386,29 +347,63 @@ class Scheduler:
 
     def _push(self, job: Job, due: float) -> None:
         job.phase = _SCHEDULED
-        bucket = job.bucket
-        heapq.heappush(bucket.heap, (due, job))
-        if bucket.heap[0][1] is job:
-            self._schedule_bucket(bucket, due)
+        self._queue.push(job.bucket, job, due)
 
-    def _schedule_bucket(self, bucket: _Bucket, at: float) -> None:
-        if bucket.scheduled_at is not None and bucket.scheduled_at <= at:
-            return  # already due to be looked at sooner; it re-files itself then
-        bucket.scheduled_at = at
-        self._serial += 1
-        heapq.heappush(self._ready, (at, self._serial, bucket))
+    def _next_poll(self, job: Job, payload: JobStatus, now: float) -> float:
+        """When to poll next a job whose status did not end tracking (level 0), and how its
+        lag piles up meanwhile (for the higher levels)."""
+        backoff = self._backoff
+        job.polled_at = now
+        job.row = self._model.row(payload, now) if self._model is not None else None
+        if job.row is not None:
+            step = solve_step(job.row, backoff.request_cost_s)
+            step *= 1.0 + backoff.jitter * (2.0 * self._rng.random() - 1.0)
+        else:
+            step = job.base_s = backoff.interval_s(payload.status, job.unchanged, self._rng)
+        return now + min(backoff.max_interval_s, max(backoff.min_interval_s, step))
 
-    def _bucket_for(self, credential: Credential, org_id: str | None) -> _Bucket:
+    def _retry_at(self, job: Job, now: float, delay_s: float) -> None:
+        """Retry a failed request after ``delay_s``; while it waits, it gains priority as
+        slowly as a job with a steady hazard."""
+        job.polled_at, job.row, job.base_s = now, None, delay_s
+        self._push(job, now + delay_s)
+
+    def _crossing(self, job: Job, level: int) -> float:
+        """When ``job``'s piled-up lag reaches the threshold of ``level`` (>= 1)."""
+        theta = self._backoff.request_cost_s * LEVEL_GROWTH**level
+        if job.row is not None:
+            return job.polled_at + solve_step(job.row, theta)
+        if job.base_s:
+            return job.polled_at + steady_hazard_step(
+                job.base_s, self._backoff.request_cost_s, theta
+            )
+        return job.polled_at + theta / _NEW_JOB_WEIGHT
+
+    def _bucket_for(self, credential: Credential, org_id: str | None) -> Bucket:
         org_id = org_id or self._key_orgs.get(credential)
         key = f"org:{org_id}" if org_id is not None else f"key:{credential.fingerprint}"
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = _Bucket(key, org_id, self._budget_for(org_id))
+            bucket = Bucket(key, org_id, self._budget_for(org_id), self._weight_for(org_id))
+            self._buckets[key] = bucket
         return bucket
 
     def _learn_org(self, job: Job, org_id: str) -> None:
+        """The first answer for a key names its organisation. The key's bucket merges into
+        the organisation's: one budget, and one queue, so the key's first polls and the
+        organisation's re-polls go in due order instead of taking turns."""
+        key_bucket = job.bucket
         self._key_orgs.setdefault(job.credential, org_id)
-        job.bucket = self._bucket_for(job.credential, org_id)
+        org_bucket = self._bucket_for(job.credential, org_id)
+        job.bucket = org_bucket
+        if self._buckets.get(key_bucket.key) is key_bucket:
+            del self._buckets[key_bucket.key]
+            for due, waiting in key_bucket.drain():
+                waiting.bucket = org_bucket
+                self._queue.push(org_bucket, waiting, due)
+        # Jobs of the key still in flight point at the old bucket; it lends them the
+        # organisation's budget until they land and move.
+        key_bucket.budget = org_bucket.budget
 
     def _finish(self, job: Job, final: JobStatus | PollerError, now: float) -> None:
         job.phase = _DONE
@@ -432,7 +427,8 @@ class Scheduler:
         for job in list(self._jobs.values()):
             if job.credential == credential and job.phase in (_SCHEDULED, _IN_FLIGHT):
                 if job.phase == _SCHEDULED:
-                    job.bucket.stale += 1
+                    job.phase = _DONE
+                    job.bucket.forget_one()
                 self._fail(job, error, now)
 
     def _retire(self, now: float) -> None:

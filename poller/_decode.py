@@ -25,8 +25,9 @@ _TIMESTAMP_FIELDS: Final = frozenset(
 )
 _LenientTimestamp = int | float | _dt.datetime
 # msgspec reports bad input as DecodeError (ValidationError included); nesting deeper than
-# its limit surfaces as RecursionError. Both mean "malformed body".
-_DECODE_FAILURES: Final = (msgspec.DecodeError, RecursionError)
+# its limit surfaces as RecursionError, invalid UTF-8 inside a string as
+# UnicodeDecodeError. All mean "malformed body".
+_DECODE_FAILURES: Final = (msgspec.DecodeError, RecursionError, UnicodeDecodeError)
 
 M = TypeVar("M", JobStatus, Job)
 

@@ -47,6 +47,12 @@ class Backoff(msgspec.Struct, frozen=True, kw_only=True):
         error_max_s: cap of the error delay.
         max_consecutive_errors: after this many failed requests in a row a job stops being
             tracked and its error is reported; None retries forever (at ``error_max_s``).
+        learn: learn how long jobs stay queued and in progress (per organisation and
+            endpoint) and poll where a change is likely; the geometric intervals above
+            apply until enough jobs have been seen, and when ``learn`` is False.
+        request_cost_s: with ``learn``: the detection lag one request is worth. Larger
+            spends fewer requests for a longer lag; the spacing of polls goes as its
+            square root.
     """
 
     initial_interval_s: Mapping[str, float] = msgspec.field(
@@ -60,6 +66,8 @@ class Backoff(msgspec.Struct, frozen=True, kw_only=True):
     error_base_s: float = 1.0
     error_max_s: float = 60.0
     max_consecutive_errors: int | None = 30
+    learn: bool = True
+    request_cost_s: float = 0.125
 
     def __post_init__(self) -> None:
         positive = {
@@ -68,6 +76,7 @@ class Backoff(msgspec.Struct, frozen=True, kw_only=True):
             "max_interval_s": self.max_interval_s,
             "error_base_s": self.error_base_s,
             "error_max_s": self.error_max_s,
+            "request_cost_s": self.request_cost_s,
             **{f"initial_interval_s[{k!r}]": v for k, v in self.initial_interval_s.items()},
         }
         for name, value in positive.items():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 import time
@@ -47,7 +48,7 @@ from .errors import (
 from .events import Event, Stats, Transition
 from .models import Job as FullJob
 from .models import JobStatus, Status
-from .ratelimit import Budget, RateLimit, TokenBucket, Unlimited
+from .ratelimit import AdaptiveBudget, Budget, RateLimit, TokenBucket, default_burst
 from .subscription import Subscription
 from .transport import AiohttpTransport, Transport
 
@@ -80,8 +81,11 @@ class Poller:
         access_token: sent as the ``access_token`` query parameter with the default key.
         backoff: polling intervals (see :class:`~poller.backoff.Backoff`).
         rate_limit: default budget of every organisation; None: uncapped until the server
-            answers 429, then paused as the server asks.
+            answers 429. Either way 429s pause the organisation for the ``Retry-After`` and
+            lower its rate to what the server accepts, which then regrows (never past the
+            configured rate).
         org_rate_limits: budgets of particular organisations, by organisation ID.
+        max_rate_per_s: a cap on all requests together, shared by organisations by weight.
         first_poll_rate_per_s: newly tracked jobs get their first polls paced at this rate
             so a burst does not go out at once; None: no pacing.
         terminal_retention_s: how long a finished job is remembered, so that ``wait``
@@ -111,6 +115,7 @@ class Poller:
         backoff: Backoff | None = None,
         rate_limit: RateLimit | None = None,
         org_rate_limits: Mapping[str, RateLimit] | None = None,
+        max_rate_per_s: float | None = None,
         first_poll_rate_per_s: float | None = 1000.0,
         terminal_retention_s: float = 3600.0,
         subscriber_buffer: int = 10_000,
@@ -140,9 +145,16 @@ class Poller:
             )
         self._rate_limit = rate_limit
         self._org_rate_limits = dict(org_rate_limits or {})
+        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise ConfigError("rate_limit: must be a poller.RateLimit or None")
         for org_id, limit in self._org_rate_limits.items():
             if not isinstance(limit, RateLimit):
                 raise ConfigError(f"org_rate_limits[{org_id!r}]: must be a RateLimit")
+        global_budget = None
+        if max_rate_per_s is not None:
+            if not (isinstance(max_rate_per_s, int | float) and 0 < max_rate_per_s < math.inf):
+                raise ConfigError("max_rate_per_s: must be a finite number > 0 or None")
+            global_budget = TokenBucket(max_rate_per_s, default_burst(max_rate_per_s))
         self._transport_settings: dict[str, Any] = {
             "base_url": base_url,
             "max_connections": max_connections,
@@ -160,6 +172,8 @@ class Poller:
         self._core = Scheduler(
             backoff=backoff if backoff is not None else Backoff(),
             budget_for=self._budget_for,
+            weight_for=self._weight_for,
+            global_budget=global_budget,
             rng=random.Random(seed),
             first_poll_rate_per_s=first_poll_rate_per_s,
             terminal_retention_s=terminal_retention_s,
@@ -494,9 +508,17 @@ class Poller:
             self._credentials[api_key] = credential
         return credential
 
+    def _limit_for(self, org_id: str | None) -> RateLimit | None:
+        if org_id is None:
+            return self._rate_limit
+        return self._org_rate_limits.get(org_id, self._rate_limit)
+
     def _budget_for(self, org_id: str | None) -> Budget:
-        limit = self._org_rate_limits.get(org_id, self._rate_limit) if org_id else self._rate_limit
-        return TokenBucket.from_limit(limit) if limit is not None else Unlimited()
+        return AdaptiveBudget(self._limit_for(org_id))
+
+    def _weight_for(self, org_id: str | None) -> float:
+        limit = self._limit_for(org_id)
+        return limit.weight if limit is not None else 1.0
 
     def _deliver(self) -> None:
         """Hand the core's new events to waiters, subscribers and callbacks."""

@@ -1,26 +1,31 @@
-"""Rate budgets: how many requests an organisation (or a not-yet-known key) may send.
+"""Rate budgets: how many requests an organisation (or a key not resolved yet) may send.
 
 A budget is a small synchronous object that reads time only from its arguments,
-behind the :class:`Budget` protocol, so a later implementation can keep its
-state in a shared store instead of in this process.
+behind the :class:`Budget` protocol, so that a later implementation can keep its
+state in a store shared by several processes instead of in this one.
 
-- :class:`TokenBucket`: a fixed rate with a small burst.
-- :class:`Unlimited`: no cap, but it still honours a server's ``Retry-After`` pause.
+- :class:`TokenBucket`: a fixed rate with a small burst (the global cap).
+- :class:`AdaptiveBudget`: every organisation's budget. It starts at the configured
+  rate, or uncapped when none is configured, and learns the server's real limit
+  from 429 answers, CUBIC-style (as botocore's adaptive retry mode does): on a 429
+  it pauses for the ``Retry-After`` and drops to a little under the rate the server
+  was accepting; then it climbs back quickly, dwells near that level, and probes
+  above it ever faster while no 429 comes, never past the configured rate.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import Final, Protocol
 
 import msgspec
 
 from .errors import ConfigError
 
-__all__ = ["Budget", "RateLimit", "TokenBucket", "Unlimited"]
+__all__ = ["AdaptiveBudget", "Budget", "RateLimit", "TokenBucket"]
 
 # Float refills land a hair under a whole token; count those as whole.
-_EPSILON = 1e-9
+_EPSILON: Final = 1e-9
 
 
 class RateLimit(msgspec.Struct, frozen=True):
@@ -31,71 +36,72 @@ class RateLimit(msgspec.Struct, frozen=True):
         burst: requests that may go at once after a quiet spell; None picks a small burst
             (5% of a second's worth, at least 1) so that no 1-second window ever holds
             much more than ``per_s`` requests.
+        weight: the organisation's share of the global cap (``max_rate_per_s``,
+            ``max_connections``) relative to the others when they compete.
     """
 
     per_s: float
     burst: float | None = None
+    weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.per_s, int | float) and math.isfinite(self.per_s)):
-            raise ConfigError(f"rate_limit.per_s: must be a number, got {self.per_s!r}")
-        if self.per_s <= 0:
-            raise ConfigError("rate_limit.per_s: must be > 0")
-        if self.burst is not None and not (math.isfinite(self.burst) and self.burst >= 1):
-            raise ConfigError("rate_limit.burst: must be >= 1")
+        for name, value in (("per_s", self.per_s), ("weight", self.weight)):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"rate_limit.{name}: must be a finite number > 0, got {value!r}")
+        if self.burst is not None and not (
+            isinstance(self.burst, int | float) and math.isfinite(self.burst) and self.burst >= 1
+        ):
+            raise ConfigError(f"rate_limit.burst: must be >= 1, got {self.burst!r}")
 
     @property
     def effective_burst(self) -> float:
         """The burst in use: the configured one, or the default described above."""
-        return self.burst if self.burst is not None else max(1.0, 0.05 * self.per_s)
+        return self.burst if self.burst is not None else default_burst(self.per_s)
+
+
+def default_burst(per_s: float) -> float:
+    """5% of a second's worth of requests, at least one."""
+    return max(1.0, 0.05 * per_s)
 
 
 class Budget(Protocol):
-    """A rate budget shared by every job of one organisation (or one unresolved key)."""
+    """The rate budget shared by every job of one organisation (or one unresolved key)."""
 
     def try_acquire(self, now: float) -> float:
         """Take one request. Returns 0.0 on success, else the seconds to wait before retrying."""
         ...
 
-    def pause_until(self, until: float) -> None:
-        """Send nothing before ``until`` (a server asked to retry later)."""
+    def on_throttled(self, now: float, retry_after_s: float | None) -> float:
+        """The server answered 429 (or 503 with ``Retry-After``): send nothing for a while and
+        slow down. Returns the pause in seconds."""
+        ...
+
+    def on_accepted(self, now: float) -> None:
+        """The server answered a request without throttling it."""
+        ...
+
+    @property
+    def rate_per_s(self) -> float | None:
+        """The rate currently allowed; None when uncapped."""
         ...
 
 
-class Unlimited:
-    """No rate cap; only pauses asked for by the server."""
-
-    __slots__ = ("_paused_until",)
-
-    def __init__(self) -> None:
-        self._paused_until = 0.0
-
-    def try_acquire(self, now: float) -> float:
-        """See :meth:`Budget.try_acquire`."""
-        return 0.0 if now >= self._paused_until else self._paused_until - now
-
-    def pause_until(self, until: float) -> None:
-        """See :meth:`Budget.pause_until`."""
-        self._paused_until = max(self._paused_until, until)
-
-
 class TokenBucket:
-    """A token bucket: ``rate_per_s`` tokens a second, holding at most ``burst``.
+    """``rate_per_s`` tokens a second, holding at most ``burst``; it starts full.
 
-    It starts full. Time only moves forward as far as it is concerned: a ``now``
-    earlier than one it has seen is treated as that one.
+    Time only moves forward as far as it is concerned: a ``now`` earlier than one
+    it has seen counts as that one.
     """
 
-    __slots__ = ("_paused_until", "_tokens", "_updated", "burst", "rate_per_s")
+    __slots__ = ("_tokens", "_updated", "burst", "rate_per_s")
 
     def __init__(self, rate_per_s: float, burst: float) -> None:
-        if rate_per_s <= 0 or burst < 1:
+        if not rate_per_s > 0 or not burst >= 1:
             raise ConfigError("rate_per_s must be > 0 and burst >= 1")
         self.rate_per_s = rate_per_s
         self.burst = burst
         self._tokens = burst
         self._updated: float | None = None
-        self._paused_until = 0.0
 
     @classmethod
     def from_limit(cls, limit: RateLimit) -> TokenBucket:
@@ -103,25 +109,198 @@ class TokenBucket:
         return cls(limit.per_s, limit.effective_burst)
 
     def _refill(self, now: float) -> None:
-        if self._updated is None or now > self._updated:
-            if self._updated is not None:
-                gained = (now - self._updated) * self.rate_per_s
-                self._tokens = min(self.burst, self._tokens + gained)
+        if self._updated is None:
             self._updated = now
+        elif now > self._updated:
+            gained = (now - self._updated) * self.rate_per_s
+            self._tokens = min(self.burst, self._tokens + gained)
+            self._updated = now
+
+    def peek(self, now: float) -> float:
+        """Seconds until a token is available (0.0: now), taking nothing."""
+        self._refill(now)
+        if self._tokens >= 1.0 - _EPSILON:
+            return 0.0
+        return (1.0 - self._tokens) / self.rate_per_s
+
+    def try_acquire(self, now: float) -> float:
+        """Take a token. Returns 0.0 on success, else the seconds until one is available."""
+        wait = self.peek(now)
+        if wait == 0.0:
+            self._tokens -= 1.0
+        return wait
+
+    def drain(self, now: float) -> None:
+        """Empty the bucket: what follows goes at the sustained rate, not in a burst."""
+        self._refill(now)
+        self._tokens = 0.0
+
+    def set_rate(self, rate_per_s: float, burst: float, now: float) -> None:
+        """Change the rate from ``now`` on (tokens earned so far are kept, up to the burst)."""
+        self._refill(now)
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self._tokens = min(self._tokens, burst)
+
+
+class _Window:
+    """Counts events in the last second, in ten 100 ms bins."""
+
+    __slots__ = ("_bins", "_epoch")
+
+    _BIN_S: Final = 0.1
+    _BINS: Final = 10
+
+    def __init__(self) -> None:
+        self._bins = [0] * self._BINS
+        self._epoch = 0  # index of the newest bin, in bins since time zero
+
+    def _advance(self, now: float) -> int:
+        epoch = int(now / self._BIN_S)
+        if epoch > self._epoch:
+            for index in range(self._epoch + 1, min(epoch, self._epoch + self._BINS) + 1):
+                self._bins[index % self._BINS] = 0
+            self._epoch = epoch
+        return epoch
+
+    def add(self, now: float) -> None:
+        self._bins[self._advance(now) % self._BINS] += 1
+
+    def count(self, now: float) -> int:
+        self._advance(now)
+        return sum(self._bins)
+
+
+class AdaptiveBudget:
+    """An organisation's budget, learning the server's limit from 429s (see the module).
+
+    Args:
+        limit: the configured budget; None: uncapped until the first 429.
+        beta: after a 429 the rate drops to ``beta`` times the rate the server was
+            accepting over the last second.
+        recovery_s: time to climb back to that rate; past it, probing accelerates.
+        min_rate_per_s: the rate never drops below this.
+        min_growth_per_s: while wanting more, the rate climbs at least this much a second.
+        default_pause_s: pause after a 429 that carries no ``Retry-After``.
+    """
+
+    __slots__ = (
+        "_accepted",
+        "_bucket",
+        "_ceiling",
+        "_ceiling_burst",
+        "_cut_at",
+        "_grown_at",
+        "_growth_s",
+        "_last_refused",
+        "_paused_until",
+        "_w_max",
+        "beta",
+        "default_pause_s",
+        "min_growth_per_s",
+        "min_rate_per_s",
+        "recovery_s",
+        "throttles",
+    )
+
+    def __init__(
+        self,
+        limit: RateLimit | None = None,
+        *,
+        beta: float = 0.9,
+        recovery_s: float = 30.0,
+        min_rate_per_s: float = 0.5,
+        min_growth_per_s: float = 1.0,
+        default_pause_s: float = 1.0,
+    ) -> None:
+        if not 0.0 < beta < 1.0 or not recovery_s > 0 or not min_rate_per_s > 0:
+            raise ConfigError("beta must be in (0, 1), recovery_s and min_rate_per_s > 0")
+        self.beta = beta
+        self.recovery_s = recovery_s
+        self.min_rate_per_s = min_rate_per_s
+        self.min_growth_per_s = min_growth_per_s
+        self.default_pause_s = default_pause_s
+        self._ceiling = limit.per_s if limit is not None else None
+        self._ceiling_burst = limit.effective_burst if limit is not None else None
+        self._bucket = TokenBucket.from_limit(limit) if limit is not None else None
+        self._w_max: float | None = None  # the accepted rate when the last 429 came
+        self._cut_at = 0.0
+        self._growth_s = 0.0  # time spent wanting more than the rate since the last cut
+        self._grown_at = 0.0
+        self._last_refused = -math.inf
+        self._paused_until = -math.inf
+        self._accepted = _Window()
+        self.throttles = 0
+
+    @property
+    def rate_per_s(self) -> float | None:
+        """The rate currently allowed; None while uncapped."""
+        return self._bucket.rate_per_s if self._bucket is not None else None
+
+    def _target(self) -> float | None:
+        """The rate the CUBIC curve allows now, capped by the configured rate."""
+        if self._w_max is None:
+            return self._ceiling
+        k = self.recovery_s
+        w_max = self._w_max
+        offset = self._growth_s - k
+        rate = w_max + w_max * (1.0 - self.beta) * (offset / k) ** 3
+        # The curve is relative to w_max: after a cut to a very low rate it alone would take
+        # minutes to recover, so the rate also climbs by at least min_growth_per_s a second.
+        linear = self.beta * w_max + self.min_growth_per_s * self._growth_s
+        rate = max(self.min_rate_per_s, rate, linear)
+        return min(rate, self._ceiling) if self._ceiling is not None else rate
+
+    def _regrow(self, now: float) -> None:
+        if self._w_max is None or self._bucket is None:
+            return
+        if now > self._grown_at:
+            # Climb only while there is demand for more: an idle organisation must not
+            # wake up believing in a rate it never tried.
+            if now - self._last_refused < 1.0:
+                self._growth_s += now - self._grown_at
+            self._grown_at = now
+        target = self._target()
+        assert target is not None
+        if abs(target - self._bucket.rate_per_s) > 1e-6 * target:
+            burst = self._ceiling_burst if target == self._ceiling else default_burst(target)
+            self._bucket.set_rate(target, burst or default_burst(target), now)
 
     def try_acquire(self, now: float) -> float:
         """See :meth:`Budget.try_acquire`."""
         if now < self._paused_until:
             return self._paused_until - now
-        self._refill(now)
-        if self._tokens >= 1.0 - _EPSILON:
-            self._tokens -= 1.0
+        if self._bucket is None:
             return 0.0
-        return (1.0 - self._tokens) / self.rate_per_s
+        self._regrow(now)
+        wait = self._bucket.try_acquire(now)
+        if wait > 0.0:
+            self._last_refused = now
+        return wait
 
-    def pause_until(self, until: float) -> None:
-        """See :meth:`Budget.pause_until`. The bucket is also emptied: after a pause the
-        requests resume at the sustained rate, not in a burst."""
-        self._paused_until = max(self._paused_until, until)
-        self._tokens = 0.0
-        self._updated = until if self._updated is None else max(self._updated, until)
+    def on_accepted(self, now: float) -> None:
+        """See :meth:`Budget.on_accepted`."""
+        self._accepted.add(now)
+
+    def on_throttled(self, now: float, retry_after_s: float | None) -> float:
+        """See :meth:`Budget.on_throttled`."""
+        self.throttles += 1
+        pause_s = self.default_pause_s if retry_after_s is None else retry_after_s
+        self._paused_until = max(self._paused_until, now + pause_s)
+        # Answers to requests sent before the cut arrive after it: cut once per second.
+        if now - self._cut_at >= 1.0 or self._w_max is None:
+            accepted = float(self._accepted.count(now))
+            current = self.rate_per_s
+            if current is not None:
+                accepted = min(accepted, current)
+            self._w_max = max(self.min_rate_per_s, accepted)
+            self._cut_at = self._grown_at = now
+            self._growth_s = 0.0
+            rate = max(self.min_rate_per_s, self.beta * self._w_max)
+            if self._bucket is None:
+                self._bucket = TokenBucket(rate, default_burst(rate))
+            else:
+                self._bucket.set_rate(rate, default_burst(rate), now)
+        assert self._bucket is not None
+        self._bucket.drain(max(now, self._paused_until))
+        return pause_s

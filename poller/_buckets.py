@@ -1,0 +1,246 @@
+"""Buckets and the fair queue: which job, of which organisation, is polled next.
+
+A *bucket* holds the jobs that share one rate budget (an organisation, or a key
+whose organisation is not known yet).
+
+**Within a bucket: the most likely change first.** Each waiting job piles up
+expected detection lag ``G`` from its last poll on (see ``poller._learn``): the
+lag that polling it now would remove. A job becomes *due* when ``G`` reaches the
+threshold ``theta`` (``Backoff.request_cost_s``). While the budget keeps up,
+every job is polled as it becomes due. When it does not, due jobs wait, and the
+next request goes to the job with the most lag piled up, not the one that has
+waited longest: jobs sit on levels ``k = 0, 1, ...`` (the level a job is on is
+the number of thresholds ``theta * 4**k`` it has passed), each level a heap keyed
+by when the job reaches the next threshold, and the highest level is served
+first. Moving a job up a level costs one heap operation, and a job climbs at most
+``LEVELS`` levels between two polls, so a poll costs O(LEVELS log n).
+
+**Between buckets: fair shares.** The :class:`FairQueue` keeps buckets that have
+nothing due in a heap keyed by when they will; buckets with something due take
+turns by *start-time fair queueing*: each has a virtual time that advances by
+``1 / weight`` per request sent, the smallest goes first, and a bucket that was
+idle re-enters at the current virtual time, so it gets its share from then on but
+banks nothing for the time it did not need. Under a global cap
+(``max_rate_per_s``, or every connection busy) busy organisations share by weight
+and none can starve another; an idle one's share goes to the rest.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from .ratelimit import Budget, TokenBucket
+
+if TYPE_CHECKING:
+    from ._core import Job
+
+__all__ = ["LEVELS", "LEVEL_GROWTH", "Bucket", "Crossing", "FairQueue"]
+
+LEVELS: Final = 10
+LEVEL_GROWTH: Final = 4.0  # each level's threshold is this many times the one below
+_SCHEDULED: Final = 0  # mirrors poller._core: a job waiting in a heap
+_COMPACT_MIN_STALE: Final = 1024
+
+Crossing = Callable[["Job", int], float]
+"""When a job's piled-up lag reaches level ``k``'s threshold (``k >= 1``)."""
+
+_Entry = tuple[float, "Job"]
+
+
+class Bucket:
+    """The jobs sharing one budget, and that budget."""
+
+    __slots__ = (
+        "budget",
+        "in_fair",
+        "key",
+        "levels",
+        "org_id",
+        "stale",
+        "vtime",
+        "waiting_at",
+        "weight",
+    )
+
+    def __init__(self, key: str, org_id: str | None, budget: Budget, weight: float = 1.0) -> None:
+        self.key = key
+        self.org_id = org_id
+        self.budget = budget
+        self.weight = weight
+        self.levels: list[list[_Entry]] = [[] for _ in range(LEVELS)]
+        self.stale = 0
+        self.vtime = 0.0
+        self.waiting_at: float | None = None
+        self.in_fair = False
+
+    def __repr__(self) -> str:
+        return f"<Bucket {self.key} jobs={len(self)}>"
+
+    def __len__(self) -> int:
+        return sum(len(level) for level in self.levels) - self.stale
+
+    def _top(self, level: int) -> _Entry | None:
+        heap = self.levels[level]
+        while heap:
+            if heap[0][1].phase == _SCHEDULED:
+                return heap[0]
+            heapq.heappop(heap)
+            self.stale -= 1
+        return None
+
+    def push(self, job: Job, due: float) -> None:
+        """File ``job`` as due at ``due`` (on level 0)."""
+        heapq.heappush(self.levels[0], (due, job))
+
+    def next_due(self) -> float | None:
+        """When the first job becomes due: -inf if one already climbed, None if empty."""
+        for level in range(LEVELS - 1, 0, -1):
+            if self._top(level) is not None:
+                return -math.inf
+        top = self._top(0)
+        return top[0] if top is not None else None
+
+    def climb(self, now: float, crossing: Crossing) -> None:
+        """Move every job whose lag passed a threshold by ``now`` up to its level."""
+        levels = self.levels
+        for level in range(LEVELS - 1):
+            heap = levels[level]
+            while heap and heap[0][0] <= now:
+                _, job = heapq.heappop(heap)
+                if job.phase != _SCHEDULED:
+                    self.stale -= 1
+                    continue
+                heapq.heappush(levels[level + 1], (crossing(job, level + 1), job))
+
+    def pop_best(self) -> Job | None:
+        """Remove and return the due job with the most lag piled up (call :meth:`climb`
+        first); None when no job is due."""
+        for level in range(LEVELS - 1, 0, -1):
+            if self._top(level) is not None:
+                return heapq.heappop(self.levels[level])[1]
+        return None
+
+    def drain(self) -> list[_Entry]:
+        """Remove and return every live entry with the time it is (or was) due (the bucket
+        is being merged into another)."""
+        live = [entry for entry in self.levels[0] if entry[1].phase == _SCHEDULED]
+        live += [
+            (job.polled_at, job)
+            for level in self.levels[1:]
+            for _, job in level
+            if job.phase == _SCHEDULED
+        ]
+        self.levels = [[] for _ in range(LEVELS)]
+        self.stale = 0
+        return live
+
+    def forget_one(self) -> None:
+        """A scheduled job left the table: its entry is stale now."""
+        self.stale += 1
+        if self.stale > _COMPACT_MIN_STALE and self.stale * 2 > len(self) + self.stale:
+            self.levels = [
+                [entry for entry in level if entry[1].phase == _SCHEDULED] for level in self.levels
+            ]
+            for level in self.levels:
+                heapq.heapify(level)
+            self.stale = 0
+
+
+class FairQueue:
+    """Picks the bucket that sends next (see the module docstring).
+
+    Args:
+        crossing: when a job reaches a level's threshold.
+        global_budget: a cap on the total rate of every bucket together, or None.
+    """
+
+    def __init__(self, crossing: Crossing, global_budget: TokenBucket | None = None) -> None:
+        self._crossing = crossing
+        self._global = global_budget
+        self._global_until = -math.inf
+        self._waiting: list[tuple[float, int, Bucket]] = []
+        self._fair: list[tuple[float, int, Bucket]] = []
+        self._vclock = 0.0
+        self._serial = 0
+
+    def _wait(self, bucket: Bucket, at: float) -> None:
+        if bucket.waiting_at is not None and bucket.waiting_at <= at:
+            return  # already due to be looked at sooner; it re-files itself then
+        bucket.waiting_at = at
+        self._serial += 1
+        heapq.heappush(self._waiting, (at, self._serial, bucket))
+
+    def _enter_fair(self, bucket: Bucket) -> None:
+        if bucket.in_fair:
+            return
+        bucket.in_fair = True
+        bucket.vtime = max(bucket.vtime, self._vclock)
+        self._serial += 1
+        heapq.heappush(self._fair, (bucket.vtime, self._serial, bucket))
+
+    def _leave_fair(self, bucket: Bucket, wait_until: float | None) -> None:
+        heapq.heappop(self._fair)  # the bucket is at the top: only the top ever leaves
+        bucket.in_fair = False
+        if wait_until is not None:
+            self._wait(bucket, wait_until)
+
+    def push(self, bucket: Bucket, job: Job, due: float) -> None:
+        """File ``job`` in ``bucket`` and make sure the bucket is looked at in time."""
+        bucket.push(job, due)
+        if not bucket.in_fair:
+            self._wait(bucket, due)
+
+    def take(self, now: float) -> Job | None:
+        """Pop the next job to send now, its budgets charged; None if none may go now."""
+        waiting = self._waiting
+        while waiting and waiting[0][0] <= now:
+            at, _, bucket = heapq.heappop(waiting)
+            if bucket.waiting_at == at:
+                bucket.waiting_at = None
+                self._enter_fair(bucket)
+        if self._global is not None and self._fair:
+            wait = self._global.peek(now)
+            if wait > 0.0:
+                self._global_until = max(now + wait, math.nextafter(now, math.inf))
+                return None
+        fair = self._fair
+        while fair:
+            vtime, _, bucket = fair[0]
+            bucket.climb(now, self._crossing)
+            due = bucket.next_due()
+            if due is None or due > now:
+                self._leave_fair(bucket, due)
+                continue
+            wait = bucket.budget.try_acquire(now)
+            if wait > 0.0:
+                # A wait too small to move a Unix timestamp must still move it, or this
+                # bucket would be met again at the same instant forever.
+                self._leave_fair(bucket, max(now + wait, math.nextafter(now, math.inf)))
+                continue
+            if self._global is not None:
+                self._global.try_acquire(now)
+            job = bucket.pop_best()
+            assert job is not None
+            self._vclock = vtime
+            bucket.vtime = vtime + 1.0 / bucket.weight
+            following = bucket.next_due()
+            if following is not None and following <= now:
+                self._serial += 1
+                heapq.heapreplace(fair, (bucket.vtime, self._serial, bucket))
+            else:
+                # Keep the fair heap to buckets with work due, so next_wakeup can trust it.
+                self._leave_fair(bucket, following)
+            return job
+        return None
+
+    def next_wakeup(self, now: float) -> float | None:
+        """When :meth:`take` may next return a job; None: not until something is pushed."""
+        if self._fair:
+            return self._global_until if self._global_until > now else now
+        waiting = self._waiting
+        while waiting and waiting[0][2].waiting_at != waiting[0][0]:
+            heapq.heappop(waiting)
+        return waiting[0][0] if waiting else None

@@ -1,0 +1,228 @@
+"""Learning how long jobs stay in a status, and polling where a change is likely.
+
+**What is learned.** For each (organisation, endpoint, status) a small log-bucketed
+histogram of how long jobs stay there, from the timestamps the API itself reports:
+time queued is ``started_at - created_at``, time in progress is ``completed_at -
+started_at``. Memory is bounded: ~100 counters per key, at most ``max_keys`` keys,
+and old samples fade (all counts halve once they pass ``max_weight``).
+
+**How it is used.** After a poll that shows a job of age ``a`` (time since it
+entered its status) unchanged, the expected detection lag piling up until the next
+poll ``d`` seconds later is ``G(d) = integral over u in [0, d] of P(changed within u
+| unchanged at a)``. Polling when ``G`` reaches a threshold ``theta`` is the classic
+optimal inspection rule for minimising lag plus ``theta`` per request (for a steady
+hazard ``h`` it gives ``d = sqrt(2 theta / h)``): jobs likely to change soon are
+polled often, jobs unlikely to change for a while are left alone. ``theta`` is
+``Backoff.request_cost_s`` times the organisation's pressure (see
+``poller._buckets``), so a scarce budget goes where a change is likeliest.
+
+``G`` comes from a precomputed table per key (ages x steps), rebuilt as samples
+arrive, so finding the step for a threshold costs a binary search.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import OrderedDict
+from typing import Final
+
+from .models import JobStatus, Status
+
+__all__ = ["DurationModel", "DurationSketch", "solve_step", "steady_hazard_step"]
+
+_MIN_S: Final = 0.05
+_RATIO: Final = 1.2
+_BINS: Final = 100  # 0.05 s to ~4 days at a 20% resolution
+_EDGES: Final = [_MIN_S * _RATIO**i for i in range(_BINS)]
+_LOG_RATIO: Final = math.log(_RATIO)
+
+# The table: ages at which the step is solved, and candidate steps.
+_AGES: Final = [0.0] + [0.1 * 1.25**i for i in range(70)]  # up to ~6 days
+_STEPS: Final = [0.02 * 1.4**i for i in range(42)]  # 20 ms to ~10 days
+
+
+def _bin(value: float) -> int:
+    if value < _MIN_S:
+        return 0
+    return min(_BINS - 1, 1 + int(math.log(value / _MIN_S) / _LOG_RATIO))
+
+
+class DurationSketch:
+    """A log-bucketed histogram of durations with fading memory."""
+
+    __slots__ = ("_counts", "max_weight", "total")
+
+    def __init__(self, *, max_weight: float = 4000.0) -> None:
+        self._counts = [0.0] * _BINS
+        self.total = 0.0
+        self.max_weight = max_weight
+
+    def add(self, duration_s: float) -> None:
+        """Record one duration (negative ones count as zero)."""
+        self._counts[_bin(max(0.0, duration_s))] += 1.0
+        self.total += 1.0
+        if self.total > self.max_weight:
+            self._counts = [c / 2.0 for c in self._counts]
+            self.total /= 2.0
+
+    def cdf_points(self) -> tuple[list[float], list[float]]:
+        """The cumulative distribution at the bin edges, for interpolation."""
+        xs = [0.0]
+        ys = [0.0]
+        running = 0.0
+        for upper, count in zip(_EDGES, self._counts, strict=True):
+            running += count
+            xs.append(upper)  # bin 0 holds [0, _MIN_S), bin i [_EDGES[i-1], _EDGES[i])
+            ys.append(running / self.total if self.total else 0.0)
+        return xs, ys
+
+
+def _interpolate(xs: list[float], ys: list[float], x: float) -> float:
+    if x >= xs[-1]:
+        return ys[-1]
+    index = bisect.bisect_right(xs, x)
+    x0, x1 = xs[index - 1], xs[index]
+    y0, y1 = ys[index - 1], ys[index]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y1
+
+
+class _StepTable:
+    """For each age on ``_AGES``, the expected lag ``G(d)`` piled up over each step ``d`` in
+    ``_STEPS`` (increasing in ``d``), or None where too few jobs survive to say."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, sketch: DurationSketch, *, min_survivors: float) -> None:
+        xs, ys = sketch.cdf_points()
+        rows: list[list[float] | None] = []
+        for age in _AGES:
+            base = _interpolate(xs, ys, age)
+            alive = 1.0 - base
+            if alive * sketch.total < min_survivors:
+                rows.append(None)
+                continue
+            row = []
+            pending = 0.0  # G at the previous step
+            previous_step = previous_p = 0.0
+            for step in _STEPS:
+                p = (_interpolate(xs, ys, age + step) - base) / alive
+                pending += (step - previous_step) * (p + previous_p) / 2.0
+                row.append(pending)
+                previous_step, previous_p = step, p
+            rows.append(row)
+        self.rows = rows
+
+    def row(self, age_s: float) -> list[float] | None:
+        """``G`` over ``_STEPS`` for a job of this age, or None (no data at this age)."""
+        return self.rows[max(0, bisect.bisect_right(_AGES, age_s) - 1)]
+
+
+def solve_step(row: list[float], theta: float) -> float:
+    """The step ``d`` at which the piled-up lag ``G(d)`` (a table row) reaches ``theta``."""
+    j = bisect.bisect_left(row, theta)
+    if j == 0:
+        return _STEPS[0]
+    if j == len(row):
+        return _STEPS[-1]
+    # Interpolate between the two steps that bracket theta.
+    lo, hi = row[j - 1], row[j]
+    fraction = (theta - lo) / (hi - lo) if hi > lo else 1.0
+    return _STEPS[j - 1] + fraction * (_STEPS[j] - _STEPS[j - 1])
+
+
+def steady_hazard_step(first_step_s: float, theta0: float, theta: float) -> float:
+    """The step at which lag piles up to ``theta`` for a job whose change comes at a steady
+    rate, calibrated so that lag reaches ``theta0`` after ``first_step_s`` (the geometric
+    backoff's interval, when nothing has been learned).
+
+    With hazard ``h``, ``G(d) = d - (1 - exp(-h d)) / h``: quadratic at first, linear
+    once the change has surely happened.
+    """
+    hazard = 2.0 * theta0 / (first_step_s * first_step_s)  # from G(d) ~ h d^2 / 2
+    target = hazard * theta  # solve x - 1 + exp(-x) = target for x = h d
+    x = max(math.sqrt(2.0 * target), target + 1.0 - 1.0 / (1.0 + target))
+    for _ in range(4):  # Newton; the start is within a few percent everywhere
+        slope = 1.0 - math.exp(-x)
+        if slope <= 0.0:
+            break
+        x -= (x - 1.0 + math.exp(-x) - target) / slope
+    return x / hazard
+
+
+class _Entry:
+    __slots__ = ("fresh", "sketch", "table")
+
+    def __init__(self) -> None:
+        self.sketch = DurationSketch()
+        self.table: _StepTable | None = None
+        self.fresh = 0  # samples since the table was built
+
+
+class DurationModel:
+    """Learned durations per (organisation, endpoint, status); see the module docstring.
+
+    Args:
+        min_samples: samples a key needs before its table is trusted.
+        rebuild_every: samples between table rebuilds.
+        max_keys: keys kept; the least recently used beyond that are forgotten.
+    """
+
+    def __init__(
+        self, *, min_samples: int = 30, rebuild_every: int = 50, max_keys: int = 10_000
+    ) -> None:
+        self._entries: OrderedDict[tuple[str, str, str], _Entry] = OrderedDict()
+        self._min_samples = min_samples
+        self._rebuild_every = rebuild_every
+        self._max_keys = max_keys
+        self.samples = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _entry(self, key: tuple[str, str, str], create: bool) -> _Entry | None:
+        entry = self._entries.get(key)
+        if entry is None and create:
+            entry = self._entries[key] = _Entry()
+            if len(self._entries) > self._max_keys:
+                self._entries.popitem(last=False)
+        elif entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def _add(self, key: tuple[str, str, str], duration_s: float) -> None:
+        entry = self._entry(key, create=True)
+        assert entry is not None
+        entry.sketch.add(duration_s)
+        entry.fresh += 1
+        self.samples += 1
+        ready = entry.sketch.total >= self._min_samples
+        if ready and (entry.table is None or entry.fresh >= self._rebuild_every):
+            entry.table = _StepTable(entry.sketch, min_survivors=self._min_samples / 3)
+            entry.fresh = 0
+
+    def observe(self, payload: JobStatus, previous: Status | None) -> None:
+        """Learn from a transition to ``payload.status`` (from ``previous``)."""
+        org, endpoint = payload.organization_id, payload.endpoint.value
+        started, current = payload.started_at, payload.status
+        if started is not None and previous in (None, Status.VALIDATING, Status.QUEUED):
+            self._add((org, endpoint, Status.QUEUED.value), started - payload.created_at)
+        if current.is_terminal and started is not None and payload.completed_at is not None:
+            self._add((org, endpoint, Status.IN_PROGRESS.value), payload.completed_at - started)
+
+    def row(self, payload: JobStatus, now: float) -> list[float] | None:
+        """The lag table row for a job in ``payload``'s state now (see :func:`solve_step`),
+        or None when there is nothing to go on (unlearned key, status not modelled, age
+        beyond the data)."""
+        status = payload.status
+        if status is Status.QUEUED:
+            age = now - payload.created_at
+        elif status is Status.IN_PROGRESS and payload.started_at is not None:
+            age = now - payload.started_at
+        else:
+            return None
+        key = (payload.organization_id, payload.endpoint.value, status.value)
+        entry = self._entries.get(key)
+        if entry is None or entry.table is None:
+            return None
+        return entry.table.row(max(0.0, age))
