@@ -159,7 +159,9 @@ def run_engine(
                     finished += 1
             continue
         wake = core.next_wakeup(now)
-        upcoming = [t for t in (wake, arrivals[0].created_at if arrivals else None) if t is not None]
+        upcoming = [
+            t for t in (wake, arrivals[0].created_at if arrivals else None) if t is not None
+        ]
         now = max(now, min(upcoming))
     return Result(name, requests, len(jobs), _lags(jobs, seen))
 

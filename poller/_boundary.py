@@ -10,6 +10,7 @@ holds a secret is not chained.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,7 +20,6 @@ from typing import Final
 import aiohttp
 import orjson
 
-from ._decode import excerpt
 from .errors import (
     APIError,
     AuthenticationError,
@@ -67,8 +67,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
             return None
-        if when.tzinfo is None:  # RFC 9110 dates are GMT; be lenient with a missing zone
-            return None
+        if when.tzinfo is None:  # RFC 9110: the obsolete asctime form has no zone; it is GMT
+            when = when.replace(tzinfo=datetime.UTC)
         seconds = when.timestamp() - now
     if math.isnan(seconds):
         return None
@@ -76,22 +76,25 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 
 def _detail(body: bytes, secrets: Sequence[str]) -> str | None:
-    """The error text of a ``{"detail": ...}`` body, or the body's start if it is not one."""
+    """The error text of a ``{"detail": ...}`` body, else the body's start; scrubbed of
+    secrets (before it is cut, so no part of one survives) and of control characters."""
     if not body:
         return None
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
-        text = excerpt(body, _DETAIL_CHARS)
+        parsed = None
+    detail = parsed.get("detail") if isinstance(parsed, dict) else None
+    if isinstance(detail, dict):
+        code, message = detail.get("code"), detail.get("message")
+        text = f"{code}: {message}" if code and message else str(message or code or detail)
+    elif detail is not None:
+        text = str(detail)
     else:
-        detail = parsed.get("detail") if isinstance(parsed, dict) else parsed
-        if isinstance(detail, dict):
-            code, message = detail.get("code"), detail.get("message")
-            text = f"{code}: {message}" if code and message else str(message or code or detail)
-        else:
-            text = str(detail)
-        text = text[:_DETAIL_CHARS]
-    return scrub(text, secrets)
+        text = body.decode("utf-8", "replace")
+    text = scrub(text, secrets)[:_DETAIL_CHARS]
+    # Escape what could forge log lines or drive a terminal, as excerpts are.
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def error_for_status(
@@ -155,7 +158,9 @@ _MESSAGES: Final[Mapping[type[TransportError], str]] = {
 def _classify(exc: BaseException) -> type[TransportError] | None:
     # Order matters: aiohttp's connector errors are also OSErrors, and its
     # ServerTimeoutError is also a TimeoutError.
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientSSLError):
+    if isinstance(
+        exc, aiohttp.ClientConnectorError | aiohttp.ClientSSLError | ConnectionRefusedError
+    ):
         return ConnectError
     if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
         return RequestTimeoutError
@@ -187,8 +192,26 @@ def map_client_errors(job_id: str | None, secrets: Sequence[str] = ()) -> Iterat
         if kind is None:
             raise
         original = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        safe = scrub(original, secrets)
-        error = kind(f"{_MESSAGES[kind]} ({safe})", job_id=job_id)
-        if safe != original or any(s in repr(exc) for s in secrets if s):
-            raise error from None
-        raise error from exc
+        error = kind(f"{_MESSAGES[kind]} ({scrub(original, secrets)})", job_id=job_id)
+        if not _mentions(exc, secrets):
+            raise error from exc
+        # The original must not even be reachable: "from None" only hides it from
+        # tracebacks, it stays on __context__ for anything that walks the chain.
+        error.__suppress_context__ = True
+        try:
+            raise error
+        finally:
+            error.__context__ = None
+
+
+def _mentions(exc: BaseException, secrets: Sequence[str]) -> bool:
+    """Whether a secret appears in ``exc`` or anything chained to it."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        texts = (str(current), repr(current), repr(current.args))
+        if any(secret and secret in text for secret in secrets for text in texts):
+            return True
+        current = current.__cause__ or current.__context__
+    return False

@@ -11,6 +11,7 @@ import enum
 import hashlib
 import os
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Final
 
 from .errors import ConfigError
@@ -67,6 +68,8 @@ class Credential:
             choices = ", ".join(s.value for s in AuthScheme)
             raise ConfigError(f"auth_scheme: must be one of {choices}") from None
         for name, value in (("api_key", key), ("access_token", access_token)):
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{name}: must be a str, not {type(value).__name__}")
             if value is not None and (
                 not value or not value.isprintable() or value != value.strip() or " " in value
             ):
@@ -83,8 +86,9 @@ class Credential:
                 headers["Authorization"] = f"Bearer {key}"
             else:
                 headers["Api-Key"] = key
-        self._headers: Mapping[str, str] = headers
-        self._params: Mapping[str, str] = (
+        # Read-only views: no caller can change what an "equal" credential sends.
+        self._headers: Mapping[str, str] = MappingProxyType(headers)
+        self._params: Mapping[str, str] = MappingProxyType(
             {"access_token": access_token} if access_token is not None else {}
         )
 
@@ -139,6 +143,8 @@ def resolve_base_url(base_url: str | None, environ: Mapping[str, str] | None = N
 
     env = os.environ if environ is None else environ
     raw = base_url if base_url is not None else env.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+    if not isinstance(raw, str) or not raw.isprintable() or raw != raw.strip() or " " in raw:
+        raise ConfigError("base_url: must be a URL without spaces or control characters")
     try:
         url = URL(raw)
     except (TypeError, ValueError) as exc:

@@ -30,6 +30,10 @@ _DEFAULT_INITIAL: Final[Mapping[str, float]] = {
 }
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 class Backoff(msgspec.Struct, frozen=True, kw_only=True):
     """Polling intervals. All times in seconds.
 
@@ -80,16 +84,23 @@ class Backoff(msgspec.Struct, frozen=True, kw_only=True):
             **{f"initial_interval_s[{k!r}]": v for k, v in self.initial_interval_s.items()},
         }
         for name, value in positive.items():
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            if not (_is_number(value) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"backoff.{name}: must be a finite number > 0, got {value!r}")
         if self.min_interval_s > self.max_interval_s:
             raise ConfigError("backoff.min_interval_s: must not exceed max_interval_s")
-        if not (math.isfinite(self.multiplier) and self.multiplier >= 1.0):
-            raise ConfigError("backoff.multiplier: must be >= 1")
-        if not 0.0 <= self.jitter < 1.0:
-            raise ConfigError("backoff.jitter: must be in [0, 1)")
-        if self.max_consecutive_errors is not None and self.max_consecutive_errors < 1:
-            raise ConfigError("backoff.max_consecutive_errors: must be >= 1 or None")
+        if not (_is_number(self.multiplier) and 1.0 <= self.multiplier < math.inf):
+            raise ConfigError(f"backoff.multiplier: must be a number >= 1, got {self.multiplier!r}")
+        if not (_is_number(self.jitter) and 0.0 <= self.jitter < 1.0):
+            raise ConfigError(f"backoff.jitter: must be a number in [0, 1), got {self.jitter!r}")
+        limit = self.max_consecutive_errors
+        if limit is not None and not (
+            isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1
+        ):
+            raise ConfigError(
+                f"backoff.max_consecutive_errors: must be an integer >= 1 or None, got {limit!r}"
+            )
+        if not isinstance(self.learn, bool):
+            raise ConfigError(f"backoff.learn: must be True or False, got {self.learn!r}")
 
     def interval_s(self, status: Status | None, unchanged_polls: int, rng: random.Random) -> float:
         """Seconds until the next poll of a job seen ``unchanged_polls`` times in ``status``
@@ -99,8 +110,8 @@ class Backoff(msgspec.Struct, frozen=True, kw_only=True):
             if status is not None
             else self.default_interval_s
         )
-        # Exponent capped so the power never overflows for very long-lived jobs.
-        grown = start * self.multiplier ** min(unchanged_polls, 64)
+        # In log space, capped, so no multiplier and no job age can overflow.
+        grown = start * math.exp(min(700.0, unchanged_polls * math.log(self.multiplier)))
         base = min(self.max_interval_s, max(self.min_interval_s, grown))
         jittered = base * (1.0 + self.jitter * (2.0 * rng.random() - 1.0))
         return min(self.max_interval_s, max(self.min_interval_s, jittered))

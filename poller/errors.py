@@ -2,7 +2,7 @@
 
 Every error a user can see derives from :class:`PollerError`. aiohttp, OS and
 msgspec exceptions never escape: the transport maps them here in one place
-(``poller._transport``), chaining the original with ``raise ... from exc`` unless
+(``poller._boundary``), chaining the original with ``raise ... from exc`` unless
 the original's text would carry a secret::
 
     PollerError

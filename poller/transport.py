@@ -9,17 +9,19 @@ every request, and maps every failure through ``poller._boundary``.
 from __future__ import annotations
 
 import logging
+import math
 import ssl
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Final, Protocol, TypeVar
 from urllib.parse import quote, urlencode
 
 import aiohttp
 from yarl import URL
 
-from ._boundary import error_for_status, map_client_errors
+from ._boundary import error_for_status, map_client_errors, scrub
 from ._decode import decode_job, decode_status, excerpt
 from ._ids import validate_job_id
 from ._version import __version__
@@ -34,6 +36,7 @@ log = logging.getLogger("poller.transport")
 # Status payloads are a few hundred bytes; a full job may carry a large response body.
 MAX_STATUS_BODY_BYTES: Final = 1 << 20
 MAX_JOB_BODY_BYTES: Final = 256 << 20
+MAX_ERROR_BODY_BYTES: Final = 64 << 10
 
 
 class Transport(Protocol):
@@ -122,10 +125,14 @@ class AiohttpTransport:
         Raises:
             ConfigError: a setting is invalid (the message names it).
         """
-        if not isinstance(max_connections, int) or max_connections < 1:
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
             raise ConfigError("max_connections: must be an integer >= 1")
-        if not (isinstance(request_timeout_s, int | float) and request_timeout_s > 0):
-            raise ConfigError("request_timeout_s: must be a number > 0")
+        if max_connections < 1:
+            raise ConfigError("max_connections: must be an integer >= 1")
+        if isinstance(request_timeout_s, bool) or not isinstance(request_timeout_s, int | float):
+            raise ConfigError("request_timeout_s: must be a finite number > 0")
+        if not 0 < request_timeout_s < math.inf:
+            raise ConfigError("request_timeout_s: must be a finite number > 0")
         return resolve_base_url(base_url)
 
     async def __aenter__(self) -> AiohttpTransport:
@@ -160,8 +167,12 @@ class AiohttpTransport:
             ) as resp:
                 status = resp.status
                 request_id = resp.headers.get("x-request-id")
-                body = await _read_limited(resp, limit, job_id, request_id)
-                if status == 200:
+                if status != 200:
+                    # An error page only feeds a message: read its start, whatever its size,
+                    # so that a large 429 page still yields its Retry-After.
+                    body = await resp.content.read(MAX_ERROR_BODY_BYTES)
+                else:
+                    body = await _read_limited(resp, limit, job_id, request_id)
                     return body, request_id
                 raise error_for_status(
                     status,
@@ -176,7 +187,8 @@ class AiohttpTransport:
         """Fetch a job's lifecycle payload. Raises :class:`poller.errors.RequestError`."""
         url = self._url(job_id, "/status", credential)
         body, request_id = await self._get(url, job_id, credential, MAX_STATUS_BODY_BYTES)
-        return _check_id(decode_status(body, job_id, request_id), job_id, body, request_id)
+        with _scrubbed(credential):
+            return _check_id(decode_status(body, job_id, request_id), job_id, body, request_id)
 
     async def get_job(
         self,
@@ -195,7 +207,8 @@ class AiohttpTransport:
         )
         url = self._url(job_id, "", credential, flags)
         body, request_id = await self._get(url, job_id, credential, MAX_JOB_BODY_BYTES)
-        return _check_id(decode_job(body, job_id, request_id), job_id, body, request_id)
+        with _scrubbed(credential):
+            return _check_id(decode_job(body, job_id, request_id), job_id, body, request_id)
 
     async def aclose(self) -> None:
         """Close the session and every pooled connection. Idempotent."""
@@ -206,8 +219,13 @@ class AiohttpTransport:
 async def _read_limited(
     resp: aiohttp.ClientResponse, limit: int, job_id: str, request_id: str | None
 ) -> bytes:
-    """The whole body, refusing (without buffering it all) one larger than ``limit`` bytes."""
-    if resp.content_length is not None and resp.content_length <= limit:
+    """The whole body, refusing (without buffering it all) one larger than ``limit`` bytes
+    once decompressed."""
+    if (
+        resp.content_length is not None
+        and resp.content_length <= limit
+        and "Content-Encoding" not in resp.headers
+    ):
         return await resp.read()
     chunks: list[bytes] = []
     size = 0
@@ -223,6 +241,19 @@ async def _read_limited(
             )
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+@contextmanager
+def _scrubbed(credential: Credential) -> Iterator[None]:
+    """Scrub secrets from a :class:`DecodeError` raised inside: a body that echoes the
+    request (a proxy's error page) must not carry the key into an excerpt or a log."""
+    try:
+        yield
+    except DecodeError as exc:
+        secrets = credential.secrets()
+        exc.excerpt = scrub(exc.excerpt, secrets)
+        exc.args = tuple(scrub(a, secrets) if isinstance(a, str) else a for a in exc.args)
+        raise
 
 
 S = TypeVar("S", JobStatus, Job)

@@ -208,11 +208,6 @@ def test_copying_is_refused_too() -> None:
         copy.deepcopy(credential)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DOUBTFUL poller/auth.py:96-104: headers/params return the credential's own "
-    "dicts, so a caller can rewrite what an 'equal' credential sends",
-)
 def test_headers_cannot_be_changed_through_the_property() -> None:
     credential = Credential(KEY, environ=NO_ENV)
     with pytest.raises(TypeError):

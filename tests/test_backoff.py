@@ -153,13 +153,6 @@ def test_interval_stays_within_min_and_max_for_every_input(
     assert backoff.min_interval_s <= value <= backoff.max_interval_s
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="BUG poller/backoff.py:102-103: the exponent is capped at 64 but the multiplier is "
-    "not, so any accepted multiplier above ~65000 overflows (OverflowError) despite the "
-    "comment 'the power never overflows'",
-)
 def test_a_large_accepted_multiplier_does_not_overflow() -> None:
     backoff = Backoff(multiplier=1e5)  # accepted by validation
     assert backoff.interval_s(Status.QUEUED, 100, random.Random(0)) == backoff.max_interval_s
@@ -287,13 +280,6 @@ def test_min_above_max_is_refused_naming_min() -> None:
     assert Backoff(min_interval_s=2.0, max_interval_s=2.0).max_interval_s == 2.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="BUG poller/backoff.py:87-92: multiplier, jitter and max_consecutive_errors are "
-    "not type-checked; a wrong type (e.g. a string from a config file) raises a bare "
-    "TypeError instead of ConfigError naming the setting",
-)
 @pytest.mark.parametrize(
     ("name", "value"), [("multiplier", "2"), ("jitter", "0.1"), ("max_consecutive_errors", "3")]
 )

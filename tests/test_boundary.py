@@ -88,12 +88,6 @@ def test_retry_after_obsolete_rfc_850_date() -> None:
     assert parse_retry_after("Wednesday, 21-Oct-15 07:30:00 GMT", NOW) == 120.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG poller/_boundary.py:70-71: an asctime HTTP-date has no zone (RFC 9110 5.6.7: "
-    "recipients MUST accept it; it is GMT) and is refused, although the comment says "
-    "'be lenient with a missing zone'",
-)
 def test_retry_after_obsolete_asctime_date() -> None:
     assert parse_retry_after("Wed Oct 21 07:30:00 2015", NOW) == 120.0
 
@@ -231,11 +225,6 @@ def test_empty_body_has_no_detail() -> None:
     assert str(error).startswith("server error (")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG poller/_boundary.py:87-92: a JSON body without a 'detail' key (or 'null') "
-    "gives detail 'None' instead of the body's start as the docstring promises",
-)
 @pytest.mark.parametrize(
     "body", [b'{"error": "upstream timeout"}', b'{"message": "upstream timeout"}', b"null"]
 )
@@ -314,11 +303,6 @@ def _long_substrings(secret: str, size: int = 16) -> Iterator[str]:
     return (secret[i : i + size] for i in range(len(secret) - size + 1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG poller/_boundary.py:85,93-94: the detail is cut to 300 characters before it "
-    "is scrubbed, so a secret straddling the cut is not found and all but its tail leaks",
-)
 @pytest.mark.parametrize("shape", ["json", "text"])
 def test_a_secret_straddling_the_detail_limit_does_not_leak_in_part(shape: str) -> None:
     # The secret starts 30 characters before the 300-character cut.
@@ -462,12 +446,6 @@ def test_a_scrubbed_message_keeps_the_rest_of_the_original() -> None:
     assert "reset while sending Api-Key [REDACTED]" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DOUBTFUL poller/_boundary.py:192-193: 'raise ... from None' only hides the "
-    "original; it stays reachable as __context__ (with the secret) for any code or error "
-    "reporter that walks the chain",
-)
 @pytest.mark.parametrize("name", list(_secret_bearing_errors()))
 def test_an_original_holding_a_secret_is_not_reachable_at_all(name: str) -> None:
     original = _secret_bearing_errors()[name]

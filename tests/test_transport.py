@@ -515,14 +515,6 @@ async def test_a_status_body_larger_than_the_limit_is_refused(
             assert info.value.excerpt.startswith('{"id":"job_')
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG poller/transport.py _read_limited: the limit is checked against Content-Length, "
-        "the compressed size; a small gzip body (Content-Encoding: gzip) is read and inflated "
-        "in full by resp.read(), so a 3 KiB response inflating to 3 MiB passes the 1 MiB limit"
-    ),
-)
 async def test_a_gzip_body_inflating_past_the_limit_is_refused() -> None:
     compressed = gzip.compress(padded_status(3 * MAX_STATUS_BODY_BYTES))
     assert len(compressed) < MAX_STATUS_BODY_BYTES // 100
@@ -918,15 +910,6 @@ async def test_secrets_echoed_in_an_error_body_are_scrubbed(status: int) -> None
     assert leaked(exception_texts(error)) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG poller/_boundary.py map_client_errors: 'raise error from None' inside the "
-        "except block only sets __suppress_context__; __context__ still holds the aiohttp "
-        "ClientResponseError whose str has the URL with ?access_token= and whose repr has "
-        "the request headers with Api-Key"
-    ),
-)
 async def test_secrets_never_reach_the_exception_chain_of_a_malformed_response() -> None:
     server = await asyncio.start_server(malformed_http, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -940,14 +923,6 @@ async def test_secrets_never_reach_the_exception_chain_of_a_malformed_response()
     assert leaked(exception_texts(info.value)) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG poller/transport.py: DecodeError.excerpt is the raw body start, never scrubbed; "
-        "a proxy page echoing the request (URL with access_token, or headers) puts the "
-        "secrets in an attribute made for logging, unlike error details, which are scrubbed"
-    ),
-)
 async def test_secrets_echoed_in_a_200_body_do_not_reach_the_excerpt() -> None:
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         page = f"<html>proxy error for {request.path_qs} ({request.headers.get('Api-Key')})</html>"
