@@ -41,7 +41,7 @@ from .errors import (
     UnexpectedStatusError,
     UntrackedError,
 )
-from .events import Event, Stats, TrackingFailure, Transition
+from .events import Event, Histogram, OrgStats, Stats, TrackingFailure, Transition
 from .models import Endpoint, Job, JobError, JobResponse, JobStatus, JobWarning, Status
 from .ratelimit import RateLimit
 from .subscription import Subscription, SubscriptionStatistics
@@ -62,6 +62,7 @@ __all__ = [
     "DecodeError",
     "Endpoint",
     "Event",
+    "Histogram",
     "InvalidJobIdError",
     "Job",
     "JobError",
@@ -70,6 +71,7 @@ __all__ = [
     "JobStatus",
     "JobWarning",
     "JobsFailedError",
+    "OrgStats",
     "PermissionDeniedError",
     "Poller",
     "PollerClosedError",

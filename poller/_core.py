@@ -184,6 +184,11 @@ class Scheduler:
         """Tracked jobs by last seen status value (``pending``: not seen, ``error``: failed)."""
         return {k: v for k, v in self._counts.items() if v}
 
+    def org_rate(self, org_id: str) -> float | None:
+        """The current rate of an organisation's budget (None: uncapped or unknown)."""
+        bucket = self._buckets.get(f"org:{org_id}")
+        return bucket.budget.rate_per_s if bucket is not None else None
+
     def take_events(self) -> list[Event]:
         """The events produced since the last call, in order."""
         events, self._events = self._events, []
@@ -198,18 +203,29 @@ class Scheduler:
 
     # -- tracking ----------------------------------------------------------------
 
-    def track(self, job_id: str, credential: Credential, now: float) -> Job:
+    def track(
+        self,
+        job_id: str,
+        credential: Credential,
+        now: float,
+        *,
+        last_status: Status | None = None,
+        last_seq: int = 0,
+    ) -> Job:
         """Start tracking ``job_id`` (validated by the caller); idempotent.
 
         A job already in the table is returned as is, whatever its state. A job whose
         credential was refused before ends at once with a :class:`TrackingFailure`.
+        ``last_status`` and ``last_seq`` resume a job tracked before (by an earlier
+        process): seeing that status again is then no transition, and ``seq`` goes on.
         """
         job = self._jobs.get(job_id)
         if job is not None:
             return job
         job = Job(job_id, credential, self._bucket_for(credential, None))
+        job.status, job.seq = last_status, last_seq
         self._jobs[job_id] = job
-        self._count(PENDING, 1)
+        self._count(last_status.value if last_status is not None else PENDING, 1)
         refused = self._refused.get(credential)
         if refused is not None:
             self._fail(job, refused, now)

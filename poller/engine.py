@@ -33,6 +33,7 @@ import anyio
 from ._callbacks import CallbackHandle, CallbackRunner, TransitionCallback
 from ._core import Job, Scheduler
 from ._ids import validate_job_id
+from ._metrics import Recorder
 from .auth import AuthScheme, Credential
 from .backoff import Backoff
 from .errors import (
@@ -189,11 +190,7 @@ class Poller:
         self._sleep_until = 0.0
         self._stack: AsyncExitStack | None = None
         self._open = False
-        self._polls = 0
-        self._errors = 0
-        self._rate_limited = 0
-        self._errors_by_kind: dict[str, int] = {}
-        self._overflows = 0
+        self._metrics = Recorder()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -248,28 +245,53 @@ class Poller:
 
     # -- tracking ----------------------------------------------------------------
 
-    def track(self, job_id: str, *, api_key: str | None = None) -> None:
+    def track(
+        self,
+        job_id: str,
+        *,
+        api_key: str | None = None,
+        last_status: Status | str | None = None,
+        last_seq: int = 0,
+    ) -> None:
         """Start tracking a job; idempotent and non-blocking.
 
         Args:
             job_id: the job.
             api_key: this job's API key, when it differs from the default (multi-tenant
                 workers); sent with the engine's ``auth_scheme``.
+            last_status, last_seq: resume a job tracked before, by an earlier process: the
+                status and ``seq`` of the last transition delivered for it. Seeing that
+                status again is then no transition, and ``seq`` carries on from there.
 
         Raises:
             InvalidJobIdError: the ID is empty, too long or unsafe.
-            ConfigError: no ``api_key`` here and no default key.
+            ConfigError: no ``api_key`` here and no default key, or a bad ``last_seq``.
             PollerClosedError: the engine is not open.
         """
-        self._track(job_id, api_key)
+        if isinstance(last_seq, bool) or not isinstance(last_seq, int) or last_seq < 0:
+            raise ConfigError("last_seq: must be an integer >= 0")
+        status = Status(last_status) if last_status is not None else None
+        self._track(job_id, api_key, status, last_seq)
 
-    def _track(self, job_id: str, api_key: str | None) -> Job:
+    def _track(
+        self,
+        job_id: str,
+        api_key: str | None,
+        last_status: Status | None = None,
+        last_seq: int = 0,
+    ) -> Job:
         self._check_open()
         job_id = validate_job_id(job_id)
         job = self._core.get(job_id)
         if job is not None:  # tracked already, perhaps with another key: leave it be
             return job
-        job = self._core.track(job_id, self._credential(api_key), self._clock())
+        job = self._core.track(
+            job_id,
+            self._credential(api_key),
+            self._clock(),
+            last_status=last_status,
+            last_seq=last_seq,
+        )
         self._deliver()
         self._poke_if_due_before(self._sleep_until)
         return job
@@ -476,16 +498,19 @@ class Poller:
             tracked=len(core),
             by_status=core.counts(),
             in_flight=core.in_flight,
-            polls=self._polls,
-            errors=self._errors,
-            rate_limited=self._rate_limited,
+            polls=self._metrics.polls,
+            errors=self._metrics.errors,
+            rate_limited=self._metrics.rate_limited,
             transitions=core.transitions,
             failures=core.failures,
             callback_errors=self._callbacks.errors,
             callbacks_dropped=self._callbacks.dropped,
             subscribers=len(self._subscriptions),
-            subscriber_overflows=self._overflows,
-            errors_by_kind=dict(self._errors_by_kind),
+            subscriber_overflows=self._metrics.overflows,
+            errors_by_kind=dict(self._metrics.errors_by_kind),
+            by_org=self._metrics.by_org(self._core.org_rate),
+            request_latency=self._metrics.latency.snapshot(),
+            detection_lag=self._metrics.lag.snapshot(),
         )
 
     def __repr__(self) -> str:
@@ -522,7 +547,11 @@ class Poller:
 
     def _deliver(self) -> None:
         """Hand the core's new events to waiters, subscribers and callbacks."""
-        for event in self._core.take_events():
+        events = self._core.take_events()
+        if not events:
+            return
+        self._metrics.events(events)
+        for event in events:
             if isinstance(event, Transition):
                 if event.current.is_terminal:
                     self._settle(event.job_id, event.job)
@@ -534,7 +563,7 @@ class Poller:
     def _publish(self, event: Event) -> None:
         for subscription in self._subscriptions:
             if subscription.wants(event) and not subscription.offer(event):
-                self._overflows += 1
+                self._metrics.overflows += 1
                 log.warning("a subscriber overflowed; its stream will end with an error")
 
     def _settle(self, job_id: str, outcome: JobStatus | PollerError) -> None:
@@ -542,14 +571,6 @@ class Poller:
         if settles:
             for settle in settles:
                 settle(outcome)
-
-    def _count_error(self, error: RequestError) -> None:
-        if isinstance(error, RateLimitedError):
-            self._rate_limited += 1
-            return
-        self._errors += 1
-        kind = type(error).__name__
-        self._errors_by_kind[kind] = self._errors_by_kind.get(kind, 0) + 1
 
     def _poke_if_due_before(self, deadline: float) -> None:
         wake = self._wake
@@ -572,19 +593,20 @@ class Poller:
                 if self._sleep_until == float("inf"):
                     self._poke()  # the dispatcher was waiting for an idle worker
                 job = await parked
+            sent_at = loop.time()
+            error: RequestError | None = None
             try:
                 payload = await transport.get_status(job.job_id, job.credential)
             except RequestError as exc:
-                self._count_error(exc)
-                core.on_failure(job, exc, clock())
+                error = exc
             except Exception as exc:  # a transport bug must not take the engine down
                 log.exception("transport raised an unexpected error for job %s", job.job_id)
                 error = TransportError(f"unexpected {type(exc).__name__}", job_id=job.job_id)
-                self._count_error(error)
-                core.on_failure(job, error, clock())
-            else:
+            self._metrics.request(job.bucket.org_id, loop.time() - sent_at, error)
+            if error is None:
                 core.on_success(job, payload, clock())
-            self._polls += 1
+            else:
+                core.on_failure(job, error, clock())
             self._deliver()
             self._poke_if_due_before(self._sleep_until)
 

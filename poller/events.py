@@ -9,7 +9,7 @@ import msgspec
 from .errors import PollerError
 from .models import JobStatus, Status
 
-__all__ = ["Event", "Stats", "TrackingFailure", "Transition"]
+__all__ = ["Event", "Histogram", "OrgStats", "Stats", "TrackingFailure", "Transition"]
 
 
 class Transition(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,6 +59,26 @@ Event = Transition | TrackingFailure
 """What a subscription yields."""
 
 
+class Histogram(msgspec.Struct, frozen=True, kw_only=True):
+    """A fixed-bucket histogram (Prometheus style): ``counts[i]`` observations fell at or
+    below ``bounds[i]`` and above the bound before it; the last count is above every bound."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    sum: float
+    count: int
+
+
+class OrgStats(msgspec.Struct, frozen=True, kw_only=True):
+    """One organisation's counters. ``rate_per_s`` is its budget's current rate (None:
+    uncapped); ``throttled`` counts 429s."""
+
+    polls: int
+    errors: int
+    throttled: int
+    rate_per_s: float | None
+
+
 class Stats(msgspec.Struct, frozen=True, kw_only=True):
     """A snapshot of the engine's counters (see :meth:`poller.Poller.stats`).
 
@@ -76,6 +96,11 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
         subscribers: open subscriptions.
         subscriber_overflows: subscriptions ended by an overflow.
         errors_by_kind: failed requests by error class name.
+        by_org: counters per organisation ID (``"unknown"`` before the first answer).
+        request_latency: seconds per status request, sent to answered.
+        detection_lag: seconds from a change to its transition, as far as the payload's
+            own timestamps tell (``started_at`` for ``in_progress``, ``completed_at`` for
+            terminal statuses; whole seconds, from the server's clock).
     """
 
     tracked: int
@@ -91,6 +116,9 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     subscribers: int
     subscriber_overflows: int
     errors_by_kind: dict[str, int]
+    by_org: dict[str, OrgStats]
+    request_latency: Histogram
+    detection_lag: Histogram
 
     def to_dict(self) -> dict[str, Any]:
         """The counters as plain builtins (for JSON or metrics)."""
