@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from typing import Final
 
 from ._buckets import LEVEL_GROWTH, Bucket, FairQueue
-from ._learn import DurationModel, solve_step, steady_hazard_step
+from ._learn import DurationModel, solve_step, status_age, steady_hazard_step, tail_step
 from .auth import Credential
 from .backoff import Backoff
 from .errors import (
@@ -370,12 +370,19 @@ class Scheduler:
         lag piles up meanwhile (for the higher levels)."""
         backoff = self._backoff
         job.polled_at = now
-        job.row = self._model.row(payload, now) if self._model is not None else None
-        if job.row is not None:
-            step = solve_step(job.row, backoff.request_cost_s)
-            step *= 1.0 + backoff.jitter * (2.0 * self._rng.random() - 1.0)
+        job.row = None
+        learned = self._model.row(payload, now) if self._model is not None else None
+        theta = backoff.request_cost_s
+        if isinstance(learned, list):
+            job.row = learned
+            step = solve_step(learned, theta)
+        elif learned == "tail":
+            step = job.base_s = tail_step(status_age(payload, now) or 0.0, theta)
         else:
-            step = job.base_s = backoff.interval_s(payload.status, job.unchanged, self._rng)
+            age = status_age(payload, now)
+            step = job.base_s = backoff.interval_s(payload.status, job.unchanged, self._rng, age)
+        if learned is not None:
+            step *= 1.0 + backoff.jitter * (2.0 * self._rng.random() - 1.0)
         return now + min(backoff.max_interval_s, max(backoff.min_interval_s, step))
 
     def _retry_at(self, job: Job, now: float, delay_s: float) -> None:

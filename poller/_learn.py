@@ -25,11 +25,18 @@ from __future__ import annotations
 import bisect
 import math
 from collections import OrderedDict
-from typing import Final
+from typing import Final, Literal
 
 from .models import JobStatus, Status
 
-__all__ = ["DurationModel", "DurationSketch", "solve_step", "steady_hazard_step"]
+__all__ = [
+    "DurationModel",
+    "DurationSketch",
+    "solve_step",
+    "status_age",
+    "steady_hazard_step",
+    "tail_step",
+]
 
 _MIN_S: Final = 0.05
 _RATIO: Final = 1.2
@@ -150,6 +157,24 @@ def steady_hazard_step(first_step_s: float, theta0: float, theta: float) -> floa
     return x / hazard
 
 
+def status_age(payload: JobStatus, now: float) -> float | None:
+    """How long the job has been in its status, as its own timestamps tell: since
+    ``created_at`` while queued, since ``started_at`` while in progress; None otherwise."""
+    status = payload.status
+    if status is Status.QUEUED:
+        return max(0.0, now - payload.created_at)
+    if status is Status.IN_PROGRESS and payload.started_at is not None:
+        return max(0.0, now - payload.started_at)
+    return None
+
+
+def tail_step(age_s: float, theta: float) -> float:
+    """The step for a job older than the data: with nothing better to go on, assume (as
+    Lindy's law does) that it has about as long ahead of it as behind it, a steady hazard
+    of ``1 / age``, so the lag threshold is reached after ``sqrt(2 * theta * age)``."""
+    return math.sqrt(2.0 * theta * max(age_s, _MIN_S))
+
+
 class _Entry:
     __slots__ = ("fresh", "sketch", "table")
 
@@ -210,19 +235,16 @@ class DurationModel:
         if current.is_terminal and started is not None and payload.completed_at is not None:
             self._add((org, endpoint, Status.IN_PROGRESS.value), payload.completed_at - started)
 
-    def row(self, payload: JobStatus, now: float) -> list[float] | None:
-        """The lag table row for a job in ``payload``'s state now (see :func:`solve_step`),
-        or None when there is nothing to go on (unlearned key, status not modelled, age
-        beyond the data)."""
-        status = payload.status
-        if status is Status.QUEUED:
-            age = now - payload.created_at
-        elif status is Status.IN_PROGRESS and payload.started_at is not None:
-            age = now - payload.started_at
-        else:
+    def row(self, payload: JobStatus, now: float) -> list[float] | Literal["tail"] | None:
+        """The lag table row for a job in ``payload``'s state now (see :func:`solve_step`);
+        ``"tail"`` when the job has outlived almost every job of its kind seen so far; None
+        when there is nothing to go on (unlearned key, or a status not modelled)."""
+        age = status_age(payload, now)
+        if age is None:
             return None
-        key = (payload.organization_id, payload.endpoint.value, status.value)
+        key = (payload.organization_id, payload.endpoint.value, payload.status.value)
         entry = self._entries.get(key)
         if entry is None or entry.table is None:
             return None
-        return entry.table.row(max(0.0, age))
+        row = entry.table.row(age)
+        return row if row is not None else "tail"

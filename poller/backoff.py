@@ -102,16 +102,31 @@ class Backoff(msgspec.Struct, frozen=True, kw_only=True):
         if not isinstance(self.learn, bool):
             raise ConfigError(f"backoff.learn: must be True or False, got {self.learn!r}")
 
-    def interval_s(self, status: Status | None, unchanged_polls: int, rng: random.Random) -> float:
+    def interval_s(
+        self,
+        status: Status | None,
+        unchanged_polls: int,
+        rng: random.Random,
+        age_s: float | None = None,
+    ) -> float:
         """Seconds until the next poll of a job seen ``unchanged_polls`` times in ``status``
-        since it entered it (0 right after a transition)."""
+        since it entered it (0 right after a transition).
+
+        When the job's time in its status is known (``age_s``, from the payload's own
+        timestamps), the interval grows with that time instead, ``start + (multiplier - 1)
+        * age_s``: the same schedule when every poll is on time, and right however the
+        job was polled before (late, by another process, or by the learned model).
+        """
         start = (
             self.initial_interval_s.get(status.value, self.default_interval_s)
             if status is not None
             else self.default_interval_s
         )
-        # In log space, capped, so no multiplier and no job age can overflow.
-        grown = start * math.exp(min(700.0, unchanged_polls * math.log(self.multiplier)))
+        if age_s is not None:
+            grown = start + (self.multiplier - 1.0) * max(0.0, age_s)
+        else:
+            # In log space, capped, so no multiplier and no poll count can overflow.
+            grown = start * math.exp(min(700.0, unchanged_polls * math.log(self.multiplier)))
         base = min(self.max_interval_s, max(self.min_interval_s, grown))
         jittered = base * (1.0 + self.jitter * (2.0 * rng.random() - 1.0))
         return min(self.max_interval_s, max(self.min_interval_s, jittered))

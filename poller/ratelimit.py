@@ -210,7 +210,7 @@ class AdaptiveBudget:
         beta: float = 0.9,
         recovery_s: float = 30.0,
         min_rate_per_s: float = 0.5,
-        min_growth_per_s: float = 1.0,
+        min_growth_per_s: float = 0.05,
         default_pause_s: float = 1.0,
     ) -> None:
         if not 0.0 < beta < 1.0 or not recovery_s > 0 or not min_rate_per_s > 0:
