@@ -49,7 +49,7 @@ from .errors import (
 from .events import Event, Stats, Transition
 from .models import Job as FullJob
 from .models import JobStatus, Status
-from .ratelimit import AdaptiveBudget, Budget, RateLimit, TokenBucket, default_burst
+from .ratelimit import AdaptiveBudget, Budget, RateLimit, TokenBucket
 from .subscription import Subscription
 from .transport import AiohttpTransport, Transport
 
@@ -155,7 +155,7 @@ class Poller:
         if max_rate_per_s is not None:
             if not (isinstance(max_rate_per_s, int | float) and 0 < max_rate_per_s < math.inf):
                 raise ConfigError("max_rate_per_s: must be a finite number > 0 or None")
-            global_budget = TokenBucket(max_rate_per_s, default_burst(max_rate_per_s))
+            global_budget = TokenBucket.from_limit(RateLimit(per_s=max_rate_per_s))
         self._transport_settings: dict[str, Any] = {
             "base_url": base_url,
             "max_connections": max_connections,

@@ -34,8 +34,9 @@ class RateLimit(msgspec.Struct, frozen=True):
     Attributes:
         per_s: sustained requests per second.
         burst: requests that may go at once after a quiet spell; None picks a small burst
-            (5% of a second's worth, at least 1) so that no 1-second window ever holds
-            much more than ``per_s`` requests.
+            (2% of a second's worth, at least 1). With the 2% headroom the engine keeps
+            below ``per_s``, no 1-second window at the server holds more than ``per_s``
+            plus about one request.
         weight: the organisation's share of the global cap (``max_rate_per_s``,
             ``max_connections``) relative to the others when they compete.
     """
@@ -60,8 +61,13 @@ class RateLimit(msgspec.Struct, frozen=True):
 
 
 def default_burst(per_s: float) -> float:
-    """5% of a second's worth of requests, at least one."""
-    return max(1.0, 0.05 * per_s)
+    """2% of a second's worth of requests, at least one."""
+    return max(1.0, 0.02 * per_s)
+
+
+HEADROOM: Final = 0.98
+"""A configured rate is aimed at this fraction of itself: requests bunch up a little on
+their way to the server, and the limit must hold where the server counts them."""
 
 
 class Budget(Protocol):
@@ -105,8 +111,8 @@ class TokenBucket:
 
     @classmethod
     def from_limit(cls, limit: RateLimit) -> TokenBucket:
-        """A bucket for a configured :class:`RateLimit`."""
-        return cls(limit.per_s, limit.effective_burst)
+        """A bucket for a configured :class:`RateLimit`, aimed :data:`HEADROOM` below it."""
+        return cls(limit.per_s * HEADROOM, limit.effective_burst)
 
     def _refill(self, now: float) -> None:
         if self._updated is None:
@@ -220,7 +226,7 @@ class AdaptiveBudget:
         self.min_rate_per_s = min_rate_per_s
         self.min_growth_per_s = min_growth_per_s
         self.default_pause_s = default_pause_s
-        self._ceiling = limit.per_s if limit is not None else None
+        self._ceiling = limit.per_s * HEADROOM if limit is not None else None
         self._ceiling_burst = limit.effective_burst if limit is not None else None
         self._bucket = TokenBucket.from_limit(limit) if limit is not None else None
         self._w_max: float | None = None  # the accepted rate when the last 429 came

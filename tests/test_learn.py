@@ -1,0 +1,166 @@
+"""The learned duration model: sketches, lag tables, steps, and what they are learned from."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from poller._learn import (
+    DurationModel,
+    DurationSketch,
+    solve_step,
+    status_age,
+    steady_hazard_step,
+    tail_step,
+)
+from poller.models import Endpoint, JobStatus, Status
+
+T0 = 1_800_000_000
+
+
+def payload(
+    status: Status,
+    *,
+    created: float = T0,
+    started: float | None = None,
+    completed: float | None = None,
+    org: str = "org_a",
+    endpoint: Endpoint = Endpoint.DOCUMENTS_EXTRACT,
+) -> JobStatus:
+    return JobStatus(
+        id="job_1",
+        status=status,
+        endpoint=endpoint,
+        created_at=int(created),
+        expires_at=int(created) + 604_800,
+        organization_id=org,
+        started_at=int(started) if started is not None else None,
+        completed_at=int(completed) if completed is not None else None,
+    )
+
+
+def teach(model: DurationModel, durations: list[float], **kwargs: object) -> None:
+    """Feed finished jobs that ran ``durations`` seconds in progress."""
+    for duration in durations:
+        done = payload(Status.COMPLETED, started=T0 + 10, completed=T0 + 10 + duration, **kwargs)  # type: ignore[arg-type]
+        model.observe(done, Status.IN_PROGRESS)
+
+
+def test_sketch_cdf_is_monotone_and_reaches_one() -> None:
+    sketch = DurationSketch()
+    rng = random.Random(1)
+    for _ in range(1000):
+        sketch.add(rng.lognormvariate(math.log(25), 0.8))
+    xs, ys = sketch.cdf_points()
+    assert xs == sorted(xs) and ys == sorted(ys)
+    assert ys[0] == 0.0 and ys[-1] == pytest.approx(1.0)
+    median_x = next(x for x, y in zip(xs, ys, strict=True) if y >= 0.5)
+    assert 20 <= median_x <= 36, "the median lands in the right 20% bin"
+
+
+def test_sketch_memory_fades_but_keeps_the_shape() -> None:
+    sketch = DurationSketch(max_weight=100.0)
+    for _ in range(1000):
+        sketch.add(5.0)
+    assert sketch.total <= 100.0
+    for _ in range(1000):
+        sketch.add(500.0)
+    xs, ys = sketch.cdf_points()
+    below_100 = max(y for x, y in zip(xs, ys, strict=True) if x <= 100)
+    assert below_100 < 0.05, "old samples faded: recent durations dominate"
+
+
+def test_nothing_is_known_before_enough_samples() -> None:
+    model = DurationModel(min_samples=30)
+    teach(model, [20.0] * 29)
+    running = payload(Status.IN_PROGRESS, started=T0 + 10)
+    assert model.row(running, T0 + 15) is None
+    teach(model, [20.0])
+    assert isinstance(model.row(running, T0 + 15), list)
+
+
+def test_statuses_without_an_age_are_not_modelled() -> None:
+    model = DurationModel(min_samples=1)
+    teach(model, [20.0] * 10)
+    assert model.row(payload(Status.VALIDATING), T0 + 1) is None
+    assert model.row(payload(Status("postprocessing")), T0 + 1) is None
+    assert status_age(payload(Status.IN_PROGRESS), T0) is None, "no started_at, no age"
+
+
+def test_steps_follow_the_hazard() -> None:
+    model = DurationModel(min_samples=30)
+    rng = random.Random(3)
+    teach(model, [rng.lognormvariate(math.log(60), 0.3) for _ in range(500)])
+
+    def step(age: float, theta: float = 0.125) -> float:
+        row = model.row(payload(Status.IN_PROGRESS, started=T0 + 10), T0 + 10 + age)
+        assert isinstance(row, list)
+        return solve_step(row, theta)
+
+    # Changes are unlikely in the first seconds of a ~60 s job, likely near 60 s.
+    assert step(5.0) > 3 * step(55.0)
+    # A higher threshold always waits longer.
+    assert step(55.0, 0.125) < step(55.0, 2.0) < step(55.0, 32.0)
+
+
+def test_a_job_older_than_the_data_is_in_the_tail() -> None:
+    model = DurationModel(min_samples=30)
+    teach(model, [10.0 + i % 5 for i in range(100)])
+    old = payload(Status.IN_PROGRESS, started=T0 + 10)
+    assert model.row(old, T0 + 10 + 500) == "tail"
+
+
+def test_queued_time_is_learned_from_started_minus_created() -> None:
+    model = DurationModel(min_samples=10)
+    for _ in range(20):
+        started = payload(Status.IN_PROGRESS, started=T0 + 3)
+        model.observe(started, Status.QUEUED)
+    queued = payload(Status.QUEUED)
+    row = model.row(queued, T0 + 1)
+    assert isinstance(row, list)
+    # Everything starts 3 s after creation: at age 1 the change is ~2 s away.
+    assert 1.0 <= solve_step(row, 0.125) <= 3.5
+
+
+def test_keys_are_bounded() -> None:
+    model = DurationModel(min_samples=1, max_keys=5)
+    for org in range(20):
+        teach(model, [5.0], org=f"org_{org}")
+    assert len(model) == 5
+
+
+def test_organisations_and_endpoints_learn_separately() -> None:
+    model = DurationModel(min_samples=30)
+    teach(model, [5.0] * 100, org="org_fast")
+    teach(model, [500.0] * 100, org="org_slow")
+    fast = model.row(payload(Status.IN_PROGRESS, started=T0, org="org_fast"), T0 + 2)
+    slow = model.row(payload(Status.IN_PROGRESS, started=T0, org="org_slow"), T0 + 2)
+    assert isinstance(fast, list) and isinstance(slow, list)
+    assert solve_step(fast, 0.125) < solve_step(slow, 0.125) / 10
+
+
+@settings(max_examples=200, derandomize=True, database=None)
+@given(
+    first=st.floats(0.05, 600.0),
+    theta0=st.floats(0.01, 10.0),
+    factor=st.floats(1.0, 1e5),
+)
+def test_steady_hazard_step_reaches_the_threshold(
+    first: float, theta0: float, factor: float
+) -> None:
+    theta = theta0 * factor
+    step = steady_hazard_step(first, theta0, theta)
+    hazard = 2.0 * theta0 / first**2
+    piled = step - (1.0 - math.exp(-hazard * step)) / hazard
+    assert piled == pytest.approx(theta, rel=1e-3)
+    assert steady_hazard_step(first, theta0, theta * 2) > step
+
+
+def test_tail_step_grows_with_age_and_threshold() -> None:
+    assert tail_step(100.0, 0.125) == pytest.approx(5.0)
+    assert tail_step(400.0, 0.125) == pytest.approx(10.0)
+    assert tail_step(100.0, 0.5) == pytest.approx(10.0)
