@@ -41,10 +41,12 @@ class BlockingPoller:
         self._stack: ExitStack | None = None
         self._portal: BlockingPortal | None = None
         self._poller: Poller | None = None
+        self._entered = False
 
     def __enter__(self) -> BlockingPoller:
-        if self._stack is not None:
+        if self._entered:
             raise RuntimeError("a BlockingPoller can be entered only once")
+        self._entered = True
         stack = ExitStack()
         try:
             portal = stack.enter_context(start_blocking_portal("asyncio"))
