@@ -12,9 +12,11 @@ O(log buckets + log jobs). A job sits in at most one heap at a time (none while
 its request is in flight); untracking leaves a stale entry that is skipped when
 met and compacted away when stale entries outnumber live ones.
 
-Intervals. After a response the next poll is placed by the learned duration
-model (``poller._learn``) when it knows the job's kind, else by the geometric
-backoff, both stretched by the bucket's pressure when its budget cannot keep up.
+Intervals. After a response the next poll is placed where the expected detection
+lag piled up since the poll reaches ``Backoff.request_cost_s``: by the learned
+duration model (``poller._learn``) when it knows the job's kind, else by the
+geometric backoff. When a budget cannot keep up, due jobs wait and the one with
+the most lag piled up goes first (``poller._buckets``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ from .ratelimit import Budget, TokenBucket
 
 __all__ = ["PENDING", "Job", "Scheduler"]
 
+# A job never seen has its creation and, typically, three more changes ahead of it
+# (queued, in progress, a terminal status), so its unseen lag piles up about three
+# times as fast as a job's with one change pending. Under a scarce budget this is
+# what lets first polls go before re-polls of long-running jobs, but not all first.
 _NEW_JOB_WEIGHT: Final = 3.0
 PENDING: Final = "pending"
 """``by_status`` key of jobs not seen yet."""
@@ -69,7 +75,6 @@ class Job:
         "bucket",
         "credential",
         "errors",
-        "expires_at",
         "final",
         "job_id",
         "phase",
@@ -94,7 +99,6 @@ class Job:
         self.seq = 0
         self.unchanged = 0
         self.errors = 0
-        self.expires_at: int | None = None
         self.final: JobStatus | PollerError | None = None
 
     def __lt__(self, other: Job) -> bool:
@@ -159,6 +163,7 @@ class Scheduler:
         self._refused: dict[Credential, PollerError] = {}
         self._retired: deque[tuple[float, Job]] = deque()
         self._events: list[Event] = []
+        self._finished: list[Job] = []
         self._counts: dict[str, int] = {}
         self.in_flight = 0
         self.transitions = 0
@@ -193,6 +198,16 @@ class Scheduler:
         """The events produced since the last call, in order."""
         events, self._events = self._events, []
         return events
+
+    def has_finished(self) -> bool:
+        """Whether :meth:`take_finished` has anything (cheap: the hot path asks each poll)."""
+        return bool(self._finished)
+
+    def take_finished(self) -> list[Job]:
+        """The jobs that finished (terminal, or tracking failed) since the last call. Not
+        every finish is an event: a job resumed in a terminal status finishes silently."""
+        finished, self._finished = self._finished, []
+        return finished
 
     def next_wakeup(self, now: float) -> float | None:
         """When :meth:`next_due` may next return a job, or housekeeping is due; None: never."""
@@ -245,10 +260,10 @@ class Scheduler:
         if job is None:
             return None
         self._count(self._count_key(job), -1)
-        if job.phase == _SCHEDULED:
-            job.phase = _REMOVED
-            job.bucket.forget_one()
+        was_scheduled = job.phase == _SCHEDULED
         job.phase = _REMOVED
+        if was_scheduled:
+            job.bucket.forget_one()
         return job
 
     # -- the poll cycle ----------------------------------------------------------
@@ -296,7 +311,6 @@ class Scheduler:
             )
         else:
             job.unchanged += 1
-        job.expires_at = payload.expires_at
         if current.is_terminal:
             self._finish(job, payload, now)
         elif now >= payload.expires_at + self._expiry_grace_s:
@@ -431,6 +445,7 @@ class Scheduler:
     def _finish(self, job: Job, final: JobStatus | PollerError, now: float) -> None:
         job.phase = _DONE
         job.final = final
+        self._finished.append(job)
         self._retired.append((now + self._retention_s, job))
 
     def _fail(self, job: Job, error: PollerError, now: float) -> None:

@@ -547,18 +547,18 @@ class Poller:
 
     def _deliver(self) -> None:
         """Hand the core's new events to waiters, subscribers and callbacks."""
-        events = self._core.take_events()
-        if not events:
-            return
-        self._metrics.events(events)
-        for event in events:
-            if isinstance(event, Transition):
-                if event.current.is_terminal:
-                    self._settle(event.job_id, event.job)
-                self._callbacks.dispatch(event)
-            else:
-                self._settle(event.job_id, event.error)
-            self._publish(event)
+        core = self._core
+        events = core.take_events()
+        if events:
+            self._metrics.events(events)
+            for event in events:
+                if isinstance(event, Transition):
+                    self._callbacks.dispatch(event)
+                self._publish(event)
+        if core.has_finished():
+            for job in core.take_finished():
+                assert job.final is not None
+                self._settle(job.job_id, job.final)
 
     def _publish(self, event: Event) -> None:
         for subscription in self._subscriptions:

@@ -27,6 +27,7 @@ from poller import (
     Transition,
     UntrackedError,
 )
+from poller import errors as poller_errors
 from poller.testing import Change, JobsSimulator, SimServer
 from poller.testing.pytest_plugin import TEST_API_KEY, TEST_ORG_ID
 
@@ -331,3 +332,27 @@ async def test_leaving_mid_flight_closes_everything(retab_sim: SimServer) -> Non
     assert [t for t in asyncio.all_tasks() if "poller" in t.get_name()] == []
     with pytest.raises(PollerClosedError):
         poller.track(job_ids[0])
+
+
+async def test_resumed_jobs_carry_on_without_repeating_transitions(retab_sim: SimServer) -> None:
+    sim = retab_sim.sim
+    running = scripted(sim, ("queued", 0.0), ("in_progress", 0.01), ("completed", 0.1))
+    finished = scripted(sim, ("queued", 0.0), ("completed", 0.01))
+    await anyio.sleep(0.03)
+    async with engine(retab_sim) as poller, poller.subscribe() as stream:
+        poller.track(running, last_status="in_progress", last_seq=2)
+        poller.track(finished, last_status=Status.COMPLETED, last_seq=2)
+        # A job resumed in a terminal status finishes silently, and still answers wait.
+        assert (await poller.wait(finished, timeout_s=10)).status is Status.COMPLETED
+        assert (await poller.wait(running, timeout_s=10)).status is Status.COMPLETED
+        event = await stream.receive()
+        assert isinstance(event, Transition)
+        assert (event.job_id, event.previous, event.current, event.seq) == (
+            running,
+            Status.IN_PROGRESS,
+            Status.COMPLETED,
+            3,
+        )
+        assert stream.statistics().buffered == 0
+        with pytest.raises(poller_errors.ConfigError):
+            poller.track("job_other", last_seq=-1)
