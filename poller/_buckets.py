@@ -43,6 +43,7 @@ LEVELS: Final = 10
 LEVEL_GROWTH: Final = 4.0  # each level's threshold is this many times the one below
 _SCHEDULED: Final = 0  # mirrors poller._core: a job waiting in a heap
 _COMPACT_MIN_STALE: Final = 1024
+_BINDING_S: Final = 2.0  # a budget that refused this recently is the limit
 
 Crossing = Callable[["Job", int], float]
 """When a job's piled-up lag reaches level ``k``'s threshold (``k >= 1``)."""
@@ -54,11 +55,13 @@ class Bucket:
     """The jobs sharing one budget, and that budget."""
 
     __slots__ = (
+        "_high",
         "budget",
         "in_fair",
         "key",
         "levels",
         "org_id",
+        "refused_at",
         "stale",
         "vtime",
         "waiting_at",
@@ -72,6 +75,8 @@ class Bucket:
         self.weight = weight
         self.levels: list[list[_Entry]] = [[] for _ in range(LEVELS)]
         self.stale = 0
+        self._high = 0  # entries above level 0, stale ones included
+        self.refused_at = -math.inf  # when the budget last said "not yet"
         self.vtime = 0.0
         self.waiting_at: float | None = None
         self.in_fair = False
@@ -97,9 +102,11 @@ class Bucket:
 
     def next_due(self) -> float | None:
         """When the first job becomes due: -inf if one already climbed, None if empty."""
-        for level in range(LEVELS - 1, 0, -1):
-            if self._top(level) is not None:
-                return -math.inf
+        if self._high:
+            for level in range(LEVELS - 1, 0, -1):
+                if self._top(level) is not None:
+                    return -math.inf
+            self._high = 0  # only stale entries were left up there
         top = self._top(0)
         return top[0] if top is not None else None
 
@@ -114,14 +121,20 @@ class Bucket:
                     self.stale -= 1
                     continue
                 heapq.heappush(levels[level + 1], (crossing(job, level + 1), job))
+                self._high += level == 0
 
-    def pop_best(self) -> Job | None:
-        """Remove and return the due job with the most lag piled up (call :meth:`climb`
-        first); None when no job is due."""
-        for level in range(LEVELS - 1, 0, -1):
-            if self._top(level) is not None:
-                return heapq.heappop(self.levels[level])[1]
-        return None
+    def pop_best(self, now: float) -> Job | None:
+        """Remove and return the due job with the most lag piled up: the top of the highest
+        level climbed (see :meth:`climb`), else the earliest due; None when none is due."""
+        if self._high:
+            for level in range(LEVELS - 1, 0, -1):
+                if self._top(level) is not None:
+                    self._high -= 1
+                    return heapq.heappop(self.levels[level])[1]
+        top = self._top(0)
+        if top is None or top[0] > now:
+            return None
+        return heapq.heappop(self.levels[0])[1]
 
     def drain(self) -> list[_Entry]:
         """Remove and return every live entry with the time it is (or was) due (the bucket
@@ -135,6 +148,7 @@ class Bucket:
         ]
         self.levels = [[] for _ in range(LEVELS)]
         self.stale = 0
+        self._high = 0
         return live
 
     def forget_one(self) -> None:
@@ -147,6 +161,7 @@ class Bucket:
             for level in self.levels:
                 heapq.heapify(level)
             self.stale = 0
+            self._high = sum(len(level) for level in self.levels[1:])
 
 
 class FairQueue:
@@ -209,20 +224,24 @@ class FairQueue:
         fair = self._fair
         while fair:
             vtime, _, bucket = fair[0]
-            bucket.climb(now, self._crossing)
+            if now - bucket.refused_at <= _BINDING_S:
+                # The budget is the limit: order due jobs by the lag they piled up. While it
+                # is not, every due job goes at once, and earliest due first is as good.
+                bucket.climb(now, self._crossing)
             due = bucket.next_due()
             if due is None or due > now:
                 self._leave_fair(bucket, due)
                 continue
             wait = bucket.budget.try_acquire(now)
             if wait > 0.0:
+                bucket.refused_at = now
                 # A wait too small to move a Unix timestamp must still move it, or this
                 # bucket would be met again at the same instant forever.
                 self._leave_fair(bucket, max(now + wait, math.nextafter(now, math.inf)))
                 continue
             if self._global is not None:
                 self._global.try_acquire(now)
-            job = bucket.pop_best()
+            job = bucket.pop_best(now)
             assert job is not None
             self._vclock = vtime
             bucket.vtime = vtime + 1.0 / bucket.weight

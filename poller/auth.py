@@ -45,7 +45,15 @@ class Credential:
         ConfigError: no key and no token, or a key with whitespace or control characters.
     """
 
-    __slots__ = ("_access_token", "_api_key", "_fingerprint", "_headers", "_params", "scheme")
+    __slots__ = (
+        "_access_token",
+        "_api_key",
+        "_fingerprint",
+        "_hash",
+        "_headers",
+        "_params",
+        "scheme",
+    )
 
     def __init__(
         self,
@@ -80,6 +88,7 @@ class Credential:
         self._access_token = access_token
         digest = hashlib.sha256(f"{key}\x00{access_token}".encode()).hexdigest()
         self._fingerprint = digest[:10]
+        self._hash = hash((self._fingerprint, self.scheme))  # looked up on every track
         headers: dict[str, str] = {}
         if key is not None:
             if self.scheme is AuthScheme.BEARER:
@@ -126,7 +135,7 @@ class Credential:
         )
 
     def __hash__(self) -> int:
-        return hash((self._fingerprint, self.scheme))
+        return self._hash
 
     def __reduce__(self) -> str | tuple[object, ...]:
         # Pickling would write the key to wherever the pickle goes; refuse.
