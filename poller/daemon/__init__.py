@@ -1,0 +1,21 @@
+"""The ``poller`` daemon (``poller run``) and the ``poller watch`` command.
+
+Modules, in the order data flows through them:
+
+- ``options``, ``config``: settings from flags > environment > TOML file > defaults.
+- ``intake``: jobs in (control API, ``--jobs-from``), committed, then tracked.
+- ``outbox``: engine events committed in order; a bell rung after each commit.
+- ``store``, ``rows``: SQLite (WAL): jobs, the outbox/history, per-sink deliveries.
+- ``records``: the JSON record of an event, with its stable ID.
+- ``sinks``, ``webhook``, ``sse``: JSON lines, signed webhooks, ``GET /events``.
+- ``api``, ``metrics``: the control API, ``/healthz`` and ``/metrics``.
+- ``run``, ``command``: the daemon wired together, and its command line.
+- ``watch``, ``watch_view``: ``poller watch``.
+- ``logs``: human or JSON log lines, secrets masked.
+"""
+
+from .config import Secret, Settings, load_settings
+from .records import EventRecord, decode_record
+from .run import serve
+
+__all__ = ["EventRecord", "Secret", "Settings", "decode_record", "load_settings", "serve"]

@@ -1,0 +1,221 @@
+"""The control API of ``poller run`` (aiohttp.web), on 127.0.0.1 by default.
+
+=======  ===================  ================================================
+method   path                 what it does
+=======  ===================  ================================================
+POST     /jobs                add jobs: ``{"job_ids": [...]}`` or ``{"job_id": ...}``,
+                              optional ``metadata`` (object), ``credential`` (name)
+GET      /jobs                list: ``?status=&after=&limit=`` (paged by job ID)
+GET      /jobs/{id}           one job: last status, seq, payload, error
+DELETE   /jobs/{id}           stop tracking it
+GET      /events              server-sent events (see ``poller.daemon.sse``)
+GET      /healthz             ``{"status": "ok"}``; 503 while shutting down
+GET      /metrics             Prometheus text format
+=======  ===================  ================================================
+
+Security. With a ``control_token``, every path but ``/healthz`` needs
+``Authorization: Bearer <token>``; the daemon refuses to listen on a non-loopback
+address without one. Without a token it listens on loopback only, and two checks keep
+a web page in a local browser out: bodies must be ``application/json`` (so a
+cross-site form cannot post one without a CORS preflight, which is never granted)
+and the ``Host`` header must name a loopback host (no DNS rebinding).
+
+Errors are ``{"error": {"code", "message", "field"?}}`` with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import msgspec
+from aiohttp import web
+
+from .config import is_loopback
+from .intake import Intake, IntakeError
+from .metrics import CONTENT_TYPE
+from .sse import EventStream
+from .store import Store
+
+__all__ = ["ControlServer", "build_app"]
+
+_MAX_BODY: Final = 8 * 1024 * 1024
+_LIST_DEFAULT: Final = 1000
+_LIST_MAX: Final = 10_000
+_SHUTDOWN_S: Final = 2.0
+_OPEN_PATHS: Final = frozenset({"/healthz"})
+
+
+class _AddBody(msgspec.Struct, forbid_unknown_fields=True):
+    job_ids: list[str] | None = None
+    job_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    credential: str | None = None
+
+
+_ADD_DECODER: Final = msgspec.json.Decoder(_AddBody)
+
+
+def _error(status: int, code: str, message: str, field: str | None = None) -> web.Response:
+    detail: dict[str, str] = {"code": code, "message": message}
+    if field is not None:
+        detail["field"] = field
+    return _json({"error": detail}, status=status)
+
+
+def _json(payload: object, *, status: int = 200) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(payload), status=status, content_type="application/json"
+    )
+
+
+class _Handlers:
+    def __init__(
+        self,
+        intake: Intake,
+        store: Store,
+        metrics: Callable[[], Awaitable[str]],
+        health: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.intake, self.store, self.metrics, self.health = intake, store, metrics, health
+
+    async def add(self, request: web.Request) -> web.Response:
+        if request.content_type != "application/json":
+            return _error(415, "unsupported_media_type", "send Content-Type: application/json")
+        try:
+            body = _ADD_DECODER.decode(await request.read())
+        except msgspec.ValidationError as exc:
+            return _error(400, "invalid_body", str(exc))
+        except msgspec.DecodeError:
+            return _error(400, "invalid_json", "the body is not valid JSON")
+        if (body.job_ids is None) == (body.job_id is None):
+            return _error(400, "invalid_body", "give either job_ids or job_id", "job_ids")
+        job_ids = body.job_ids if body.job_ids is not None else [body.job_id or ""]
+        try:
+            result = await self.intake.add(
+                job_ids, credential=body.credential, metadata=body.metadata
+            )
+        except IntakeError as exc:
+            return _error(exc.status, exc.code, str(exc), exc.field)
+        return _json(result, status=201 if result.added else 200)
+
+    async def remove(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["job_id"]
+        if not await self.intake.remove(job_id):
+            return _error(404, "not_found", f"job {job_id!r} is not tracked")
+        return _json({"removed": job_id})
+
+    async def get(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["job_id"]
+        found = await self.store.call(self.store.job, job_id)
+        if found is None:
+            return _error(404, "not_found", f"job {job_id!r} was never added")
+        row, payload = found
+        entry = msgspec.to_builtins(row)
+        entry["job"] = msgspec.Raw(payload) if payload is not None else None
+        return _json(entry)
+
+    async def list(self, request: web.Request) -> web.Response:
+        query = request.query
+        try:
+            limit = int(query.get("limit", _LIST_DEFAULT))
+        except ValueError:
+            limit = -1
+        if not 1 <= limit <= _LIST_MAX:
+            return _error(400, "invalid_limit", f"limit must be 1 to {_LIST_MAX}", "limit")
+        rows = await self.store.call(
+            self.store.list_jobs,
+            status=query.get("status") or None,
+            after=query.get("after", ""),
+            limit=limit,
+        )
+        following = rows[-1].job_id if len(rows) == limit else None
+        return _json({"jobs": rows, "next": following})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        health = self.health()
+        return _json(health, status=200 if health.get("status") == "ok" else 503)
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        text = await self.metrics()
+        return web.Response(text=text, headers={"Content-Type": CONTENT_TYPE})
+
+
+def _hostname(header: str) -> str:
+    """The host of a ``Host`` header: ``[::1]:80`` -> ``::1``, ``a:80`` -> ``a``."""
+    if header.startswith("["):
+        return header[1 : header.find("]")]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def _guard(token: str | None) -> Callable[..., Awaitable[web.StreamResponse]]:
+    expected = f"Bearer {token}".encode() if token is not None else None
+
+    @web.middleware
+    async def guard(
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        if expected is not None:
+            if request.path not in _OPEN_PATHS:
+                given = request.headers.get("Authorization", "").encode()
+                if not hmac.compare_digest(given, expected):
+                    response = _error(401, "unauthorized", "a valid bearer token is required")
+                    response.headers["WWW-Authenticate"] = 'Bearer realm="poller"'
+                    return response
+        elif not is_loopback(_hostname(request.host)):
+            return _error(403, "forbidden_host", "the Host header must name a loopback address")
+        return await handler(request)
+
+    return guard
+
+
+def build_app(
+    *,
+    intake: Intake,
+    store: Store,
+    events: EventStream,
+    metrics: Callable[[], Awaitable[str]],
+    health: Callable[[], dict[str, Any]],
+    token: str | None,
+) -> web.Application:
+    """The aiohttp application (see the module docstring for the routes)."""
+    handlers = _Handlers(intake, store, metrics, health)
+    app = web.Application(client_max_size=_MAX_BODY, middlewares=[_guard(token)])
+    app.router.add_post("/jobs", handlers.add)
+    app.router.add_get("/jobs", handlers.list)
+    app.router.add_get("/jobs/{job_id}", handlers.get)
+    app.router.add_delete("/jobs/{job_id}", handlers.remove)
+    app.router.add_get("/events", events.handle)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/metrics", handlers.metrics_text)
+    return app
+
+
+class ControlServer:
+    """Serves an application on ``host:port`` (0: a free port) until :meth:`stop`."""
+
+    def __init__(self, app: web.Application, *, host: str, port: int) -> None:
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_S)
+        self._host = host
+        self._port = port
+        self.url = ""
+
+    async def start(self) -> str:
+        """Listen; returns the base URL. Raises ``OSError`` if the address is taken."""
+        await self._runner.setup()
+        try:
+            site = web.TCPSite(self._runner, self._host, self._port)
+            await site.start()
+        except BaseException:
+            await self._runner.cleanup()
+            raise
+        host, port = self._runner.addresses[0][:2]
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{port}"
+        return self.url
+
+    async def stop(self) -> None:
+        """Stop listening and finish the requests in flight (a few seconds at most)."""
+        await self._runner.cleanup()

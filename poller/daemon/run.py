@@ -1,0 +1,366 @@
+"""``poller run``: the daemon wired together, and its graceful stop.
+
+Start: open the store, start the outbox writer and the push sinks (they first send
+whatever an earlier run left undelivered), open the engine, register the outbox as
+a *synchronous* transition callback, resume every unfinished job from its last
+committed status and ``seq``, then start the control API and ``--jobs-from``.
+
+Stop (SIGTERM, SIGINT, or ``stop`` set): intake stops (``/healthz`` turns 503, adds
+get 503), ``/events`` streams end, the HTTP server finishes the requests in flight,
+the engine closes (its polls in flight are dropped: their answers were never
+committed, so the next run asks again), the outbox commits what the engine
+reported, the sinks deliver what is committed, the store is checkpointed, and the
+exit status is 0. All of it within ``shutdown_timeout_s``; what is not delivered by
+then stays in the outbox for the next run. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import anyio
+from anyio.abc import TaskStatus
+
+from ..engine import Poller
+from ..errors import ConfigError, PollerClosedError, SubscriberOverflowError
+from ..ratelimit import RateLimit
+from ..transport import Transport
+from .api import ControlServer, build_app
+from .config import Settings, backoff_for
+from .intake import Intake
+from .metrics import SinkCounters, render
+from .outbox import Changes, Outbox
+from .sinks import Feed, JsonlSink, Sink
+from .sse import EventStream
+from .store import Store
+from .webhook import DeadLetters, WebhookSink
+
+__all__ = ["running", "serve", "serve_until_signalled"]
+
+log = logging.getLogger("poller.daemon")
+
+_PRUNE_EVERY_S: Final = 60.0
+_TERMINAL_RETENTION_S: Final = 60.0
+_FAILURE_BUFFER: Final = 100_000
+_RESTART_MIN_S: Final = 1.0
+_RESTART_MAX_S: Final = 30.0
+
+
+def _engine(settings: Settings, transport: Transport | None) -> Poller:
+    rate = settings.rate_limit_per_s
+    return Poller(
+        api_key=settings.api_key.reveal() if settings.api_key is not None else None,
+        base_url=settings.base_url,
+        auth_scheme=settings.auth_scheme,
+        max_connections=settings.max_connections,
+        request_timeout_s=settings.request_timeout_s,
+        rate_limit=RateLimit(rate) if rate is not None else None,
+        backoff=backoff_for(settings.poll_interval_s, settings.max_interval_s),
+        terminal_retention_s=_TERMINAL_RETENTION_S,
+        transport=transport,
+    )
+
+
+def _sinks(settings: Settings) -> tuple[list[Sink], DeadLetters | None]:
+    sinks: list[Sink] = []
+    if settings.jsonl is not None:
+        sinks.append(JsonlSink(settings.jsonl))
+    dead_letters = DeadLetters(settings.dead_letter_path) if settings.webhooks else None
+    for url in settings.webhooks:
+        assert settings.webhook_secret is not None and dead_letters is not None
+        sinks.append(
+            WebhookSink(
+                url,
+                secret=settings.webhook_secret.reveal().encode(),
+                dead_letters=dead_letters,
+                max_attempts=settings.webhook_max_attempts,
+                timeout_s=settings.webhook_timeout_s,
+                backoff_s=settings.webhook_backoff_s,
+                backoff_max_s=settings.webhook_backoff_max_s,
+                concurrency=settings.webhook_concurrency,
+            )
+        )
+    return sinks, dead_letters
+
+
+async def serve(
+    settings: Settings,
+    stop: anyio.Event,
+    *,
+    on_ready: Callable[[str], None] | None = None,
+    transport: Transport | None = None,
+) -> int:
+    """Run the daemon until ``stop`` is set; returns the exit status.
+
+    Args:
+        settings: the configuration.
+        stop: set it to stop gracefully.
+        on_ready: called with the control API's URL once it listens.
+        transport: a custom transport for the engine (tests).
+    """
+    sinks, dead_letters = _sinks(settings)
+    try:
+        store = Store(settings.db, sinks=[s.name for s in sinks], sync=settings.store_sync)
+    except sqlite3.Error as exc:
+        log.error("cannot open the database %s: %s", settings.db, exc)
+        return 1
+    try:
+        try:
+            daemon = _Daemon(settings, store, sinks, stop, on_ready, transport)
+        except ConfigError as exc:  # a setting the engine refuses
+            log.error("configuration error: %s", exc)
+            return 2
+        return await daemon.run()
+    finally:
+        if dead_letters is not None:
+            dead_letters.close()
+        with anyio.CancelScope(shield=True):  # even when stopped at once: checkpoint the WAL
+            await store.call(store.close)
+
+
+class _Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        sinks: Sequence[Sink],
+        stop: anyio.Event,
+        on_ready: Callable[[str], None] | None,
+        transport: Transport | None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.sinks = list(sinks)
+        self.stop = stop
+        self.on_ready = on_ready
+        self.changes = Changes()
+        self.outbox = Outbox(store, self.changes)
+        self.feeds = [Feed(store, self.changes, sink.name) for sink in sinks]
+        self.engine = _engine(settings, transport)
+        self.started_at = time.time()
+        self.stopping = False
+        self.failures_done = anyio.Event()
+        self.events: EventStream | None = None
+
+    async def run(self) -> int:
+        status = 0
+        with anyio.CancelScope() as drain:
+            self.drain_scope = drain
+            async with anyio.create_task_group() as delivery:
+                delivery.start_soon(self._persist)
+                for sink, feed in zip(self.sinks, self.feeds, strict=True):
+                    delivery.start_soon(self._deliver, sink, feed)
+                try:
+                    status = await self._serve(delivery)
+                finally:
+                    # The engine is closed: nothing more will be observed. Whatever ended
+                    # the run, the rest of the drain is bounded.
+                    limit = anyio.current_time() + self.settings.shutdown_timeout_s
+                    drain.deadline = min(drain.deadline, limit)
+                    if not self.failures_done.is_set():
+                        with anyio.move_on_after(1.0):
+                            await self.failures_done.wait()
+                    self.outbox.close()
+        if drain.cancelled_caught:
+            log.warning(
+                "shutdown deadline reached: %d event(s) not committed (observed again at next "
+                "start), undelivered ones stay in the outbox",
+                self.outbox.backlog,
+            )
+        return status
+
+    async def _persist(self) -> None:
+        await self.outbox.run()
+        for feed in self.feeds:  # everything is committed: the sinks may finish
+            feed.close()
+
+    async def _deliver(self, sink: Sink, feed: Feed) -> None:
+        """Run a sink; if the disk fails under it, start it again from its first
+        undelivered event (nothing is acknowledged that was not delivered)."""
+        delay_s = _RESTART_MIN_S
+        while True:
+            try:
+                await sink.run(feed)
+                return
+            except (OSError, sqlite3.Error) as exc:
+                log.error("sink %s failed (%s); restarting in %.0f s", sink.name, exc, delay_s)
+            feed.rewind()
+            await anyio.sleep(delay_s)
+            delay_s = min(_RESTART_MAX_S, delay_s * 2)
+
+    async def _serve(self, delivery: anyio.abc.TaskGroup) -> int:
+        settings = self.settings
+        credentials = {name: key.reveal() for name, key in settings.credentials.items()}
+        async with self.engine as engine:
+            engine.on_transition(self.outbox.offer)
+            await delivery.start(self._forward_failures)
+            intake = Intake(
+                self.store,
+                engine,
+                credentials=credentials,
+                default_key=settings.api_key is not None,
+            )
+            resumable = await self.store.call(self.store.resumable)
+            resumed = intake.track(resumable)
+            log.info("resumed %d job(s)", resumed, extra={"resumed": resumed})
+            events = self.events = EventStream(self.store, self.changes)
+            app = build_app(
+                intake=intake,
+                store=self.store,
+                events=events,
+                metrics=self._metrics,
+                health=self._health,
+                token=settings.control_token.reveal() if settings.control_token else None,
+            )
+            server = ControlServer(app, host=settings.host, port=settings.port)
+            try:
+                url = await server.start()
+            except OSError as exc:
+                log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+                return 1
+            log.info("control API listening on %s", url, extra={"url": url})
+            if self.on_ready is not None:
+                self.on_ready(url)
+            async with anyio.create_task_group() as intake_tasks:
+                intake_tasks.start_soon(self._prune)
+                if settings.jobs_from is not None:
+                    intake_tasks.start_soon(self._jobs_from, intake)
+                await self.stop.wait()
+                log.info("stopping: intake closed, draining")
+                self.stopping = True
+                self.drain_scope.deadline = anyio.current_time() + settings.shutdown_timeout_s
+                intake.accepting = False
+                intake_tasks.cancel_scope.cancel()
+                events.close()
+                await server.stop()
+        return 0
+
+    async def _forward_failures(self, *, task_status: TaskStatus[None]) -> None:
+        """Tracking failures reach the outbox through a subscription (transitions come by
+        the synchronous callback, which cannot overflow)."""
+        started = False
+        try:
+            while True:
+                try:
+                    async with self.engine.subscribe(
+                        statuses=(), include_failures=True, max_buffer=_FAILURE_BUFFER
+                    ) as stream:
+                        if not started:
+                            task_status.started()
+                            started = True
+                        async for event in stream:
+                            self.outbox.offer(event)
+                    return  # the engine closed
+                except SubscriberOverflowError as exc:
+                    log.error("%s; the lost failures are observed again after a restart", exc)
+                except PollerClosedError:
+                    return
+        finally:
+            self.failures_done.set()
+
+    async def _jobs_from(self, intake: Intake) -> None:
+        path = self.settings.jobs_from
+        assert path is not None
+        await intake.read_lines(path, credential=self.settings.jobs_credential)
+
+    async def _prune(self) -> None:
+        while True:
+            pruned = await self.store.call(
+                self.store.prune, older_than_s=self.settings.history_retention_s
+            )
+            if pruned:
+                log.debug("pruned %d delivered event(s) from the history", pruned)
+            await anyio.sleep(_PRUNE_EVERY_S)
+
+    async def _metrics(self) -> str:
+        counts = await self.store.call(self.store.counts)
+        backlog = await self.store.call(self.store.backlog)
+        return render(
+            self.engine.stats(),
+            jobs_by_status=counts,
+            backlog=backlog,
+            sinks=[
+                SinkCounters(
+                    name=s.name,
+                    delivered=s.delivered,
+                    dead_lettered=s.dead_lettered,
+                    errors=s.errors,
+                )
+                for s in self.sinks
+            ],
+            outbox_backlog=self.outbox.backlog,
+            sse_clients=self.events.clients if self.events is not None else 0,
+        )
+
+    def _health(self) -> dict[str, Any]:
+        return {
+            "status": "stopping" if self.stopping else "ok",
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "tracked": self.engine.stats().tracked,
+            "outbox_backlog": self.outbox.backlog,
+        }
+
+
+@asynccontextmanager
+async def running(settings: Settings, *, transport: Transport | None = None) -> AsyncIterator[str]:
+    """Run the daemon in the background (tests, embedding); yields the control API's URL
+    and stops it gracefully on exit.
+
+    Raises:
+        RuntimeError: the daemon could not start, or did not stop with status 0.
+    """
+    stop = anyio.Event()
+    ready = anyio.Event()
+    urls: list[str] = []
+    statuses: list[int] = []
+
+    def on_ready(url: str) -> None:
+        urls.append(url)
+        ready.set()
+
+    async def main() -> None:
+        try:
+            statuses.append(await serve(settings, stop, on_ready=on_ready, transport=transport))
+        finally:
+            ready.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(main)
+        await ready.wait()
+        if urls:
+            try:
+                yield urls[0]
+            finally:
+                stop.set()
+    if not urls:
+        raise RuntimeError(f"the daemon did not start (status {statuses})")
+    if statuses != [0]:
+        raise RuntimeError(f"the daemon stopped with status {statuses}")
+
+
+async def serve_until_signalled(settings: Settings) -> int:
+    """:func:`serve` until SIGTERM or SIGINT (a second one stops at once)."""
+    stop = anyio.Event()
+    status = 130  # unless serve() returns: stopped at once by a second signal
+    async with anyio.create_task_group() as group:
+
+        async def watch_signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    if stop.is_set():
+                        log.warning("second signal: stopping at once")
+                        group.cancel_scope.cancel()
+                        return
+                    log.info("received %s", signal.Signals(signum).name)
+                    stop.set()
+
+        group.start_soon(watch_signals)
+        status = await serve(settings, stop)
+        group.cancel_scope.cancel()
+    return status

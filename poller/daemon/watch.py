@@ -1,0 +1,289 @@
+"""poller watch: wait for the given jobs, showing their progress.
+
+Tracks the jobs (the real API with RETAB_API_KEY, or --sim for the built-in
+simulator), shows a live progress bar with counts by status, and prints one line
+per finished job. --json prints one JSON object per finished job instead, for
+scripts.
+
+Exit status: 0 when every job completed; 1 when any failed, was cancelled, expired,
+was not found, could not be tracked, or was still running at --timeout; 2 for bad
+arguments or settings; 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+import anyio
+import msgspec
+
+from .._ids import validate_job_id
+from ..engine import Poller
+from ..errors import ConfigError, InvalidJobIdError, JobNotFoundError
+from ..events import TrackingFailure, Transition
+from ..testing import JobsSimulator, SimServer
+from .config import backoff_for
+from .logs import configure_logging
+from .watch_view import View, make_view
+
+__all__ = ["Outcome", "Tally", "add_arguments", "run", "watch"]
+
+COMPLETED: Final = "completed"
+NOT_FOUND: Final = "not_found"
+ERROR: Final = "error"
+TIMED_OUT: Final = "timed_out"
+PENDING: Final = "pending"
+_SIM_ORG: Final = "org_sim"
+_SIM_KEY: Final = "rt_test_watch"
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """How one job ended, as ``--json`` prints it.
+
+    ``status`` is the terminal status, or ``not_found``, ``error`` (tracking failed)
+    or ``timed_out``; ``error`` holds ``code`` and ``message`` when there is one.
+    """
+
+    job_id: str
+    status: str
+    elapsed_s: float
+    organization_id: str | None = None
+    error: dict[str, str] | None = None
+
+
+class Tally:
+    """What is known of the watched jobs: pure bookkeeping, fed with engine events.
+
+    Args:
+        job_ids: the jobs (duplicates are counted once).
+        started_at: the start (Unix seconds), to report each job's elapsed time.
+    """
+
+    def __init__(self, job_ids: Sequence[str], started_at: float) -> None:
+        self.status: dict[str, str] = dict.fromkeys(job_ids, PENDING)
+        self.outcomes: dict[str, Outcome] = {}
+        self._started_at = started_at
+
+    @property
+    def total(self) -> int:
+        """How many jobs are watched."""
+        return len(self.status)
+
+    @property
+    def finished(self) -> int:
+        """How many jobs ended."""
+        return len(self.outcomes)
+
+    @property
+    def done(self) -> bool:
+        """True when every job ended."""
+        return len(self.outcomes) == len(self.status)
+
+    def counts(self) -> dict[str, int]:
+        """Jobs by current status, most advanced first."""
+        counts: dict[str, int] = {}
+        for status in self.status.values():
+            counts[status] = counts.get(status, 0) + 1
+        return dict(sorted(counts.items(), key=lambda item: (_rank(item[0]), item[0])))
+
+    def observe(self, event: Transition | TrackingFailure) -> Outcome | None:
+        """Record an event; returns the job's outcome if the event ended it."""
+        job_id = event.job_id
+        if job_id not in self.status or job_id in self.outcomes:
+            return None
+        if isinstance(event, Transition):
+            self.status[job_id] = event.current.value
+            if not event.current.is_terminal:
+                return None
+            error = event.job.error
+            detail = {"code": error.code, "message": error.message} if error else None
+            return self._end(job_id, event.current.value, event.observed_at, event, detail)
+        status = NOT_FOUND if isinstance(event.error, JobNotFoundError) else ERROR
+        self.status[job_id] = status
+        detail = {"code": type(event.error).__name__, "message": str(event.error)}
+        return self._end(job_id, status, event.observed_at, event, detail)
+
+    def _end(
+        self,
+        job_id: str,
+        status: str,
+        at: float,
+        event: Transition | TrackingFailure,
+        error: dict[str, str] | None,
+    ) -> Outcome:
+        outcome = Outcome(
+            job_id=job_id,
+            status=status,
+            elapsed_s=round(max(0.0, at - self._started_at), 3),
+            organization_id=event.organization_id,
+            error=error,
+        )
+        self.outcomes[job_id] = outcome
+        return outcome
+
+    def time_out(self, now: float) -> list[Outcome]:
+        """End every unfinished job as ``timed_out``."""
+        elapsed_s = round(max(0.0, now - self._started_at), 3)
+        ended = []
+        for job_id in self.status:
+            if job_id not in self.outcomes:
+                outcome = Outcome(job_id=job_id, status=TIMED_OUT, elapsed_s=elapsed_s)
+                self.outcomes[job_id] = outcome
+                self.status[job_id] = TIMED_OUT
+                ended.append(outcome)
+        return ended
+
+    @property
+    def exit_status(self) -> int:
+        """0 if every job completed, else 1."""
+        ok = self.done and all(o.status == COMPLETED for o in self.outcomes.values())
+        return 0 if ok else 1
+
+
+_ORDER: Final = (COMPLETED, "failed", "cancelled", "expired", NOT_FOUND, ERROR, TIMED_OUT)
+
+
+def _rank(status: str) -> int:
+    return _ORDER.index(status) if status in _ORDER else len(_ORDER)
+
+
+async def watch(
+    job_ids: Sequence[str],
+    view: View,
+    *,
+    api_key: str | None,
+    base_url: str | None,
+    timeout_s: float | None = None,
+    sim: JobsSimulator | None = None,
+    poll_interval_s: float | None = None,
+) -> int:
+    """Track ``job_ids`` until all end (or ``timeout_s``), reporting to ``view``; returns
+    the exit status. With ``sim``, serve it on loopback and track its jobs.
+    ``poll_interval_s`` is the first polling interval of every status (None: the
+    engine's defaults)."""
+    tally = Tally(job_ids, time.time())
+    async with contextlib.AsyncExitStack() as stack:
+        if sim is not None:
+            server = await stack.enter_async_context(SimServer(sim))
+            base_url, api_key = server.base_url, _SIM_KEY
+        engine = await stack.enter_async_context(
+            Poller(api_key=api_key, base_url=base_url, backoff=backoff_for(poll_interval_s))
+        )
+        stream = await stack.enter_async_context(
+            engine.subscribe(job_ids=tally.status, max_buffer=max(10_000, 8 * tally.total))
+        )
+        for job_id in tally.status:
+            engine.track(job_id)
+        view.start(tally)
+        try:
+            with anyio.move_on_after(timeout_s):
+                async for event in stream:
+                    outcome = tally.observe(event)
+                    view.update(tally, outcome)
+                    if tally.done:
+                        break
+            for outcome in tally.time_out(time.time()):
+                view.update(tally, outcome)
+        finally:
+            view.stop(tally)
+    return tally.exit_status
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``poller watch``'s options on ``parser``."""
+    parser.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="jobs to watch")
+    parser.add_argument(
+        "--from", dest="from_file", metavar="FILE", help="also the job IDs in FILE ('-': stdin)"
+    )
+    parser.add_argument("--json", action="store_true", help="JSON lines for scripts, no bar")
+    parser.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="stop waiting after this (exit 1)"
+    )
+    parser.add_argument("--base-url", metavar="URL", help="API root (env RETAB_API_BASE_URL)")
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        metavar="SECONDS",
+        help="first polling interval of every status (default: the engine's)",
+    )
+    sim = parser.add_argument_group("simulation")
+    sim.add_argument("--sim", action="store_true", help="watch jobs of the built-in simulator")
+    sim.add_argument("--sim-jobs", type=int, default=20, metavar="N", help="jobs made if no ID")
+    sim.add_argument(
+        "--sim-time-scale",
+        type=float,
+        default=0.02,
+        metavar="SCALE",
+        help="multiplies simulated durations (default %(default)s: 50x faster)",
+    )
+    sim.add_argument("--seed", type=int, default=0, help="seed of the simulator")
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="warning",
+        help="log lines on standard error (default %(default)s)",
+    )
+
+
+def _read_ids(args: argparse.Namespace) -> list[str]:
+    job_ids = list(args.job_ids)
+    if args.from_file is not None:
+        if args.from_file == "-":
+            lines = sys.stdin.read().splitlines()
+        else:
+            with open(args.from_file, encoding="utf-8") as file:
+                lines = file.read().splitlines()
+        job_ids += [s for line in lines if (s := line.strip()) and not s.startswith("#")]
+    return [validate_job_id(job_id) for job_id in dict.fromkeys(job_ids)]
+
+
+def _simulator(args: argparse.Namespace, job_ids: list[str]) -> tuple[JobsSimulator, list[str]]:
+    if not args.sim_time_scale > 0 or args.sim_jobs < 1:
+        raise ConfigError("sim: --sim-time-scale must be > 0 and --sim-jobs >= 1")
+    sim = JobsSimulator(seed=args.seed, time_scale=args.sim_time_scale)
+    sim.add_org(_SIM_ORG, api_keys=[_SIM_KEY])
+    if not job_ids:
+        return sim, sim.add_jobs(args.sim_jobs)
+    for job_id in job_ids:
+        sim.add_job(org_id=_SIM_ORG, job_id=job_id)
+    return sim, job_ids
+
+
+def run(args: argparse.Namespace) -> int:
+    """``poller watch``; returns the exit status (see the module docstring)."""
+    configure_logging(level=args.log_level)
+    try:
+        job_ids = _read_ids(args)
+        sim: JobsSimulator | None = None
+        if args.sim:
+            sim, job_ids = _simulator(args, job_ids)
+        elif not job_ids:
+            raise ConfigError("job_ids: give job IDs, --from FILE, or --sim")
+        elif not os.environ.get("RETAB_API_KEY"):
+            raise ConfigError("api_key: set RETAB_API_KEY (or use --sim)")
+        if args.timeout is not None and not args.timeout > 0:
+            raise ConfigError("timeout: must be > 0")
+        if args.poll_interval is not None and not 0 < args.poll_interval <= 30:
+            raise ConfigError("poll_interval: must be > 0 and <= 30")
+    except (ConfigError, InvalidJobIdError, OSError) as exc:
+        print(f"poller watch: error: {exc}", file=sys.stderr)
+        return 2
+    view = make_view(json_lines=args.json)
+    options: dict[str, Any] = {
+        "base_url": args.base_url,
+        "timeout_s": args.timeout,
+        "sim": sim,
+        "poll_interval_s": args.poll_interval,
+    }
+    try:
+        status: int = anyio.run(lambda: watch(job_ids, view, api_key=None, **options))
+    except ConfigError as exc:
+        print(f"poller watch: error: {exc}", file=sys.stderr)
+        return 2
+    return status

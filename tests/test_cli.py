@@ -1,0 +1,285 @@
+"""The ``poller`` command: subcommands, help, version, configuration errors, ``watch``."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from poller import JobNotFoundError, Status, TrackingFailure, Transition, __version__
+from poller.cli import main
+from poller.daemon.watch import Outcome, Tally, watch
+from poller.daemon.watch_view import JsonView, PlainView, RichView, make_view
+from poller.models import JobError, JobStatus
+from poller.testing import Change, SimServer
+
+KEY = "rt_test_key"  # the retab_sim fixture's organisation
+DONE = [Change("queued", 0.0), Change("in_progress", 0.05), Change("completed", 0.15)]
+FAIL = [Change("queued", 0.0), Change("failed", 0.1)]
+CANCEL = [Change("queued", 0.0), Change("cancelled", 0.1)]
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"poller {__version__}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], ["run", "watch", "sim", "demo"]),
+        (["run"], ["--jobs-from", "--webhook", "--jsonl", "POLLER_PORT", "RETAB_API_KEY"]),
+        (["watch"], ["--from", "--json", "--sim", "Exit status"]),
+        (["sim"], ["--port", "--time-scale"]),
+        (["demo"], ["--jobs", "--duration"]),
+    ],
+)
+def test_help_everywhere(
+    argv: list[str], expected: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for text in expected:
+        assert text in out
+
+
+def test_installed_command_and_module() -> None:
+    script = Path(sys.executable).parent / "poller"
+    started = [
+        subprocess.Popen([*argv, "--version"], stdout=subprocess.PIPE, text=True)
+        for argv in ([str(script)], [sys.executable, "-m", "poller"])
+    ]
+    for process in started:
+        out, _ = process.communicate(timeout=30)
+        assert (process.returncode, out.strip()) == (0, f"poller {__version__}")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["run"], {}, "configuration error: api_key: no API key"),
+        (["run", "--port", "99999"], {"RETAB_API_KEY": KEY}, "port: must be an integer"),
+        (["run", "--host", "0.0.0.0"], {"RETAB_API_KEY": KEY}, "control_token: required"),
+        (["run", "--log-level", "loud"], {"RETAB_API_KEY": KEY}, "log_level: must be one of"),
+    ],
+)
+def test_run_configuration_errors_exit_2(
+    argv: list[str],
+    env: dict[str, str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name in ("RETAB_API_KEY", "RETAB_API_BASE_URL", "POLLER_CONFIG", "POLLER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert KEY not in err
+
+
+def test_run_bad_config_file_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "poller.toml"
+    config.write_text('api_key = "rt_test_x"\nwebhooks = ["http://127.0.0.1:1/h"]\n')
+    assert main(["run", "--config", str(config)]) == 2
+    assert "webhook_secret: required" in capsys.readouterr().err
+
+
+# -- watch -------------------------------------------------------------------------
+
+
+def sample_transition(job_id: str, status: str, *, error: JobError | None = None) -> Transition:
+    job = JobStatus(
+        id=job_id,
+        status=Status(status),
+        endpoint="/v1/documents/extract",  # type: ignore[arg-type]
+        created_at=1,
+        expires_at=2,
+        organization_id="org_a",
+        error=error,
+    )
+    return Transition(
+        job_id=job_id,
+        organization_id="org_a",
+        previous=None,
+        current=Status(status),
+        job=job,
+        observed_at=12.5,
+        seq=1,
+    )
+
+
+def test_tally_exit_status_and_counts() -> None:
+    tally = Tally(["a", "b", "c"], started_at=10.0)
+    assert tally.observe(sample_transition("a", "in_progress")) is None
+    outcome = tally.observe(sample_transition("a", "completed"))
+    assert outcome == Outcome(
+        job_id="a", status="completed", elapsed_s=2.5, organization_id="org_a"
+    )
+    assert tally.observe(sample_transition("zzz", "completed")) is None  # not watched
+    error = JobError(code="model_timeout", message="slow")
+    failed = tally.observe(sample_transition("b", "failed", error=error))
+    assert failed is not None and failed.error == {"code": "model_timeout", "message": "slow"}
+    assert tally.counts() == {"completed": 1, "failed": 1, "pending": 1}
+    assert not tally.done
+    gone = TrackingFailure(
+        job_id="c", organization_id=None, error=JobNotFoundError("no"), observed_at=11.0
+    )
+    assert (tally.observe(gone) or Outcome(job_id="", status="", elapsed_s=0)).status == "not_found"
+    assert tally.done and tally.exit_status == 1
+
+
+def test_tally_all_completed_exits_0_and_timeouts_exit_1() -> None:
+    tally = Tally(["a"], started_at=0.0)
+    tally.observe(sample_transition("a", "completed"))
+    assert tally.exit_status == 0
+    waiting = Tally(["a", "b"], started_at=0.0)
+    waiting.observe(sample_transition("a", "completed"))
+    assert [o.status for o in waiting.time_out(5.0)] == ["timed_out"]
+    assert waiting.exit_status == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("scripts", "missing", "expected"),
+    [
+        ([DONE, DONE], False, 0),
+        ([DONE, FAIL], False, 1),
+        ([CANCEL], False, 1),
+        ([DONE], True, 1),
+    ],
+)
+async def test_watch_exit_status(
+    retab_sim: SimServer, scripts: list[list[Change]], missing: bool, expected: int
+) -> None:
+    job_ids = [retab_sim.sim.add_job(org_id="org_test", script=s) for s in scripts]
+    if missing:
+        job_ids.append("job_not_there")
+    out = io.StringIO()
+    status = await watch(
+        job_ids, JsonView(out), api_key=KEY, base_url=retab_sim.base_url, poll_interval_s=0.05
+    )
+    assert status == expected
+    printed = [msgspec.json.decode(line) for line in out.getvalue().splitlines()]
+    assert sorted(p["job_id"] for p in printed) == sorted(job_ids)
+    statuses = {p["job_id"]: p["status"] for p in printed}
+    for job_id in job_ids:
+        want = "not_found" if job_id == "job_not_there" else retab_sim.sim.status(job_id)
+        assert statuses[job_id] == want
+
+
+@pytest.mark.anyio
+async def test_watch_timeout(retab_sim: SimServer) -> None:
+    job = retab_sim.sim.add_job(org_id="org_test", script=[Change("queued", 0.0)])
+    out, err = io.StringIO(), io.StringIO()
+    view = PlainView(out, err)
+    status = await watch(
+        [job], view, api_key=KEY, base_url=retab_sim.base_url, poll_interval_s=0.05, timeout_s=0.5
+    )
+    assert status == 1
+    assert out.getvalue().startswith(f"{job}  timed_out")
+    assert err.getvalue().splitlines()[-1] == "1/1 finished: timed_out 1"
+
+
+@pytest.mark.anyio
+async def test_rich_view_shows_bar_counts_and_lines(retab_sim: SimServer) -> None:
+    from rich.console import Console
+
+    job_ids = [retab_sim.sim.add_job(org_id="org_test", script=s) for s in (DONE, FAIL)]
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120, color_system=None)
+    status = await watch(
+        job_ids, RichView(console), api_key=KEY, base_url=retab_sim.base_url, poll_interval_s=0.05
+    )
+    assert status == 1
+    text = screen.getvalue()
+    assert f"{job_ids[0]}  completed" in text
+    assert f"{job_ids[1]}  failed  scripted_failure" in text
+    assert "2/2" in text and "completed 1" in text and "failed 1" in text
+
+
+def test_view_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isinstance(make_view(json_lines=True), JsonView)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    assert isinstance(make_view(json_lines=False), PlainView)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert isinstance(make_view(json_lines=False), RichView)
+    monkeypatch.setitem(sys.modules, "rich.progress", None)  # rich not installed
+    assert isinstance(make_view(json_lines=False), PlainView)
+
+
+def test_watch_sim_command(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "watch",
+        "--sim",
+        "--json",
+        "--sim-jobs",
+        "6",
+        "--sim-time-scale",
+        "0.002",
+        "--poll-interval",
+        "0.05",
+    ]
+    status = main([*argv, "--seed", "4", "--timeout", "30"])
+    printed = [msgspec.json.decode(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(printed) == 6
+    assert all(p["status"] in {"completed", "failed", "cancelled"} for p in printed)
+    assert status == (0 if all(p["status"] == "completed" for p in printed) else 1)
+
+
+def test_watch_reads_ids_from_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_text("# my jobs\njob_one\n\njob_two\n")
+    argv = [
+        "watch",
+        "--sim",
+        "--json",
+        "--from",
+        str(ids),
+        "--sim-time-scale",
+        "0.002",
+        "--poll-interval",
+        "0.05",
+    ]
+    main([*argv, "--timeout", "30"])
+    printed = [msgspec.json.decode(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted(p["job_id"] for p in printed) == ["job_one", "job_two"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["watch", "job_a"], "RETAB_API_KEY"),
+        (["watch"], "give job IDs"),
+        (["watch", "--sim", "../etc"], "not allowed"),
+        (["watch", "--sim", "--timeout", "0"], "timeout: must be > 0"),
+    ],
+)
+def test_watch_usage_errors_exit_2(
+    argv: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("RETAB_API_KEY", raising=False)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_run_unwritable_sink_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RETAB_API_KEY", KEY)
+    argv = ["run", "--db", str(tmp_path / "p.db"), "--jsonl", str(tmp_path / "no" / "x.jsonl")]
+    assert main(argv) == 2
+    assert "jsonl: cannot write to" in capsys.readouterr().err
