@@ -25,14 +25,17 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .errors import ConfigError
-from .events import Transition
+from .events import Event, Transition
 from .models import Status
 
-__all__ = ["CallbackHandle", "CallbackRunner", "TransitionCallback"]
+__all__ = ["CallbackHandle", "CallbackRunner", "EventCallback", "TransitionCallback"]
 
 log = logging.getLogger("poller.callbacks")
 
 TransitionCallback = Callable[[Transition], None] | Callable[[Transition], Awaitable[None]]
+"""A callback for transitions: sync, or async."""
+EventCallback = Callable[[Event], None] | Callable[[Event], Awaitable[None]]
+"""A callback for transitions and tracking failures (``include_failures=True``)."""
 
 
 def _is_async(callback: Callable[..., Any]) -> bool:
@@ -45,22 +48,27 @@ class CallbackHandle:
     """Returned by ``Poller.on_transition``; :meth:`remove` unregisters the callback.
     Also a context manager that removes it on exit."""
 
-    __slots__ = ("_callback", "_runner", "_statuses", "is_async")
+    __slots__ = ("_callback", "_failures", "_runner", "_statuses", "is_async")
 
     def __init__(
         self,
         runner: CallbackRunner,
-        callback: TransitionCallback,
+        callback: TransitionCallback | EventCallback,
         statuses: frozenset[Status] | None,
+        include_failures: bool,
     ) -> None:
         self._runner = runner
-        self._callback = callback
+        self._callback: Callable[[Any], Any] = callback
         self._statuses = statuses
+        self._failures = include_failures
         self.is_async = _is_async(callback)
 
-    def wants(self, transition: Transition) -> bool:
-        """Whether the callback's status filter accepts ``transition``."""
-        return self._statuses is None or transition.current in self._statuses
+    def wants(self, event: Event) -> bool:
+        """Whether the callback takes ``event``: a transition its status filter accepts,
+        or a tracking failure when it asked for those."""
+        if isinstance(event, Transition):
+            return self._statuses is None or event.current in self._statuses
+        return self._failures
 
     def remove(self) -> None:
         """Unregister the callback (idempotent). Invocations already queued still run."""
@@ -81,7 +89,7 @@ class _Lane:
     __slots__ = ("queue", "waiter")
 
     def __init__(self) -> None:
-        self.queue: deque[tuple[CallbackHandle, Transition]] = deque()
+        self.queue: deque[tuple[CallbackHandle, Event]] = deque()
         self.waiter: asyncio.Future[None] | None = None
 
 
@@ -103,13 +111,17 @@ class CallbackRunner:
         self.dropped = 0
 
     def add(
-        self, callback: TransitionCallback, statuses: Iterable[Status | str] | None
+        self,
+        callback: TransitionCallback | EventCallback,
+        statuses: Iterable[Status | str] | None,
+        include_failures: bool = False,
     ) -> CallbackHandle:
-        """Register ``callback`` for transitions to ``statuses`` (all when None)."""
+        """Register ``callback`` for transitions to ``statuses`` (all when None), and for
+        tracking failures too when ``include_failures``."""
         if not callable(callback):
             raise TypeError("callback must be callable")
         wanted = frozenset(Status(s) for s in statuses) if statuses is not None else None
-        handle = CallbackHandle(self, callback, wanted)
+        handle = CallbackHandle(self, callback, wanted, include_failures)
         self._handles.append(handle)
         return handle
 
@@ -121,42 +133,36 @@ class CallbackRunner:
     def __len__(self) -> int:
         return len(self._handles)
 
-    def dispatch(self, transition: Transition) -> None:
+    def dispatch(self, event: Event) -> None:
         """Run sync callbacks now and queue async ones on the job's lane."""
         if not self._handles:
             return
         lane: _Lane | None = None
         for handle in self._handles:
-            if not handle.wants(transition):
+            if not handle.wants(event):
                 continue
             if not handle.is_async:
-                self._run_sync(handle, transition)
+                self._run_sync(handle, event)
                 continue
             if lane is None:
-                index = zlib.crc32(transition.job_id.encode()) % len(self._lanes)
+                index = zlib.crc32(event.job_id.encode()) % len(self._lanes)
                 lane = self._lanes[index]
             if len(lane.queue) >= self._lane_capacity:
                 self.dropped += 1
-                log.error(
-                    "callback queue full: dropped %r for job %s (%s -> %s)",
-                    handle,
-                    transition.job_id,
-                    transition.previous,
-                    transition.current,
-                )
+                log.error("callback queue full: dropped %r for job %s", handle, event.job_id)
                 continue
-            lane.queue.append((handle, transition))
+            lane.queue.append((handle, event))
             self._pending += 1
             self._idle.clear()
             if lane.waiter is not None and not lane.waiter.done():
                 lane.waiter.set_result(None)
 
-    def _run_sync(self, handle: CallbackHandle, transition: Transition) -> None:
+    def _run_sync(self, handle: CallbackHandle, event: Event) -> None:
         try:
-            handle._callback(transition)
+            handle._callback(event)
         except Exception:
             self.errors += 1
-            log.exception("callback %r raised for job %s", handle, transition.job_id)
+            log.exception("callback %r raised for job %s", handle, event.job_id)
 
     def start(self, task_group: TaskGroup) -> None:
         """Start the lane tasks in the engine's task group."""
@@ -172,14 +178,14 @@ class CallbackRunner:
                     await lane.waiter
                 finally:
                     lane.waiter = None
-            handle, transition = lane.queue.popleft()
+            handle, event = lane.queue.popleft()
             try:
-                result = handle._callback(transition)
+                result = handle._callback(event)
                 if inspect.isawaitable(result):
                     await result
             except Exception:
                 self.errors += 1
-                log.exception("callback %r raised for job %s", handle, transition.job_id)
+                log.exception("callback %r raised for job %s", handle, event.job_id)
             finally:
                 self._pending -= 1
                 if not self._pending:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from ._callbacks import CallbackHandle, TransitionCallback
+from ._callbacks import CallbackHandle, EventCallback, TransitionCallback
 from .engine import Poller
 from .errors import PollerClosedError
 from .events import Event, Stats
@@ -157,11 +157,16 @@ class BlockingPoller:
             yield events()
 
     def on_transition(
-        self, callback: TransitionCallback, *, statuses: Iterable[Status | str] | None = None
+        self,
+        callback: TransitionCallback | EventCallback,
+        *,
+        statuses: Iterable[Status | str] | None = None,
+        include_failures: bool = False,
     ) -> CallbackHandle:
         """See :meth:`poller.Poller.on_transition`. Callbacks run in the engine's thread."""
         portal, poller = self._open()
-        return portal.call(_sync, lambda: poller.on_transition(callback, statuses=statuses))
+        runner = poller._callbacks
+        return portal.call(_sync, lambda: runner.add(callback, statuses, include_failures))
 
     def stats(self) -> Stats:
         """See :meth:`poller.Poller.stats`."""

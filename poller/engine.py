@@ -26,11 +26,11 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Final
+from typing import Any, Final, Literal, overload
 
 import anyio
 
-from ._callbacks import CallbackHandle, CallbackRunner, TransitionCallback
+from ._callbacks import CallbackHandle, CallbackRunner, EventCallback, TransitionCallback
 from ._core import Job, Scheduler
 from ._ids import validate_job_id
 from ._metrics import Recorder
@@ -46,7 +46,7 @@ from .errors import (
     TransportError,
     UntrackedError,
 )
-from .events import Event, Stats, Transition
+from .events import Event, Stats
 from .models import Job as FullJob
 from .models import JobStatus, Status
 from .ratelimit import AdaptiveBudget, Budget, RateLimit, TokenBucket
@@ -443,16 +443,40 @@ class Poller:
         if subscription in self._subscriptions:
             self._subscriptions.remove(subscription)
 
+    @overload
     def on_transition(
-        self, callback: TransitionCallback, *, statuses: Iterable[Status | str] | None = None
+        self,
+        callback: TransitionCallback,
+        *,
+        statuses: Iterable[Status | str] | None = None,
+        include_failures: Literal[False] = False,
+    ) -> CallbackHandle: ...
+
+    @overload
+    def on_transition(
+        self,
+        callback: EventCallback,
+        *,
+        statuses: Iterable[Status | str] | None = None,
+        include_failures: Literal[True],
+    ) -> CallbackHandle: ...
+
+    def on_transition(
+        self,
+        callback: TransitionCallback | EventCallback,
+        *,
+        statuses: Iterable[Status | str] | None = None,
+        include_failures: bool = False,
     ) -> CallbackHandle:
         """Call ``callback(transition)`` for every transition (to ``statuses`` only, if given).
 
         Sync callbacks run inline and should be quick; async ones run concurrently, in order
-        per job. A callback that raises is logged and counted. Returns a handle whose
-        ``remove()`` unregisters it.
+        per job. A callback that raises is logged and counted. With ``include_failures``
+        the callback also gets a :class:`~poller.events.TrackingFailure` whenever tracking of
+        a job ends in an error (a sync callback sees every event, it cannot overflow).
+        Returns a handle whose ``remove()`` unregisters it.
         """
-        return self._callbacks.add(callback, statuses)
+        return self._callbacks.add(callback, statuses, include_failures)
 
     # -- one-off requests --------------------------------------------------------
 
@@ -552,8 +576,7 @@ class Poller:
         if events:
             self._metrics.events(events)
             for event in events:
-                if isinstance(event, Transition):
-                    self._callbacks.dispatch(event)
+                self._callbacks.dispatch(event)
                 self._publish(event)
         if core.has_finished():
             for job in core.take_finished():

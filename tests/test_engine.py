@@ -356,3 +356,19 @@ async def test_resumed_jobs_carry_on_without_repeating_transitions(retab_sim: Si
         assert stream.statistics().buffered == 0
         with pytest.raises(poller_errors.ConfigError):
             poller.track("job_other", last_seq=-1)
+
+
+async def test_callbacks_can_take_tracking_failures_too(retab_sim: SimServer) -> None:
+    done = scripted(retab_sim.sim, ("queued", 0.0), ("completed", 0.02))
+    transitions_only: list[Event] = []
+    everything: list[Event] = []
+    async with engine(retab_sim) as poller:
+        poller.on_transition(transitions_only.append)
+        poller.on_transition(everything.append, include_failures=True)
+        with pytest.raises(JobsFailedError):
+            await poller.wait_all([done, "job_gone"], timeout_s=10)
+    assert all(isinstance(e, Transition) for e in transitions_only)
+    failures = [e for e in everything if isinstance(e, TrackingFailure)]
+    assert [f.job_id for f in failures] == ["job_gone"]
+    assert isinstance(failures[0].error, JobNotFoundError)
+    assert [e for e in everything if isinstance(e, Transition)] == transitions_only

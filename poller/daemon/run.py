@@ -25,10 +25,9 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import anyio
-from anyio.abc import TaskStatus
 
 from ..engine import Poller
-from ..errors import ConfigError, PollerClosedError, SubscriberOverflowError
+from ..errors import ConfigError
 from ..ratelimit import RateLimit
 from ..transport import Transport
 from .api import ControlServer, build_app
@@ -47,7 +46,6 @@ log = logging.getLogger("poller.daemon")
 
 _PRUNE_EVERY_S: Final = 60.0
 _TERMINAL_RETENTION_S: Final = 60.0
-_FAILURE_BUFFER: Final = 100_000
 _RESTART_MIN_S: Final = 1.0
 _RESTART_MAX_S: Final = 30.0
 
@@ -145,7 +143,6 @@ class _Daemon:
         self.engine = _engine(settings, transport)
         self.started_at = time.time()
         self.stopping = False
-        self.failures_done = anyio.Event()
         self.events: EventStream | None = None
 
     async def run(self) -> int:
@@ -163,9 +160,6 @@ class _Daemon:
                     # the run, the rest of the drain is bounded.
                     limit = anyio.current_time() + self.settings.shutdown_timeout_s
                     drain.deadline = min(drain.deadline, limit)
-                    if not self.failures_done.is_set():
-                        with anyio.move_on_after(1.0):
-                            await self.failures_done.wait()
                     self.outbox.close()
         if drain.cancelled_caught:
             log.warning(
@@ -198,8 +192,8 @@ class _Daemon:
         settings = self.settings
         credentials = {name: key.reveal() for name, key in settings.credentials.items()}
         async with self.engine as engine:
-            engine.on_transition(self.outbox.offer)
-            await delivery.start(self._forward_failures)
+            # Transitions and tracking failures alike, inline: nothing can overflow.
+            engine.on_transition(self.outbox.offer, include_failures=True)
             intake = Intake(
                 self.store,
                 engine,
@@ -240,29 +234,6 @@ class _Daemon:
                 events.close()
                 await server.stop()
         return 0
-
-    async def _forward_failures(self, *, task_status: TaskStatus[None]) -> None:
-        """Tracking failures reach the outbox through a subscription (transitions come by
-        the synchronous callback, which cannot overflow)."""
-        started = False
-        try:
-            while True:
-                try:
-                    async with self.engine.subscribe(
-                        statuses=(), include_failures=True, max_buffer=_FAILURE_BUFFER
-                    ) as stream:
-                        if not started:
-                            task_status.started()
-                            started = True
-                        async for event in stream:
-                            self.outbox.offer(event)
-                    return  # the engine closed
-                except SubscriberOverflowError as exc:
-                    log.error("%s; the lost failures are observed again after a restart", exc)
-                except PollerClosedError:
-                    return
-        finally:
-            self.failures_done.set()
 
     async def _jobs_from(self, intake: Intake) -> None:
         path = self.settings.jobs_from
