@@ -51,6 +51,9 @@ __all__ = ["PENDING", "Job", "Scheduler"]
 # times as fast as a job's with one change pending. Under a scarce budget this is
 # what lets first polls go before re-polls of long-running jobs, but not all first.
 _NEW_JOB_WEIGHT: Final = 3.0
+# A refused key (401/403) fails new jobs at once for this long; then it is tried again,
+# since permissions can be granted and keys re-enabled while a daemon runs.
+_REFUSAL_S: Final = 300.0
 PENDING: Final = "pending"
 """``by_status`` key of jobs not seen yet."""
 ERROR: Final = "error"
@@ -160,7 +163,7 @@ class Scheduler:
         self._jobs: dict[str, Job] = {}
         self._buckets: dict[str, Bucket] = {}
         self._key_orgs: dict[Credential, str] = {}
-        self._refused: dict[Credential, PollerError] = {}
+        self._refused: dict[Credential, tuple[PollerError, float]] = {}
         self._retired: deque[tuple[float, Job]] = deque()
         self._events: list[Event] = []
         self._finished: list[Job] = []
@@ -243,8 +246,10 @@ class Scheduler:
         self._count(last_status.value if last_status is not None else PENDING, 1)
         refused = self._refused.get(credential)
         if refused is not None:
-            self._fail(job, refused, now)
-            return job
+            if now < refused[1]:
+                self._fail(job, refused[0], now)
+                return job
+            del self._refused[credential]  # long enough: the key may have been fixed
         due = now
         if self._intake_gap_s:
             due = max(now, self._intake_cursor)
@@ -461,7 +466,7 @@ class Scheduler:
 
     def _refuse(self, credential: Credential, error: PollerError, now: float) -> None:
         """The server refused a credential: end every live job that uses it."""
-        self._refused[credential] = error
+        self._refused[credential] = (error, now + _REFUSAL_S)
         for job in list(self._jobs.values()):
             if job.credential == credential and job.phase in (_SCHEDULED, _IN_FLIGHT):
                 if job.phase == _SCHEDULED:

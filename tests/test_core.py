@@ -407,3 +407,15 @@ def test_unknown_status_is_a_non_terminal_transition() -> None:
     assert isinstance(event, Transition) and not event.current.is_known
     assert not job.done
     assert core.next_wakeup(T0) is not None
+
+
+def test_a_refused_key_is_tried_again_after_a_while() -> None:
+    core = make()
+    core.track("job_1", KEY, T0)
+    job = core.next_due(T0)
+    assert job is not None
+    core.on_failure(job, AuthenticationError("authentication failed", status=401), T0)
+    assert core.track("job_2", KEY, T0 + 10).done, "refused at once for a while"
+    fresh = core.track("job_3", KEY, T0 + 301)
+    assert not fresh.done
+    assert [j.job_id for j in drain(core, T0 + 301)] == ["job_3"]
