@@ -15,7 +15,7 @@ import email.utils
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Final
+from typing import Final, NoReturn
 
 import aiohttp
 import orjson
@@ -35,7 +35,14 @@ from .errors import (
     UnexpectedStatusError,
 )
 
-__all__ = ["error_for_status", "map_client_errors", "parse_retry_after", "scrub"]
+__all__ = [
+    "client_error",
+    "error_for_status",
+    "map_client_errors",
+    "parse_retry_after",
+    "raise_mapped",
+    "scrub",
+]
 
 # A server asking for more than a day is treated as asking for a day: the engine keeps
 # its promise to look again, and a typo on the server side cannot park a job for years.
@@ -177,6 +184,34 @@ def _classify(exc: BaseException) -> type[TransportError] | None:
     return None
 
 
+def client_error(
+    exc: Exception, job_id: str | None, secrets: Sequence[str] = ()
+) -> TransportError | None:
+    """The :class:`TransportError` for an aiohttp or OS error, or None for anything else.
+
+    The result's ``__cause__`` is the original unless the original's text (or anything
+    chained to it) holds a secret; raise it with :func:`raise_mapped` so that the
+    original is not even reachable as ``__context__`` in that case.
+    """
+    kind = _classify(exc)
+    if kind is None:
+        return None
+    original = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    error = kind(f"{_MESSAGES[kind]} ({scrub(original, secrets)})", job_id=job_id)
+    error.__cause__ = None if _mentions(exc, secrets) else exc
+    error.__suppress_context__ = True
+    return error
+
+
+def raise_mapped(error: TransportError) -> NoReturn:
+    """Raise a :func:`client_error` result with no implicit ``__context__``: "from None"
+    would only hide the original from tracebacks, not from code that walks the chain."""
+    try:
+        raise error
+    finally:
+        error.__context__ = None
+
+
 @contextmanager
 def map_client_errors(job_id: str | None, secrets: Sequence[str] = ()) -> Iterator[None]:
     """Translate aiohttp and OS errors raised inside the block into :class:`TransportError`.
@@ -188,20 +223,10 @@ def map_client_errors(job_id: str | None, secrets: Sequence[str] = ()) -> Iterat
     except RequestError:
         raise
     except Exception as exc:
-        kind = _classify(exc)
-        if kind is None:
+        error = client_error(exc, job_id, secrets)
+        if error is None:
             raise
-        original = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        error = kind(f"{_MESSAGES[kind]} ({scrub(original, secrets)})", job_id=job_id)
-        if not _mentions(exc, secrets):
-            raise error from exc
-        # The original must not even be reachable: "from None" only hides it from
-        # tracebacks, it stays on __context__ for anything that walks the chain.
-        error.__suppress_context__ = True
-        try:
-            raise error
-        finally:
-            error.__context__ = None
+        raise_mapped(error)
 
 
 def _mentions(exc: BaseException, secrets: Sequence[str]) -> bool:

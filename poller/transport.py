@@ -13,20 +13,19 @@ import math
 import ssl
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Final, Protocol, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import aiohttp
 from yarl import URL
 
-from ._boundary import error_for_status, map_client_errors, scrub
+from ._boundary import client_error, error_for_status, raise_mapped, scrub
 from ._decode import decode_job, decode_status, excerpt
 from ._ids import validate_job_id
 from ._version import __version__
 from .auth import Credential, resolve_base_url
-from .errors import ConfigError, DecodeError, PollerClosedError
+from .errors import ConfigError, DecodeError, PollerClosedError, RequestError
 from .models import Job, JobStatus
 
 __all__ = ["AiohttpTransport", "Transport"]
@@ -148,10 +147,16 @@ class AiohttpTransport:
         auth_query = self._auth_queries.get(credential)
         if auth_query is None:
             auth_query = self._auth_queries[credential] = urlencode(dict(credential.params))
-        query = "&".join(q for q in (query, auth_query) if q)
-        # The ID was validated; quoting with no safe characters is belt and braces, so no
-        # byte of it can ever act as a separator. encoded=True stops yarl re-parsing it.
-        path = f"{self._jobs_prefix}{quote(validate_job_id(job_id), safe='')}{suffix}"
+        if auth_query:
+            query = f"{query}&{auth_query}" if query else auth_query
+        # A valid ID holds unreserved URL characters and ':' only, so escaping ':' makes
+        # it fully percent-encoded and no byte of it can act as a separator (this is what
+        # quote(job_id, safe="") gives, without its cost on every poll); encoded=True
+        # stops yarl from re-parsing it.
+        segment = validate_job_id(job_id)
+        if ":" in segment:
+            segment = segment.replace(":", "%3A")
+        path = f"{self._jobs_prefix}{segment}{suffix}"
         return URL(f"{path}?{query}" if query else path, encoded=True)
 
     async def _get(
@@ -160,35 +165,41 @@ class AiohttpTransport:
         """The body of a 200 response and its request ID; raises for anything else."""
         if self._session.closed:
             raise PollerClosedError("the transport is closed")
-        secrets = credential.secrets()
-        with map_client_errors(job_id, secrets):
+        try:
             async with self._session.get(
                 url, headers=credential.headers, allow_redirects=False
             ) as resp:
                 status = resp.status
                 request_id = resp.headers.get("x-request-id")
-                if status != 200:
-                    # An error page only feeds a message: read its start, whatever its size,
-                    # so that a large 429 page still yields its Retry-After.
-                    body = await resp.content.read(MAX_ERROR_BODY_BYTES)
-                else:
-                    body = await _read_limited(resp, limit, job_id, request_id)
-                    return body, request_id
+                if status == 200:
+                    return await _read_limited(resp, limit, job_id, request_id), request_id
+                # An error page only feeds a message: read its start, whatever its size,
+                # so that a large 429 page still yields its Retry-After.
+                body = await resp.content.read(MAX_ERROR_BODY_BYTES)
                 raise error_for_status(
                     status,
                     resp.headers,
                     body,
                     job_id=job_id,
                     now=self._clock(),
-                    secrets=secrets,
+                    secrets=credential.secrets(),
                 )
+        except RequestError:
+            raise
+        except Exception as exc:  # the one place aiohttp and OS errors are translated
+            error = client_error(exc, job_id, credential.secrets())
+            if error is None:
+                raise
+        raise_mapped(error)  # outside the handler, so the original is no implicit context
 
     async def get_status(self, job_id: str, credential: Credential) -> JobStatus:
         """Fetch a job's lifecycle payload. Raises :class:`poller.errors.RequestError`."""
         url = self._url(job_id, "/status", credential)
         body, request_id = await self._get(url, job_id, credential, MAX_STATUS_BODY_BYTES)
-        with _scrubbed(credential):
+        try:
             return _check_id(decode_status(body, job_id, request_id), job_id, body, request_id)
+        except DecodeError as exc:
+            raise _scrubbed(exc, credential) from exc.__cause__
 
     async def get_job(
         self,
@@ -207,8 +218,10 @@ class AiohttpTransport:
         )
         url = self._url(job_id, "", credential, flags)
         body, request_id = await self._get(url, job_id, credential, MAX_JOB_BODY_BYTES)
-        with _scrubbed(credential):
+        try:
             return _check_id(decode_job(body, job_id, request_id), job_id, body, request_id)
+        except DecodeError as exc:
+            raise _scrubbed(exc, credential) from exc.__cause__
 
     async def aclose(self) -> None:
         """Close the session and every pooled connection. Idempotent."""
@@ -243,17 +256,13 @@ async def _read_limited(
     return b"".join(chunks)
 
 
-@contextmanager
-def _scrubbed(credential: Credential) -> Iterator[None]:
-    """Scrub secrets from a :class:`DecodeError` raised inside: a body that echoes the
-    request (a proxy's error page) must not carry the key into an excerpt or a log."""
-    try:
-        yield
-    except DecodeError as exc:
-        secrets = credential.secrets()
-        exc.excerpt = scrub(exc.excerpt, secrets)
-        exc.args = tuple(scrub(a, secrets) if isinstance(a, str) else a for a in exc.args)
-        raise
+def _scrubbed(exc: DecodeError, credential: Credential) -> DecodeError:
+    """``exc`` with the credential's secrets scrubbed from its excerpt and message: a body
+    that echoes the request (a proxy's error page) must not carry the key into a log."""
+    secrets = credential.secrets()
+    exc.excerpt = scrub(exc.excerpt, secrets)
+    exc.args = tuple(scrub(a, secrets) if isinstance(a, str) else a for a in exc.args)
+    return exc
 
 
 S = TypeVar("S", JobStatus, Job)
