@@ -202,6 +202,12 @@ class FairQueue:
         if wait_until is not None:
             self._wait(bucket, wait_until)
 
+    def poke(self, bucket: Bucket, at: float) -> None:
+        """Look at ``bucket`` again at ``at`` (its budget may allow a request sooner than it
+        said: a probe's answer came back)."""
+        if not bucket.in_fair and bucket.next_due() is not None:
+            self._wait(bucket, at)
+
     def push(self, bucket: Bucket, job: Job, due: float) -> None:
         """File ``job`` in ``bucket`` and make sure the bucket is looked at in time."""
         bucket.push(job, due)

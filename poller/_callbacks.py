@@ -44,6 +44,13 @@ def _is_async(callback: Callable[..., Any]) -> bool:
     )
 
 
+def _being_cancelled() -> bool:
+    """Whether the current task has been asked to stop (as opposed to merely seeing a
+    CancelledError raised by something it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class CallbackHandle:
     """Returned by ``Poller.on_transition``; :meth:`remove` unregisters the callback.
     Also a context manager that removes it on exit."""
@@ -161,8 +168,15 @@ class CallbackRunner:
         try:
             handle._callback(event)
         except Exception:
-            self.errors += 1
-            log.exception("callback %r raised for job %s", handle, event.job_id)
+            self._failed(handle, event)
+        except asyncio.CancelledError:
+            if _being_cancelled():
+                raise
+            self._failed(handle, event)
+
+    def _failed(self, handle: CallbackHandle, event: Event) -> None:
+        self.errors += 1
+        log.exception("callback %r raised for job %s", handle, event.job_id)
 
     def start(self, task_group: TaskGroup) -> None:
         """Start the lane tasks in the engine's task group."""
@@ -184,8 +198,13 @@ class CallbackRunner:
                 if inspect.isawaitable(result):
                     await result
             except Exception:
-                self.errors += 1
-                log.exception("callback %r raised for job %s", handle, event.job_id)
+                self._failed(handle, event)
+            except asyncio.CancelledError:
+                # A callback that awaited something cancelled elsewhere raises this too;
+                # only the cancellation of this lane itself may end it.
+                if _being_cancelled():
+                    raise
+                self._failed(handle, event)
             finally:
                 self._pending -= 1
                 if not self._pending:

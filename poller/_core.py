@@ -21,6 +21,7 @@ the most lag piled up goes first (``poller._buckets``).
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -42,7 +43,7 @@ from .errors import (
 )
 from .events import Event, TrackingFailure, Transition
 from .models import JobStatus, Status
-from .ratelimit import Budget, TokenBucket
+from .ratelimit import Budget, ProbeBudget, TokenBucket
 
 __all__ = ["PENDING", "Job", "Scheduler"]
 
@@ -168,7 +169,7 @@ class Scheduler:
         self._events: list[Event] = []
         self._finished: list[Job] = []
         self._counts: dict[str, int] = {}
-        self.in_flight = 0
+        self._flying: set[Job] = set()
         self.transitions = 0
         self.failures = 0
 
@@ -187,6 +188,11 @@ class Scheduler:
     def jobs(self) -> Iterator[Job]:
         """Every job in the table."""
         return iter(self._jobs.values())
+
+    @property
+    def in_flight(self) -> int:
+        """Requests under way."""
+        return len(self._flying)
 
     def counts(self) -> dict[str, int]:
         """Tracked jobs by last seen status value (``pending``: not seen, ``error``: failed)."""
@@ -281,7 +287,7 @@ class Scheduler:
         job = self._queue.take(now)
         if job is not None:
             job.phase = _IN_FLIGHT
-            self.in_flight += 1
+            self._flying.add(job)
         return job
 
     def on_success(self, job: Job, payload: JobStatus, now: float) -> None:
@@ -291,7 +297,7 @@ class Scheduler:
         job.errors = 0
         job.bucket.budget.on_accepted(now)
         if job.bucket.org_id is None:
-            self._learn_org(job, payload.organization_id)
+            self._learn_org(job, payload.organization_id, now)
         current = payload.status
         if current != job.status:
             previous = job.status
@@ -302,7 +308,10 @@ class Scheduler:
             self._count(current.value, 1)
             self.transitions += 1
             if self._model is not None:
-                self._model.observe(payload, previous)
+                # Learning is best effort: an absurd timestamp teaches nothing, and must
+                # not stop tracking.
+                with contextlib.suppress(ArithmeticError):
+                    self._model.observe(payload, previous)
             self._events.append(
                 Transition(
                     job_id=job.job_id,
@@ -337,6 +346,8 @@ class Scheduler:
             return
         if error.status is not None and not isinstance(error, RateLimitedError):
             job.bucket.budget.on_accepted(now)  # answered, so it counted at the server
+            if job.bucket.org_id is None:
+                self._queue.poke(job.bucket, now)  # the next probe may go
         if isinstance(error, AuthenticationError | PermissionDeniedError):
             self._refuse(job.credential, error, now)
             return
@@ -350,7 +361,7 @@ class Scheduler:
             # this job. A 429 does not count against the job.
             pause_s = self.throttled(job.bucket, error.retry_after_s, now)
             if isinstance(error, RateLimitedError):
-                self._retry_at(job, now, pause_s)
+                self._retry_at(job, now, max(pause_s, self._backoff.min_interval_s))
                 return
         job.errors += 1
         limit = self._backoff.max_consecutive_errors
@@ -359,6 +370,17 @@ class Scheduler:
             return
         retry_after_s = getattr(error, "retry_after_s", None)
         self._retry_at(job, now, self._backoff.error_delay_s(job.errors, retry_after_s, self._rng))
+
+    def abandon(self, job: Job, error: PollerError, now: float) -> None:
+        """End tracking of ``job`` with ``error`` whatever state it is in: the driver's last
+        resort when recording an outcome failed (a bug must cost one job, not the engine)."""
+        self._flying.discard(job)
+        if self._jobs.get(job.job_id) is not job or job.phase == _DONE:
+            return
+        if job.phase == _SCHEDULED:
+            job.phase = _DONE
+            job.bucket.forget_one()
+        self._fail(job, error, now)
 
     def budget_wait(self, credential: Credential, now: float) -> float:
         """Charge one request to ``credential``'s budget outside the poll cycle (a full-job
@@ -376,8 +398,11 @@ class Scheduler:
     # -- internals ---------------------------------------------------------------
 
     def _landed(self, job: Job) -> bool:
-        """Account for a returning request; False if the job left the table meanwhile."""
-        self.in_flight -= 1
+        """Account for a returning request; False if the job left the table meanwhile (or
+        its outcome was already recorded)."""
+        if job not in self._flying:
+            return False
+        self._flying.discard(job)
         return job.phase == _IN_FLIGHT
 
     def _push(self, job: Job, due: float) -> None:
@@ -426,17 +451,22 @@ class Scheduler:
         key = f"org:{org_id}" if org_id is not None else f"key:{credential.fingerprint}"
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = Bucket(key, org_id, self._budget_for(org_id), self._weight_for(org_id))
+            budget = self._budget_for(org_id)
+            if org_id is None:
+                # Whose limit applies is only known from the first answer: probe first.
+                budget = ProbeBudget(budget)
+            bucket = Bucket(key, org_id, budget, self._weight_for(org_id))
             self._buckets[key] = bucket
         return bucket
 
-    def _learn_org(self, job: Job, org_id: str) -> None:
+    def _learn_org(self, job: Job, org_id: str, now: float) -> None:
         """The first answer for a key names its organisation. The key's bucket merges into
         the organisation's: one budget, and one queue, so the key's first polls and the
         organisation's re-polls go in due order instead of taking turns."""
         key_bucket = job.bucket
         self._key_orgs.setdefault(job.credential, org_id)
         org_bucket = self._bucket_for(job.credential, org_id)
+        org_bucket.budget.try_acquire(now)  # the probe was a request of this organisation
         job.bucket = org_bucket
         if self._buckets.get(key_bucket.key) is key_bucket:
             del self._buckets[key_bucket.key]

@@ -52,6 +52,8 @@ _STEPS: Final = [0.02 * 1.4**i for i in range(42)]  # 20 ms to ~10 days
 def _bin(value: float) -> int:
     if value < _MIN_S:
         return 0
+    if value >= _EDGES[-1]:  # compared exactly, so even an int beyond any float is safe
+        return _BINS - 1
     return min(_BINS - 1, 1 + int(math.log(value / _MIN_S) / _LOG_RATIO))
 
 

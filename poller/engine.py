@@ -626,10 +626,15 @@ class Poller:
                 log.exception("transport raised an unexpected error for job %s", job.job_id)
                 error = TransportError(f"unexpected {type(exc).__name__}", job_id=job.job_id)
             self._metrics.request(job.bucket.org_id, loop.time() - sent_at, error)
-            if error is None:
-                core.on_success(job, payload, clock())
-            else:
-                core.on_failure(job, error, clock())
+            try:
+                if error is None:
+                    core.on_success(job, payload, clock())
+                else:
+                    core.on_failure(job, error, clock())
+            except Exception as exc:  # a bug must cost this job, never the engine
+                log.exception("recording the outcome for job %s failed", job.job_id)
+                cause = PollerError(f"internal error recording an outcome: {type(exc).__name__}")
+                core.abandon(job, cause, clock())
             self._deliver()
             self._poke_if_due_before(self._sleep_until)
 

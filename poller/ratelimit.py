@@ -22,8 +22,11 @@ import msgspec
 
 from .errors import ConfigError
 
-__all__ = ["AdaptiveBudget", "Budget", "RateLimit", "TokenBucket"]
+__all__ = ["AdaptiveBudget", "Budget", "ProbeBudget", "RateLimit", "TokenBucket"]
 
+# A 429 cuts the rate only when at least this many requests were accepted in the second
+# before it: fewer tell nothing of the rate the server would take.
+_MIN_EVIDENCE: Final = 2.0
 # Float refills land a hair under a whole token; count those as whole.
 _EPSILON: Final = 1e-9
 
@@ -187,6 +190,7 @@ class AdaptiveBudget:
         recovery_s: time to climb back to that rate; past it, probing accelerates.
         min_rate_per_s: the rate never drops below this.
         min_growth_per_s: while wanting more, the rate climbs at least this much a second.
+        doubling_s: and at least doubles from ``min_rate_per_s`` this often (slow start).
         default_pause_s: pause after a 429 that carries no ``Retry-After``.
     """
 
@@ -203,6 +207,7 @@ class AdaptiveBudget:
         "_w_max",
         "beta",
         "default_pause_s",
+        "doubling_s",
         "min_growth_per_s",
         "min_rate_per_s",
         "recovery_s",
@@ -217,6 +222,7 @@ class AdaptiveBudget:
         recovery_s: float = 30.0,
         min_rate_per_s: float = 0.5,
         min_growth_per_s: float = 0.05,
+        doubling_s: float = 10.0,
         default_pause_s: float = 1.0,
     ) -> None:
         if not 0.0 < beta < 1.0 or not recovery_s > 0 or not min_rate_per_s > 0:
@@ -225,6 +231,7 @@ class AdaptiveBudget:
         self.recovery_s = recovery_s
         self.min_rate_per_s = min_rate_per_s
         self.min_growth_per_s = min_growth_per_s
+        self.doubling_s = doubling_s
         self.default_pause_s = default_pause_s
         self._ceiling = limit.per_s * HEADROOM if limit is not None else None
         self._ceiling_burst = limit.effective_burst if limit is not None else None
@@ -252,9 +259,12 @@ class AdaptiveBudget:
         offset = self._growth_s - k
         rate = w_max + w_max * (1.0 - self.beta) * (offset / k) ** 3
         # The curve is relative to w_max: after a cut to a very low rate it alone would take
-        # minutes to recover, so the rate also climbs by at least min_growth_per_s a second.
+        # minutes to recover, so the rate also climbs by at least min_growth_per_s a second,
+        # and doubles from the floor every doubling_s at least (a slow start).
         linear = self.beta * w_max + self.min_growth_per_s * self._growth_s
-        rate = max(self.min_rate_per_s, rate, linear)
+        doublings = min(self._growth_s / self.doubling_s, 60.0)
+        slow_start: float = self.min_rate_per_s * math.pow(2.0, doublings)
+        rate = max(self.min_rate_per_s, rate, linear, slow_start)
         return min(rate, self._ceiling) if self._ceiling is not None else rate
 
     def _regrow(self, now: float) -> None:
@@ -294,8 +304,11 @@ class AdaptiveBudget:
         pause_s = self.default_pause_s if retry_after_s is None else retry_after_s
         self._paused_until = max(self._paused_until, now + pause_s)
         # Answers to requests sent before the cut arrive after it: cut once per second.
-        if now - self._cut_at >= 1.0 or self._w_max is None:
-            accepted = float(self._accepted.count(now))
+        accepted = float(self._accepted.count(now))
+        # A 429 after next to nothing sent says nothing of our rate (the limit is shared,
+        # or was spent before we came): pause, but do not cut the rate on it.
+        evidence = accepted >= _MIN_EVIDENCE or self._bucket is not None
+        if evidence and (now - self._cut_at >= 1.0 or self._w_max is None):
             current = self.rate_per_s
             if current is not None:
                 accepted = min(accepted, current)
@@ -307,6 +320,50 @@ class AdaptiveBudget:
                 self._bucket = TokenBucket(rate, default_burst(rate))
             else:
                 self._bucket.set_rate(rate, default_burst(rate), now)
-        assert self._bucket is not None
-        self._bucket.drain(max(now, self._paused_until))
+        if self._bucket is not None:
+            self._bucket.drain(max(now, self._paused_until))
+        return pause_s
+
+
+class ProbeBudget:
+    """The budget of a key whose organisation is not known yet: one request at a time.
+
+    Which organisation a key belongs to (and so which budget, and which configured
+    limit, applies) is only known from its first answer. Until then the key's jobs send
+    one probe at a time: the next goes when an answer comes back (any answer, even an
+    error status), or ``retry_s`` later if none does, and never faster than ``inner``
+    allows. A 429 pauses the probes as it pauses any budget. Once the organisation is
+    known, the key's jobs move to its budget and this one is done.
+    """
+
+    __slots__ = ("_inner", "_next", "retry_s")
+
+    def __init__(self, inner: Budget, *, retry_s: float = 1.0) -> None:
+        self._inner = inner
+        self._next = -math.inf
+        self.retry_s = retry_s
+
+    @property
+    def rate_per_s(self) -> float | None:
+        """See :meth:`Budget.rate_per_s`."""
+        return self._inner.rate_per_s
+
+    def try_acquire(self, now: float) -> float:
+        """See :meth:`Budget.try_acquire`."""
+        if now < self._next:
+            return self._next - now
+        wait = self._inner.try_acquire(now)
+        if wait == 0.0:
+            self._next = now + self.retry_s
+        return wait
+
+    def on_accepted(self, now: float) -> None:
+        """See :meth:`Budget.on_accepted`; an answer frees the next probe."""
+        self._inner.on_accepted(now)
+        self._next = now
+
+    def on_throttled(self, now: float, retry_after_s: float | None) -> float:
+        """See :meth:`Budget.on_throttled`."""
+        pause_s = self._inner.on_throttled(now, retry_after_s)
+        self._next = now + pause_s
         return pause_s

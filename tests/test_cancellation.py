@@ -211,18 +211,6 @@ async def test_a_move_on_after_around_the_whole_engine_closes_it() -> None:
         await _assert_nothing_left(poller, server, tasks_before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG poller/_callbacks.py:186 (CallbackRunner._run_lane) catches Exception only: an "
-        "async callback that raises CancelledError (it awaited something another task "
-        "cancelled) ends its lane task with CancelledError, the engine's task group then "
-        "cancels its scope, which encloses the user's `async with Poller` body: the "
-        "engine stops and the user's own await is cancelled ('Cancelled via cancel scope'). "
-        "Expected, as README says of callbacks that raise: logged, counted in "
-        "callback_errors, the engine and the other callbacks go on."
-    ),
-)
 async def test_an_async_callback_that_raises_cancelled_error_is_contained(
     retab_sim: SimServer,
 ) -> None:

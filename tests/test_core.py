@@ -46,14 +46,20 @@ def make(
     budget_for=lambda org: AdaptiveBudget(),
     first_poll_rate_per_s: float | None = None,
     retention_s: float = 3600.0,
+    resolve: bool = True,
 ) -> Scheduler:
-    return Scheduler(
+    """A core; with ``resolve``, both test keys' organisations are known already (a key's
+    first answer names it), so their jobs are not limited to one probe at a time."""
+    core = Scheduler(
         backoff=backoff,
         budget_for=budget_for,
         rng=random.Random(7),
         first_poll_rate_per_s=first_poll_rate_per_s,
         terminal_retention_s=retention_s,
     )
+    if resolve:  # as if each key's first answer had come: white-box, to start clean
+        core._key_orgs.update({KEY: "org_a", OTHER_KEY: "org_b"})
+    return core
 
 
 def drain(core: Scheduler, now: float) -> list[Job]:
@@ -419,3 +425,25 @@ def test_a_refused_key_is_tried_again_after_a_while() -> None:
     fresh = core.track("job_3", KEY, T0 + 301)
     assert not fresh.done
     assert [j.job_id for j in drain(core, T0 + 301)] == ["job_3"]
+
+
+def test_a_key_whose_organisation_is_unknown_sends_one_probe_at_a_time() -> None:
+    core = make(resolve=False)
+    for i in range(10):
+        core.track(f"job_{i}", KEY, T0)
+    first = drain(core, T0)
+    assert len(first) == 1, "one probe until the first answer names the organisation"
+    # An answer that names no organisation (an error status) frees the next probe.
+    core.on_failure(first[0], JobNotFoundError("gone", status=404), T0 + 0.01)
+    second = drain(core, T0 + 0.01)
+    assert len(second) == 1
+    # No answer at all (a timeout): the next probe waits a second.
+    core.on_failure(second[0], ConnectionLostError("reset"), T0 + 0.02)
+    assert drain(core, T0 + 0.5) == []
+    third = drain(core, T0 + 1.1)
+    assert len(third) == 1
+    # The first success names the organisation: every job never polled goes at once.
+    core.on_success(third[0], payload(third[0].job_id, Status.QUEUED), T0 + 1.2)
+    probed = {first[0].job_id, second[0].job_id, third[0].job_id}
+    never_polled = {f"job_{i}" for i in range(10)} - probed
+    assert never_polled <= {job.job_id for job in drain(core, T0 + 1.2)}

@@ -25,7 +25,6 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -469,14 +468,6 @@ def test_scheduling_invariants_hold_for_any_sequence(
     run(harness, ops)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUGS A, B, C below: found by this test while keys' organisations are unknown "
-        "(a fresh org budget on the first answer, a pause lost on it, a Retry-After under "
-        "the floor)"
-    ),
-)
 @settings(SETTINGS, phases=[Phase.generate])  # a known failure: no time spent shrinking it
 @given(config=configs, ops=operations)
 def test_scheduling_invariants_hold_while_organisations_are_being_discovered(
@@ -520,17 +511,6 @@ def _busy_run(
     return sent
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG A poller/_core.py:433 (Scheduler._learn_org): the first answer for a key moves its "
-        "jobs into a brand-new organisation bucket whose budget starts full, although the "
-        "key's own bucket (same limit) has just spent its burst: the organisation gets "
-        "per_s + 2 * burst requests in its first second (23 > 22 here). Expected: at most "
-        "per_s + burst in any 1-second window (the org budget should take over the key "
-        "budget's state)."
-    ),
-)
 def test_an_organisations_first_second_stays_within_its_budget() -> None:
     core = Scheduler(
         backoff=backoff(learn=False),
@@ -550,17 +530,6 @@ def test_an_organisations_first_second_stays_within_its_budget() -> None:
     assert _max_in_window(sent) <= PER_S + BURST
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG A' poller/_core.py:424 (Scheduler._bucket_for): jobs of a key whose organisation is "
-        "not known yet are charged to budget_for(None), the default limit (the engine's "
-        "rate_limit, None by default = uncapped), not the organisation's configured limit "
-        "(org_rate_limits): every first poll goes out at once (55 requests in the first "
-        "second against a configured 10/s). Expected: a configured organisation limit holds from "
-        "the first request, e.g. by probing an unresolved key with one request in flight."
-    ),
-)
 def test_a_configured_organisation_limit_holds_before_the_first_answer() -> None:
     limits = {"org_0": RateLimit(10.0, 1.0)}
     core = Scheduler(
@@ -585,18 +554,10 @@ def test_a_configured_organisation_limit_holds_before_the_first_answer() -> None
     assert _max_in_window(sent) <= 11
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG B poller/_core.py:433 (Scheduler._learn_org): a 429 answered to a key whose "
-        "organisation is not known yet pauses the key's bucket; when another job's 200 "
-        "then names the organisation, the jobs move to a fresh organisation bucket whose "
-        "budget is not paused, and go out during the Retry-After (350 requests during a "
-        "30 s pause here, the first 10 ms into it). Expected: the pause carries over to the "
-        "organisation's budget."
-    ),
-)
 def test_a_pause_given_before_the_organisation_is_known_survives_learning_it() -> None:
+    # A key whose organisation is unknown sends one probe at a time; a 429 on it pauses
+    # the key for the Retry-After, and nothing of the key goes before the pause ends,
+    # even once another answer would name the organisation.
     core = Scheduler(
         backoff=backoff(learn=False),
         budget_for=lambda org: AdaptiveBudget(),
@@ -605,25 +566,16 @@ def test_a_pause_given_before_the_organisation_is_known_survives_learning_it() -
     )
     for i in range(5):
         core.track(f"job_{i}", KEYS[0], T0)
-    first, second = core.next_due(T0), core.next_due(T0)
-    assert first is not None and second is not None
+    first = core.next_due(T0)
+    assert first is not None
+    assert core.next_due(T0) is None, "one probe at a time while the organisation is unknown"
     core.on_failure(first, RateLimitedError("slow down", status=429, retry_after_s=30.0), T0)
-    core.on_success(second, _payload(second.job_id, "org_0", T0 + 0.01), T0 + 0.01)
-    sent = _busy_run(core, KEYS[0], "org_0", T0 + 29.0)
+    sent = _busy_run(core, KEYS[0], "org_0", T0 + 29.9)
     assert sent == [], f"{len(sent)} requests during the 30 s pause, the first at {sent[:1]}"
+    after = _busy_run(core, KEYS[0], "org_0", T0 + 31.0, start=T0 + 30.0)
+    assert len(after) >= 5, "after the pause the probe names the organisation; all go"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG C poller/_core.py:353 (Scheduler.on_failure): after a 429 the job is retried after "
-        "the pause alone (self._retry_at(job, now, pause_s)); a Retry-After of 0 (or any "
-        "value under Backoff.min_interval_s, e.g. an HTTP date already past) re-polls it "
-        "as soon as the budget has a token: ~15 ms later here, under the 250 ms floor that "
-        "Backoff documents ('no job is polled sooner than this after its last poll'). "
-        "Expected: max(pause, min_interval_s), as the error path does."
-    ),
-)
 def test_a_retry_after_under_the_floor_does_not_break_the_floor() -> None:
     core = Scheduler(
         backoff=Backoff(learn=False),  # min_interval_s 0.25

@@ -289,18 +289,6 @@ async def test_a_server_that_never_recovers_gets_exactly_max_consecutive_errors_
 # -- hostile payloads through the whole engine -------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ExceptionGroup,
-    reason=(
-        "BUG poller/_decode.py:53 (_to_unix) accepts any float timestamp, e.g. completed_at "
-        "1e308; poller/_learn.py:55 (_bin) then raises OverflowError in "
-        "DurationModel.observe, called unguarded from Scheduler.on_success "
-        "(poller/_core.py:305) in the worker loop (poller/engine.py:630): the task group "
-        "dies and the whole engine crashes with ExceptionGroup[OverflowError]. Expected: "
-        "a DecodeError for an out-of-range timestamp (or a guarded core), the engine going on."
-    ),
-)
 async def test_an_absurd_timestamp_from_the_server_does_not_crash_the_engine() -> None:
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         job_id = request.path.split("/")[3]
