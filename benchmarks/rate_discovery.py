@@ -99,6 +99,7 @@ def run_discovery(
             )
             core.on_failure(job, error, now)
         core.take_events()
+        core.take_finished()
     after = [r for r in sim.log if r.at >= T0 + warmup_s]
     accepted = sum(1 for r in after if r.status == 200)
     throttled = sum(1 for r in after if r.status == 429)

@@ -151,6 +151,7 @@ def run_engine(
         if job is not None:
             requests += 1
             core.on_success(job, by_id[job.job_id].payload(now), now)
+            core.take_finished()  # a driver must drain both, or finished jobs pile up
             for event in core.take_events():
                 if isinstance(event, Transition):
                     seen[event.job_id].append((event.current.value, now))

@@ -37,6 +37,7 @@ from .errors import (
 
 __all__ = [
     "client_error",
+    "detached",
     "error_for_status",
     "map_client_errors",
     "parse_retry_after",
@@ -227,6 +228,22 @@ def map_client_errors(job_id: str | None, secrets: Sequence[str] = ()) -> Iterat
         if error is None:
             raise
         raise_mapped(error)
+
+
+def detached(error: RequestError) -> RequestError:
+    """``error`` and everything chained to it, without tracebacks.
+
+    The frames of a failed request hold the secrets in their locals (the headers, a URL
+    with ``access_token``), and error reporters capture frame locals; the message, the
+    status and the request ID say what happened without them.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+    return error
 
 
 def _mentions(exc: BaseException, secrets: Sequence[str]) -> bool:

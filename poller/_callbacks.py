@@ -5,8 +5,9 @@ short, it holds up the engine while it runs. An asynchronous callback runs on
 one of ``lanes`` tasks, chosen by job ID, so callbacks of one job run one after
 another in transition order while different jobs' callbacks run concurrently,
 at most ``lanes`` at a time. Each lane buffers up to ``lane_capacity``
-invocations; beyond that an invocation is dropped, logged at ERROR and counted
-(``callbacks_dropped``) rather than letting memory grow or the engine stall.
+invocations; beyond that an invocation is dropped and counted
+(``callbacks_dropped``) rather than letting memory grow or the engine stall, and
+logged at ERROR: the first drop, then a summary at most once a minute.
 A callback that raises is logged and counted (``callback_errors``); it never
 stops the engine or the other callbacks.
 """
@@ -16,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
+import time
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -31,6 +34,7 @@ from .models import Status
 __all__ = ["CallbackHandle", "CallbackRunner", "EventCallback", "TransitionCallback"]
 
 log = logging.getLogger("poller.callbacks")
+_DROP_LOG_EVERY_S = 60.0
 
 TransitionCallback = Callable[[Transition], None] | Callable[[Transition], Awaitable[None]]
 """A callback for transitions: sync, or async."""
@@ -116,6 +120,8 @@ class CallbackRunner:
         self._idle.set()
         self.errors = 0
         self.dropped = 0
+        self._unreported = 0
+        self._reported_at = -math.inf
 
     def add(
         self,
@@ -155,14 +161,30 @@ class CallbackRunner:
                 index = zlib.crc32(event.job_id.encode()) % len(self._lanes)
                 lane = self._lanes[index]
             if len(lane.queue) >= self._lane_capacity:
-                self.dropped += 1
-                log.error("callback queue full: dropped %r for job %s", handle, event.job_id)
+                self._drop(handle, event)
                 continue
             lane.queue.append((handle, event))
             self._pending += 1
             self._idle.clear()
             if lane.waiter is not None and not lane.waiter.done():
                 lane.waiter.set_result(None)
+
+    def _drop(self, handle: CallbackHandle, event: Event) -> None:
+        """Count a dropped invocation; log the first of an episode, then at most one summary
+        a minute, so a stuck callback is reported without flooding the log."""
+        self.dropped += 1
+        self._unreported += 1
+        now = time.monotonic()
+        if now - self._reported_at >= _DROP_LOG_EVERY_S:
+            log.error(
+                "callback queue full: dropped %d invocation(s) (last: %r for job %s); "
+                "an async callback is not keeping up",
+                self._unreported,
+                handle,
+                event.job_id,
+            )
+            self._reported_at = now
+            self._unreported = 0
 
     def _run_sync(self, handle: CallbackHandle, event: Event) -> None:
         try:

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import random
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Final
 
 from ._buckets import LEVEL_GROWTH, Bucket, FairQueue
-from ._learn import DurationModel, solve_step, status_age, steady_hazard_step, tail_step
+from ._learn import DurationModel, Row, solve_step, status_age, steady_hazard_step, tail_step
 from .auth import Credential
 from .backoff import Backoff
 from .errors import (
@@ -97,7 +98,7 @@ class Job:
         # How its lag piles up since polled_at: along a learned table row, else as if the
         # hazard were steady with first step base_s, else (never seen) one second a second.
         self.polled_at = 0.0
-        self.row: list[float] | None = None
+        self.row: Row | None = None
         self.base_s = 0.0
         self.status: Status | None = None
         self.seq = 0
@@ -165,7 +166,9 @@ class Scheduler:
         self._buckets: dict[str, Bucket] = {}
         self._key_orgs: dict[Credential, str] = {}
         self._refused: dict[Credential, tuple[PollerError, float]] = {}
+        self._users: dict[Credential, int] = {}  # jobs in the table, per credential
         self._retired: deque[tuple[float, Job]] = deque()
+        self._refusals_swept_at = 0.0
         self._events: list[Event] = []
         self._finished: list[Job] = []
         self._counts: dict[str, int] = {}
@@ -249,6 +252,7 @@ class Scheduler:
         job = Job(job_id, credential, self._bucket_for(credential, None))
         job.status, job.seq = last_status, last_seq
         self._jobs[job_id] = job
+        self._users[credential] = self._users.get(credential, 0) + 1
         self._count(last_status.value if last_status is not None else PENDING, 1)
         refused = self._refused.get(credential)
         if refused is not None:
@@ -271,6 +275,7 @@ class Scheduler:
         if job is None:
             return None
         self._count(self._count_key(job), -1)
+        self._release(job.credential)
         was_scheduled = job.phase == _SCHEDULED
         job.phase = _REMOVED
         if was_scheduled:
@@ -346,8 +351,10 @@ class Scheduler:
             return
         if error.status is not None and not isinstance(error, RateLimitedError):
             job.bucket.budget.on_accepted(now)  # answered, so it counted at the server
-            if job.bucket.org_id is None:
-                self._queue.poke(job.bucket, now)  # the next probe may go
+        budget = job.bucket.budget
+        if isinstance(budget, ProbeBudget) and not isinstance(error, RateLimitedError):
+            budget.settled(now)  # the probe is over, answered or not: the next may go
+            self._queue.poke(job.bucket, now)
         if isinstance(error, AuthenticationError | PermissionDeniedError):
             self._refuse(job.credential, error, now)
             return
@@ -417,7 +424,7 @@ class Scheduler:
         job.row = None
         learned = self._model.row(payload, now) if self._model is not None else None
         theta = backoff.request_cost_s
-        if isinstance(learned, list):
+        if isinstance(learned, array):
             job.row = learned
             step = solve_step(learned, theta)
         elif learned == "tail":
@@ -510,6 +517,24 @@ class Scheduler:
             _, job = retired.popleft()
             if self._jobs.get(job.job_id) is job:
                 self.untrack(job.job_id)
+        if self._refused and now >= self._refusals_swept_at + _REFUSAL_S:
+            self._refusals_swept_at = now
+            for credential, (_, until) in list(self._refused.items()):
+                if now >= until:
+                    del self._refused[credential]
+
+    def _release(self, credential: Credential) -> None:
+        """A job left the table: once a key has none left, forget what was kept for it
+        (a worker rotating through many keys must not keep them all)."""
+        users = self._users[credential] - 1
+        if users:
+            self._users[credential] = users
+            return
+        del self._users[credential]
+        self._key_orgs.pop(credential, None)
+        key = f"key:{credential.fingerprint}"
+        if key in self._buckets and not len(self._buckets[key]):
+            del self._buckets[key]
 
     def _count_key(self, job: Job) -> str:
         if isinstance(job.final, PollerError):

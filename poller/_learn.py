@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import bisect
 import math
+from array import array
 from collections import OrderedDict
-from typing import Final, Literal
+from typing import Final, Literal, TypeAlias
 
 from .models import JobStatus, Status
 
@@ -37,6 +38,9 @@ __all__ = [
     "steady_hazard_step",
     "tail_step",
 ]
+
+Row: TypeAlias = "array[float]"
+"""A table row: ``G`` over ``_STEPS``, as doubles (8 bytes a value, no float objects)."""
 
 _MIN_S: Final = 0.05
 _RATIO: Final = 1.2
@@ -104,14 +108,14 @@ class _StepTable:
 
     def __init__(self, sketch: DurationSketch, *, min_survivors: float) -> None:
         xs, ys = sketch.cdf_points()
-        rows: list[list[float] | None] = []
+        rows: list[Row | None] = []
         for age in _AGES:
             base = _interpolate(xs, ys, age)
             alive = 1.0 - base
             if alive * sketch.total < min_survivors:
                 rows.append(None)
                 continue
-            row = []
+            row = array("d")  # 8 bytes a value, not a float object each
             pending = 0.0  # G at the previous step
             previous_step = previous_p = 0.0
             for step in _STEPS:
@@ -122,12 +126,12 @@ class _StepTable:
             rows.append(row)
         self.rows = rows
 
-    def row(self, age_s: float) -> list[float] | None:
+    def row(self, age_s: float) -> Row | None:
         """``G`` over ``_STEPS`` for a job of this age, or None (no data at this age)."""
         return self.rows[max(0, bisect.bisect_right(_AGES, age_s) - 1)]
 
 
-def solve_step(row: list[float], theta: float) -> float:
+def solve_step(row: Row, theta: float) -> float:
     """The step ``d`` at which the piled-up lag ``G(d)`` (a table row) reaches ``theta``."""
     j = bisect.bisect_left(row, theta)
     if j == 0:
@@ -196,7 +200,7 @@ class DurationModel:
     """
 
     def __init__(
-        self, *, min_samples: int = 30, rebuild_every: int = 50, max_keys: int = 10_000
+        self, *, min_samples: int = 30, rebuild_every: int = 50, max_keys: int = 2_000
     ) -> None:
         self._entries: OrderedDict[tuple[str, str, str], _Entry] = OrderedDict()
         self._min_samples = min_samples
@@ -237,7 +241,7 @@ class DurationModel:
         if current.is_terminal and started is not None and payload.completed_at is not None:
             self._add((org, endpoint, Status.IN_PROGRESS.value), payload.completed_at - started)
 
-    def row(self, payload: JobStatus, now: float) -> list[float] | Literal["tail"] | None:
+    def row(self, payload: JobStatus, now: float) -> Row | Literal["tail"] | None:
         """The lag table row for a job in ``payload``'s state now (see :func:`solve_step`);
         ``"tail"`` when the job has outlived almost every job of its kind seen so far; None
         when there is nothing to go on (unlearned key, or a status not modelled)."""

@@ -46,6 +46,7 @@ class Credential:
     """
 
     __slots__ = (
+        "__weakref__",
         "_access_token",
         "_api_key",
         "_fingerprint",

@@ -23,6 +23,8 @@ import math
 import os
 import random
 import time
+import traceback
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -30,6 +32,7 @@ from typing import Any, Final, Literal, overload
 
 import anyio
 
+from ._boundary import detached, scrub
 from ._callbacks import CallbackHandle, CallbackRunner, EventCallback, TransitionCallback
 from ._core import Job, Scheduler
 from ._ids import validate_job_id
@@ -164,7 +167,9 @@ class Poller:
         }
         if transport is None:
             # Validate now, not at __aenter__, so a typo fails where it was made.
-            AiohttpTransport.check_settings(base_url, max_connections, request_timeout_s)
+            AiohttpTransport.check_settings(
+                base_url, max_connections, request_timeout_s, insecure_skip_tls_verify
+            )
         self._given_transport = transport
         self._transport: Transport | None = None
         self._workers = max_connections
@@ -182,7 +187,10 @@ class Poller:
         self._callbacks = CallbackRunner(
             lanes=callback_concurrency, lane_capacity=callback_queue_size
         )
-        self._credentials: dict[str, Credential] = {}
+        # Weak: a key's Credential lives as long as jobs use it, then the entry goes.
+        self._credentials: weakref.WeakValueDictionary[str, Credential] = (
+            weakref.WeakValueDictionary()
+        )
         self._waiters: dict[str, list[_Settle]] = {}
         self._subscriptions: list[Subscription] = []
         self._idle: deque[asyncio.Future[Job]] = deque()
@@ -509,9 +517,10 @@ class Poller:
                 include_request=include_request,
                 include_response=include_response,
             )
-        except RateLimitedError as exc:
-            self._core.throttled(credential, exc.retry_after_s, self._clock())
-            raise
+        except RequestError as exc:
+            if isinstance(exc, RateLimitedError):
+                self._core.throttled(credential, exc.retry_after_s, self._clock())
+            raise detached(exc)  # noqa: B904 - the same error, without its frames
 
     # -- introspection -------------------------------------------------------------
 
@@ -621,9 +630,9 @@ class Poller:
             try:
                 payload = await transport.get_status(job.job_id, job.credential)
             except RequestError as exc:
-                error = exc
+                error = detached(exc)
             except Exception as exc:  # a transport bug must not take the engine down
-                log.exception("transport raised an unexpected error for job %s", job.job_id)
+                _log_unexpected(exc, job)
                 error = TransportError(f"unexpected {type(exc).__name__}", job_id=job.job_id)
             self._metrics.request(job.bucket.org_id, loop.time() - sent_at, error)
             try:
@@ -672,6 +681,18 @@ class Poller:
                 if timer is not None:
                     timer.cancel()
                 self._wake = None
+
+
+def _log_unexpected(exc: Exception, job: Job) -> None:
+    """Log what a transport raised outside its contract, scrubbed of the job's secrets
+    (a custom transport's message may quote its URL or headers)."""
+    text = "".join(traceback.format_exception(exc))
+    log.error(
+        "transport raised an unexpected %s for job %s:\n%s",
+        type(exc).__name__,
+        job.job_id,
+        scrub(text, job.credential.secrets()),
+    )
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

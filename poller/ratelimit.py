@@ -330,10 +330,11 @@ class ProbeBudget:
 
     Which organisation a key belongs to (and so which budget, and which configured
     limit, applies) is only known from its first answer. Until then the key's jobs send
-    one probe at a time: the next goes when an answer comes back (any answer, even an
-    error status), or ``retry_s`` later if none does, and never faster than ``inner``
-    allows. A 429 pauses the probes as it pauses any budget. Once the organisation is
-    known, the key's jobs move to its budget and this one is done.
+    one probe at a time: the next goes when the probe ends (any answer, even an error
+    status, or a failure to get one), or ``retry_s`` later if its outcome is never
+    reported, and never faster than ``inner`` allows. A 429 pauses the probes as it
+    pauses any budget. Once the organisation is known, the key's jobs move to its
+    budget and this one is done.
     """
 
     __slots__ = ("_inner", "_next", "retry_s")
@@ -361,6 +362,11 @@ class ProbeBudget:
         """See :meth:`Budget.on_accepted`; an answer frees the next probe."""
         self._inner.on_accepted(now)
         self._next = now
+
+    def settled(self, now: float) -> None:
+        """The probe's request ended without an answer (a timeout, a reset): the next
+        probe may go."""
+        self._next = min(self._next, now)
 
     def on_throttled(self, now: float, retry_after_s: float | None) -> float:
         """See :meth:`Budget.on_throttled`."""

@@ -8,6 +8,7 @@ every request, and maps every failure through ``poller._boundary``.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import ssl
@@ -90,16 +91,20 @@ class AiohttpTransport:
         ssl_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.base_url = self.check_settings(base_url, max_connections, request_timeout_s)
+        self.base_url = self.check_settings(
+            base_url, max_connections, request_timeout_s, insecure_skip_tls_verify
+        )
         self._jobs_prefix = f"{self.base_url}/v1/jobs/"
         self._clock = clock
         tls: ssl.SSLContext | bool = True
         if insecure_skip_tls_verify:
-            msg = "TLS certificate verification is OFF (insecure_skip_tls_verify=True)"
-            log.warning(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            _warn("TLS certificate verification is OFF (insecure_skip_tls_verify=True)")
+            if self.base_url.startswith("http:") and not _is_loopback(self.base_url):
+                _warn("API keys go in clear text over plain http:// to a remote host")
             tls = False
         elif ssl_context is not None:
+            if ssl_context.verify_mode == ssl.CERT_NONE or not ssl_context.check_hostname:
+                _warn("TLS certificate verification is OFF (the ssl_context does not verify)")
             tls = ssl_context
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
@@ -118,12 +123,26 @@ class AiohttpTransport:
         self._auth_queries: dict[Credential, str] = {}
 
     @staticmethod
-    def check_settings(base_url: str | None, max_connections: int, request_timeout_s: float) -> str:
+    def check_settings(
+        base_url: str | None,
+        max_connections: int,
+        request_timeout_s: float,
+        insecure_skip_tls_verify: bool = False,
+    ) -> str:
         """Validate settings without opening anything; returns the resolved base URL.
+
+        Plain ``http://`` is accepted for loopback hosts (a local simulator) only: to any
+        other host it would send the API key in clear text, so it takes
+        ``insecure_skip_tls_verify=True``.
 
         Raises:
             ConfigError: a setting is invalid (the message names it).
         """
+        if not isinstance(insecure_skip_tls_verify, bool):
+            raise ConfigError(
+                "insecure_skip_tls_verify: must be True or False, "
+                f"not {type(insecure_skip_tls_verify).__name__}"
+            )
         if isinstance(max_connections, bool) or not isinstance(max_connections, int):
             raise ConfigError("max_connections: must be an integer >= 1")
         if max_connections < 1:
@@ -132,7 +151,14 @@ class AiohttpTransport:
             raise ConfigError("request_timeout_s: must be a finite number > 0")
         if not 0 < request_timeout_s < math.inf:
             raise ConfigError("request_timeout_s: must be a finite number > 0")
-        return resolve_base_url(base_url)
+        resolved = resolve_base_url(base_url)
+        remote_plain = resolved.startswith("http:") and not _is_loopback(resolved)
+        if remote_plain and not insecure_skip_tls_verify:
+            raise ConfigError(
+                "base_url: plain http:// to a remote host would send the API key in clear "
+                "text; use https:// (or insecure_skip_tls_verify=True, never in production)"
+            )
+        return resolved
 
     async def __aenter__(self) -> AiohttpTransport:
         return self
@@ -227,6 +253,21 @@ class AiohttpTransport:
         """Close the session and every pooled connection. Idempotent."""
         if not self._session.closed:
             await self._session.close()
+
+
+def _warn(message: str) -> None:
+    log.warning(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _is_loopback(url: str) -> bool:
+    host = URL(url).host or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def _read_limited(

@@ -219,16 +219,6 @@ async def test_many_overflowing_subscribers_do_not_slow_the_engine_down() -> Non
     assert crowded < 5 * alone + 0.5, (alone, crowded)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG poller/_callbacks.py:152 (CallbackRunner.dispatch): every async callback invocation "
-        "dropped because its lane is full is logged at ERROR, one record per transition "
-        "(9,000 here); a stuck async callback floods the log for as long as the engine "
-        "runs, while a stuck subscription is reported once. Expected: drops counted "
-        "(callbacks_dropped) and logged once per overflow episode, or rate-limited."
-    ),
-)
 async def test_a_stuck_async_callback_is_contained_and_reported_without_flooding(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -305,18 +305,6 @@ async def test_the_engine_under_steady_churn_keeps_tasks_timers_and_heaps_flat()
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG poller/engine.py:557 (Poller._credential) caches a Credential per distinct "
-        "api_key in self._credentials, and poller/_core.py:438 (Scheduler._learn_org) "
-        "keeps Scheduler._key_orgs per credential (a refused key also keeps its _refused "
-        "entry and key bucket), forever: after 2,000 rotating per-job keys, 2,000 + 2,000 "
-        "entries remain although every job is finished and forgotten; ~1 KB per key ever "
-        "seen. Expected: per-credential state released with the credential's last job, "
-        "or an LRU bound."
-    ),
-)
 async def test_rotating_per_job_keys_leave_nothing_behind_once_their_jobs_are_gone() -> None:
     transport = MemoryTransport()
     backoff = Backoff(min_interval_s=0.01, learn=False)

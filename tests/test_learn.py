@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from array import array
 
 import pytest
 from hypothesis import given, settings
@@ -80,7 +81,7 @@ def test_nothing_is_known_before_enough_samples() -> None:
     running = payload(Status.IN_PROGRESS, started=T0 + 10)
     assert model.row(running, T0 + 15) is None
     teach(model, [20.0])
-    assert isinstance(model.row(running, T0 + 15), list)
+    assert isinstance(model.row(running, T0 + 15), array)
 
 
 def test_statuses_without_an_age_are_not_modelled() -> None:
@@ -98,7 +99,7 @@ def test_steps_follow_the_hazard() -> None:
 
     def step(age: float, theta: float = 0.125) -> float:
         row = model.row(payload(Status.IN_PROGRESS, started=T0 + 10), T0 + 10 + age)
-        assert isinstance(row, list)
+        assert isinstance(row, array)
         return solve_step(row, theta)
 
     # Changes are unlikely in the first seconds of a ~60 s job, likely near 60 s.
@@ -121,7 +122,7 @@ def test_queued_time_is_learned_from_started_minus_created() -> None:
         model.observe(started, Status.QUEUED)
     queued = payload(Status.QUEUED)
     row = model.row(queued, T0 + 1)
-    assert isinstance(row, list)
+    assert isinstance(row, array)
     # Everything starts 3 s after creation: at age 1 the change is ~2 s away.
     assert 1.0 <= solve_step(row, 0.125) <= 3.5
 
@@ -139,7 +140,7 @@ def test_organisations_and_endpoints_learn_separately() -> None:
     teach(model, [500.0] * 100, org="org_slow")
     fast = model.row(payload(Status.IN_PROGRESS, started=T0, org="org_fast"), T0 + 2)
     slow = model.row(payload(Status.IN_PROGRESS, started=T0, org="org_slow"), T0 + 2)
-    assert isinstance(fast, list) and isinstance(slow, list)
+    assert isinstance(fast, array) and isinstance(slow, array)
     assert solve_step(fast, 0.125) < solve_step(slow, 0.125) / 10
 
 

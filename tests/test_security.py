@@ -309,19 +309,6 @@ async def test_secrets_never_reach_logs_errors_events_reprs_or_stats(
     assert any("user callback failed" in t for t in _record_texts(caplog.records))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG poller/transport.py:163,188 (AiohttpTransport._get, get_status): errors handed to "
-        "waiters keep their __traceback__, whose frames hold the secrets in plain text "
-        "(locals `secrets` = (api_key, access_token), `url` with ?access_token=..., "
-        "`resp`, and aiohttp's frames with the request headers). Error reporters that "
-        "capture frame locals (Sentry does by default; its denylist has no 'secrets' or "
-        "'url') send the key and token. Expected: errors leave the transport without "
-        "frames that hold secrets (e.g. with_traceback(None) at the boundary, or no "
-        "secret in any local)."
-    ),
-)
 async def test_secrets_are_not_in_the_frames_of_the_errors_users_receive(
     sim_server: SimServer,
 ) -> None:
@@ -352,17 +339,6 @@ def _safe_repr(value: Any) -> str:
         return ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG poller/engine.py:626 (Poller._work): when a transport raises something other than "
-        "a RequestError, the engine logs it with log.exception(...): the traceback and "
-        "message of a transport's own exception (an httpx error quoting the URL with "
-        "?access_token=..., or headers) go to the log unscrubbed, although the engine "
-        "has the job's credential at hand. Expected: the secrets scrubbed from what is "
-        "logged (or only the exception type logged)."
-    ),
-)
 async def test_an_unexpected_transport_error_is_logged_without_the_secrets(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -459,16 +435,6 @@ async def test_turning_tls_verification_off_is_explicit_and_warned(
 
 
 @pytest.mark.parametrize("value", ["false", "0", "no", 1])
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG poller/transport.py:98 (AiohttpTransport.__init__, fed by Poller.__init__): "
-        "insecure_skip_tls_verify is not checked to be a bool; any truthy value turns "
-        "verification off, so the string 'false' (from an env var or a config file) "
-        "disables TLS checks (with a warning that claims '=True'). Expected: ConfigError "
-        "for anything but True or False, as backoff.learn does."
-    ),
-)
 async def test_insecure_skip_tls_verify_accepts_only_a_real_bool(value: object) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -482,16 +448,6 @@ async def test_insecure_skip_tls_verify_accepts_only_a_real_bool(value: object) 
     assert [str(w.message) for w in caught] == [], "nothing was turned off"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG poller/auth.py:161 (resolve_base_url) accepts http:// for any host and nothing "
-        "warns: RETAB_API_BASE_URL=http://api.retab.com sends the API key and token in "
-        "clear text, which is worse than an unverified certificate, and needs no explicit "
-        "setting. Expected: plain HTTP only to loopback (the simulator), or an explicit "
-        "setting with a warning, like insecure_skip_tls_verify."
-    ),
-)
 async def test_plain_http_to_a_remote_host_is_not_silent() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -503,15 +459,6 @@ async def test_plain_http_to_a_remote_host_is_not_silent() -> None:
     assert any("http" in str(w.message).lower() for w in caught), "no warning"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG poller/transport.py:103 (AiohttpTransport.__init__): an ssl_context with "
-        "verify_mode=CERT_NONE (or check_hostname=False) turns verification off without "
-        "the warning insecure_skip_tls_verify gives. Expected: the same RuntimeWarning "
-        "and log warning whenever the context does not verify."
-    ),
-)
 async def test_a_non_verifying_ssl_context_is_warned_too(tls_server: LocalServer) -> None:
     context = ssl.create_default_context()
     context.check_hostname = False
