@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import ipaddress
 import os
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -16,7 +17,7 @@ from typing import Final
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_BASE_URL", "AuthScheme", "Credential", "resolve_base_url"]
+__all__ = ["DEFAULT_BASE_URL", "AuthScheme", "Credential", "is_loopback", "resolve_base_url"]
 
 DEFAULT_BASE_URL: Final = "https://api.retab.com"
 API_KEY_ENV: Final = "RETAB_API_KEY"
@@ -164,3 +165,13 @@ def resolve_base_url(base_url: str | None, environ: Mapping[str, str] | None = N
     if url.query_string or url.fragment or url.user or url.password:
         raise ConfigError("base_url: must not carry a query, a fragment or credentials")
     return str(url).rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP addresses (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

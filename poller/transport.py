@@ -8,7 +8,6 @@ every request, and maps every failure through ``poller._boundary``.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import ssl
@@ -25,7 +24,7 @@ from ._boundary import client_error, error_for_status, raise_mapped, scrub
 from ._decode import decode_job, decode_status, excerpt
 from ._ids import validate_job_id
 from ._version import __version__
-from .auth import Credential, resolve_base_url
+from .auth import Credential, is_loopback, resolve_base_url
 from .errors import ConfigError, DecodeError, PollerClosedError, RequestError
 from .models import Job, JobStatus
 
@@ -261,13 +260,7 @@ def _warn(message: str) -> None:
 
 
 def _is_loopback(url: str) -> bool:
-    host = URL(url).host or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(URL(url).host or "")
 
 
 async def _read_limited(

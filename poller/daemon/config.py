@@ -14,7 +14,6 @@ Named credentials come from the file's ``[credentials]`` table or from
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import tomllib
@@ -24,7 +23,7 @@ from typing import Any, Final
 
 import msgspec
 
-from ..auth import Credential, resolve_base_url
+from ..auth import Credential, is_loopback, resolve_base_url
 from ..backoff import Backoff
 from ..errors import ConfigError
 from .options import BY_NAME, OPTIONS, Secret, text
@@ -165,16 +164,6 @@ def _credentials(table: object, environ: Mapping[str, str], path: str | None) ->
             ) from None
         credentials[name] = Secret(str(key))
     return credentials
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback IP addresses (127.0.0.0/8, ::1)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _check(settings: Settings) -> None:
