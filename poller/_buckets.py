@@ -107,8 +107,14 @@ class Bucket:
                 if self._top(level) is not None:
                     return -math.inf
             self._high = 0  # only stale entries were left up there
-        top = self._top(0)
-        return top[0] if top is not None else None
+        heap = self.levels[0]  # _top(0), inlined: this runs twice a poll
+        while heap:
+            entry = heap[0]
+            if entry[1].phase == _SCHEDULED:
+                return entry[0]
+            heapq.heappop(heap)
+            self.stale -= 1
+        return None
 
     def climb(self, now: float, crossing: Crossing) -> None:
         """Move every job whose lag passed a threshold by ``now`` up to its level."""
@@ -131,10 +137,11 @@ class Bucket:
                 if self._top(level) is not None:
                     self._high -= 1
                     return heapq.heappop(self.levels[level])[1]
-        top = self._top(0)
+        heap = self.levels[0]
+        top = heap[0] if heap and heap[0][1].phase == _SCHEDULED else self._top(0)
         if top is None or top[0] > now:
             return None
-        return heapq.heappop(self.levels[0])[1]
+        return heapq.heappop(heap)[1]
 
     def drain(self) -> list[_Entry]:
         """Remove and return every live entry with the time it is (or was) due (the bucket

@@ -43,7 +43,7 @@ from .errors import (
     TrackingExpiredError,
 )
 from .events import Event, TrackingFailure, Transition
-from .models import JobStatus, Status
+from .models import TERMINAL, JobStatus, Status
 from .ratelimit import Budget, ProbeBudget, TokenBucket
 
 __all__ = ["PENDING", "Job", "Scheduler"]
@@ -169,8 +169,9 @@ class Scheduler:
         self._users: dict[Credential, int] = {}  # jobs in the table, per credential
         self._retired: deque[tuple[float, Job]] = deque()
         self._refusals_swept_at = 0.0
-        self._events: list[Event] = []
-        self._finished: list[Job] = []
+        # Drained by take_events / take_finished; the driver may test them for emptiness.
+        self.new_events: list[Event] = []
+        self.new_finished: list[Job] = []
         self._counts: dict[str, int] = {}
         self._flying: set[Job] = set()
         self.transitions = 0
@@ -208,17 +209,17 @@ class Scheduler:
 
     def take_events(self) -> list[Event]:
         """The events produced since the last call, in order."""
-        events, self._events = self._events, []
+        events, self.new_events = self.new_events, []
         return events
 
     def has_finished(self) -> bool:
         """Whether :meth:`take_finished` has anything (cheap: the hot path asks each poll)."""
-        return bool(self._finished)
+        return bool(self.new_finished)
 
     def take_finished(self) -> list[Job]:
         """The jobs that finished (terminal, or tracking failed) since the last call. Not
         every finish is an event: a job resumed in a terminal status finishes silently."""
-        finished, self._finished = self._finished, []
+        finished, self.new_finished = self.new_finished, []
         return finished
 
     def next_wakeup(self, now: float) -> float | None:
@@ -288,7 +289,8 @@ class Scheduler:
         """The next job to poll now, with its budget already charged; None if nothing is
         due (or every due job's budget is spent). The job is in flight until its outcome
         is reported."""
-        self._retire(now)
+        if (self._retired and self._retired[0][0] <= now) or self._refused:
+            self._retire(now)
         job = self._queue.take(now)
         if job is not None:
             job.phase = _IN_FLIGHT
@@ -297,11 +299,16 @@ class Scheduler:
 
     def on_success(self, job: Job, payload: JobStatus, now: float) -> None:
         """Record a status payload for a job returned by :meth:`next_due`."""
-        if not self._landed(job):
+        # The hot path of every poll: _landed inlined.
+        if job not in self._flying:
+            return
+        self._flying.discard(job)
+        if job.phase != _IN_FLIGHT:
             return
         job.errors = 0
-        job.bucket.budget.on_accepted(now)
-        if job.bucket.org_id is None:
+        bucket = job.bucket
+        bucket.budget.on_accepted(now)
+        if bucket.org_id is None:
             self._learn_org(job, payload.organization_id, now)
         current = payload.status
         if current != job.status:
@@ -317,7 +324,7 @@ class Scheduler:
                 # not stop tracking.
                 with contextlib.suppress(ArithmeticError):
                     self._model.observe(payload, previous)
-            self._events.append(
+            self.new_events.append(
                 Transition(
                     job_id=job.job_id,
                     organization_id=payload.organization_id,
@@ -330,7 +337,7 @@ class Scheduler:
             )
         else:
             job.unchanged += 1
-        if current.is_terminal:
+        if current in TERMINAL:
             self._finish(job, payload, now)
         elif now >= payload.expires_at + self._expiry_grace_s:
             error = TrackingExpiredError(
@@ -343,7 +350,8 @@ class Scheduler:
             if due > payload.expires_at >= now:
                 # Look once just after expiry: the server then reports "expired".
                 due = payload.expires_at + self._backoff.min_interval_s
-            self._push(job, due)
+            job.phase = _SCHEDULED
+            self._queue.push(job.bucket, job, due)
 
     def on_failure(self, job: Job, error: RequestError, now: float) -> None:
         """Record a failed request for a job returned by :meth:`next_due`."""
@@ -434,7 +442,11 @@ class Scheduler:
             step = job.base_s = backoff.interval_s(payload.status, job.unchanged, self._rng, age)
         if learned is not None:
             step *= 1.0 + backoff.jitter * (2.0 * self._rng.random() - 1.0)
-        return now + min(backoff.max_interval_s, max(backoff.min_interval_s, step))
+        if step < backoff.min_interval_s:
+            step = backoff.min_interval_s
+        elif step > backoff.max_interval_s:
+            step = backoff.max_interval_s
+        return now + step
 
     def _retry_at(self, job: Job, now: float, delay_s: float) -> None:
         """Retry a failed request after ``delay_s``; while it waits, it gains priority as
@@ -487,7 +499,7 @@ class Scheduler:
     def _finish(self, job: Job, final: JobStatus | PollerError, now: float) -> None:
         job.phase = _DONE
         job.final = final
-        self._finished.append(job)
+        self.new_finished.append(job)
         self._retired.append((now + self._retention_s, job))
 
     def _fail(self, job: Job, error: PollerError, now: float) -> None:
@@ -495,7 +507,7 @@ class Scheduler:
         self._finish(job, error, now)
         self._count(ERROR, 1)
         self.failures += 1
-        self._events.append(
+        self.new_events.append(
             TrackingFailure(
                 job_id=job.job_id, organization_id=job.bucket.org_id, error=error, observed_at=now
             )

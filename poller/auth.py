@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
+from urllib.parse import urlencode
 
 from .errors import ConfigError
 
@@ -54,6 +55,8 @@ class Credential:
         "_hash",
         "_headers",
         "_params",
+        "_wire_headers",
+        "_wire_query",
         "scheme",
     )
 
@@ -102,6 +105,9 @@ class Credential:
         self._params: Mapping[str, str] = MappingProxyType(
             {"access_token": access_token} if access_token is not None else {}
         )
+        # What the transport sends on every request, ready-made (private: secret).
+        self._wire_headers = dict(headers)
+        self._wire_query = urlencode(dict(self._params))
 
     @property
     def fingerprint(self) -> str:

@@ -117,8 +117,9 @@ class Backoff(msgspec.Struct, frozen=True, kw_only=True):
         * age_s``: the same schedule when every poll is on time, and right however the
         job was polled before (late, by another process, or by the learned model).
         """
+        # A Status is a str equal to its value: it looks itself up (Enum.value is slow).
         start = (
-            self.initial_interval_s.get(status.value, self.default_interval_s)
+            self.initial_interval_s.get(status, self.default_interval_s)
             if status is not None
             else self.default_interval_s
         )

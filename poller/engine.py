@@ -28,6 +28,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from time import monotonic
 from typing import Any, Final, Literal, overload
 
 import anyio
@@ -624,8 +625,10 @@ class Poller:
                 self._idle.append(parked)
                 if self._sleep_until == float("inf"):
                     self._poke()  # the dispatcher was waiting for an idle worker
+                else:  # jobs filed while no worker was idle may be due before its timer
+                    self._poke_if_due_before(self._sleep_until)
                 job = await parked
-            sent_at = loop.time()
+            sent_at = monotonic()
             error: RequestError | None = None
             try:
                 payload = await transport.get_status(job.job_id, job.credential)
@@ -634,7 +637,7 @@ class Poller:
             except Exception as exc:  # a transport bug must not take the engine down
                 _log_unexpected(exc, job)
                 error = TransportError(f"unexpected {type(exc).__name__}", job_id=job.job_id)
-            self._metrics.request(job.bucket.org_id, loop.time() - sent_at, error)
+            self._metrics.request(job.bucket.org_id, monotonic() - sent_at, error)
             try:
                 if error is None:
                     core.on_success(job, payload, clock())
@@ -644,8 +647,10 @@ class Poller:
                 log.exception("recording the outcome for job %s failed", job.job_id)
                 cause = PollerError(f"internal error recording an outcome: {type(exc).__name__}")
                 core.abandon(job, cause, clock())
-            self._deliver()
-            self._poke_if_due_before(self._sleep_until)
+            if core.new_events or core.new_finished:
+                self._deliver()
+            if self._idle:  # only idle workers need the dispatcher to know
+                self._poke_if_due_before(self._sleep_until)
 
     def _poke(self) -> None:
         wake = self._wake

@@ -14,7 +14,7 @@ from __future__ import annotations
 __all__ = ["Endpoint", "Job", "JobError", "JobResponse", "JobStatus", "JobWarning", "Status"]
 
 import enum
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -57,10 +57,11 @@ class Status(_OpenStrEnum):
     def is_terminal(self) -> bool:
         """True for completed, failed, cancelled and expired: the job will not change again
         unless it is explicitly retried."""
-        return self in _TERMINAL
+        return self in TERMINAL
 
 
-_TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
+TERMINAL: Final = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
+"""The terminal statuses (``status in TERMINAL`` is ``status.is_terminal``, without a call)."""
 
 
 class Endpoint(_OpenStrEnum):

@@ -173,7 +173,10 @@ class _Window:
         return epoch
 
     def add(self, now: float) -> None:
-        self._bins[self._advance(now) % self._BINS] += 1
+        epoch = int(now / self._BIN_S)
+        if epoch != self._epoch:  # a new bin: rare next to the calls (every answer)
+            epoch = self._advance(now)
+        self._bins[epoch % self._BINS] += 1
 
     def count(self, now: float) -> int:
         self._advance(now)
@@ -296,7 +299,11 @@ class AdaptiveBudget:
 
     def on_accepted(self, now: float) -> None:
         """See :meth:`Budget.on_accepted`."""
-        self._accepted.add(now)
+        window = self._accepted  # _Window.add, inlined: this runs on every answer
+        epoch = int(now / _Window._BIN_S)
+        if epoch != window._epoch:
+            epoch = window._advance(now)
+        window._bins[epoch % _Window._BINS] += 1
 
     def on_throttled(self, now: float, retry_after_s: float | None) -> float:
         """See :meth:`Budget.on_throttled`."""

@@ -36,6 +36,7 @@ log = logging.getLogger("poller.transport")
 MAX_STATUS_BODY_BYTES: Final = 1 << 20
 MAX_JOB_BODY_BYTES: Final = 256 << 20
 MAX_ERROR_BODY_BYTES: Final = 64 << 10
+_ENCODING: Final = "Content-Encoding"
 
 
 class Transport(Protocol):
@@ -119,7 +120,6 @@ class AiohttpTransport:
             raise_for_status=False,
             trust_env=False,
         )
-        self._auth_queries: dict[Credential, str] = {}
 
     @staticmethod
     def check_settings(
@@ -169,9 +169,7 @@ class AiohttpTransport:
         return f"AiohttpTransport(base_url={self.base_url!r})"
 
     def _url(self, job_id: str, suffix: str, credential: Credential, query: str = "") -> URL:
-        auth_query = self._auth_queries.get(credential)
-        if auth_query is None:
-            auth_query = self._auth_queries[credential] = urlencode(dict(credential.params))
+        auth_query = credential._wire_query
         if auth_query:
             query = f"{query}&{auth_query}" if query else auth_query
         # A valid ID holds unreserved URL characters and ':' only, so escaping ':' makes
@@ -192,18 +190,21 @@ class AiohttpTransport:
             raise PollerClosedError("the transport is closed")
         try:
             async with self._session.get(
-                url, headers=credential.headers, allow_redirects=False
+                url, headers=credential._wire_headers, allow_redirects=False
             ) as resp:
-                status = resp.status
-                request_id = resp.headers.get("x-request-id")
-                if status == 200:
+                headers = resp.headers
+                request_id = headers.get("x-request-id")
+                if resp.status == 200:
+                    length = resp.content_length
+                    if length is not None and length <= limit and _ENCODING not in headers:
+                        return await resp.read(), request_id  # the common case, inlined
                     return await _read_limited(resp, limit, job_id, request_id), request_id
                 # An error page only feeds a message: read its start, whatever its size,
                 # so that a large 429 page still yields its Retry-After.
                 body = await resp.content.read(MAX_ERROR_BODY_BYTES)
                 raise error_for_status(
-                    status,
-                    resp.headers,
+                    resp.status,
+                    headers,
                     body,
                     job_id=job_id,
                     now=self._clock(),
@@ -222,9 +223,12 @@ class AiohttpTransport:
         url = self._url(job_id, "/status", credential)
         body, request_id = await self._get(url, job_id, credential, MAX_STATUS_BODY_BYTES)
         try:
-            return _check_id(decode_status(body, job_id, request_id), job_id, body, request_id)
+            payload = decode_status(body, job_id, request_id)
+            if payload.id != job_id:  # the hot path: checked inline
+                _check_id(payload, job_id, body, request_id)
         except DecodeError as exc:
             raise _scrubbed(exc, credential) from exc.__cause__
+        return payload
 
     async def get_job(
         self,
