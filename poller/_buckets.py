@@ -217,9 +217,11 @@ class FairQueue:
 
     def push(self, bucket: Bucket, job: Job, due: float) -> None:
         """File ``job`` in ``bucket`` and make sure the bucket is looked at in time."""
-        bucket.push(job, due)
+        heapq.heappush(bucket.levels[0], (due, job))  # Bucket.push, inlined: every poll
         if not bucket.in_fair:
-            self._wait(bucket, due)
+            waiting_at = bucket.waiting_at
+            if waiting_at is None or due < waiting_at:
+                self._wait(bucket, due)
 
     def take(self, now: float) -> Job | None:
         """Pop the next job to send now, its budgets charged; None if none may go now."""
@@ -258,7 +260,11 @@ class FairQueue:
             assert job is not None
             self._vclock = vtime
             bucket.vtime = vtime + 1.0 / bucket.weight
-            following = bucket.next_due()
+            levels0 = bucket.levels[0]  # next_due(), for the common case, inlined
+            if not bucket._high and levels0 and levels0[0][1].phase == _SCHEDULED:
+                following: float | None = levels0[0][0]
+            else:
+                following = bucket.next_due()
             if following is not None and following <= now:
                 self._serial += 1
                 heapq.heapreplace(fair, (bucket.vtime, self._serial, bucket))

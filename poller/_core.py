@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import Final
 
 from ._buckets import LEVEL_GROWTH, Bucket, FairQueue
-from ._learn import DurationModel, Row, solve_step, status_age, steady_hazard_step, tail_step
+from ._learn import DurationModel, Row, solve_step, steady_hazard_step, tail_step
 from .auth import Credential
 from .backoff import Backoff
 from .errors import (
@@ -430,16 +430,26 @@ class Scheduler:
         backoff = self._backoff
         job.polled_at = now
         job.row = None
-        learned = self._model.row(payload, now) if self._model is not None else None
+        status = payload.status
+        # status_age(payload, now), inlined: this runs on every poll.
+        if status is Status.IN_PROGRESS and payload.started_at is not None:
+            age: float | None = now - payload.started_at
+        elif status is Status.QUEUED:
+            age = now - payload.created_at
+        else:
+            age = None
+        if age is not None and age < 0.0:  # clocks disagree: the job just started
+            age = 0.0
+        model = self._model
+        learned = model.row_at_age(payload, age) if model is not None and age is not None else None
         theta = backoff.request_cost_s
         if isinstance(learned, array):
             job.row = learned
             step = solve_step(learned, theta)
         elif learned == "tail":
-            step = job.base_s = tail_step(status_age(payload, now) or 0.0, theta)
+            step = job.base_s = tail_step(age or 0.0, theta)
         else:
-            age = status_age(payload, now)
-            step = job.base_s = backoff.interval_s(payload.status, job.unchanged, self._rng, age)
+            step = job.base_s = backoff.interval_s(status, job.unchanged, self._rng, age)
         if learned is not None:
             step *= 1.0 + backoff.jitter * (2.0 * self._rng.random() - 1.0)
         if step < backoff.min_interval_s:

@@ -246,11 +246,13 @@ class DurationModel:
         ``"tail"`` when the job has outlived almost every job of its kind seen so far; None
         when there is nothing to go on (unlearned key, or a status not modelled)."""
         age = status_age(payload, now)
-        if age is None:
-            return None
+        return None if age is None else self.row_at_age(payload, age)
+
+    def row_at_age(self, payload: JobStatus, age_s: float) -> Row | Literal["tail"] | None:
+        """:meth:`row`, for a caller that knows the job's age in its status already."""
         key = (payload.organization_id, payload.endpoint.value, payload.status.value)
         entry = self._entries.get(key)
         if entry is None or entry.table is None:
             return None
-        row = entry.table.row(age)
+        row = entry.table.row(max(0.0, age_s))
         return row if row is not None else "tail"

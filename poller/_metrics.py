@@ -74,7 +74,9 @@ class Recorder:
         latency.counts[bisect.bisect_left(latency.bounds, latency_s)] += 1
         latency.sum += latency_s
         latency.count += 1
-        org = self._orgs.get(org_id or UNKNOWN_ORG) or self._org(org_id)
+        org = self._orgs.get(org_id or UNKNOWN_ORG)
+        if org is None:
+            org = self._org(org_id)
         org.polls += 1
         if error is None:
             return

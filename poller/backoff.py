@@ -128,9 +128,10 @@ class Backoff(msgspec.Struct, frozen=True, kw_only=True):
         else:
             # In log space, capped, so no multiplier and no poll count can overflow.
             grown = start * math.exp(min(700.0, unchanged_polls * math.log(self.multiplier)))
-        base = min(self.max_interval_s, max(self.min_interval_s, grown))
+        low, high = self.min_interval_s, self.max_interval_s
+        base = low if grown < low else high if grown > high else grown
         jittered = base * (1.0 + self.jitter * (2.0 * rng.random() - 1.0))
-        return min(self.max_interval_s, max(self.min_interval_s, jittered))
+        return low if jittered < low else high if jittered > high else jittered
 
     def error_delay_s(
         self, consecutive_errors: int, retry_after_s: float | None, rng: random.Random
