@@ -39,8 +39,12 @@ demo: $(STAMP)
 sim: $(STAMP)
 	$(BIN)/python -m poller sim --port 8080
 
+# BENCH_ARGS: benchmark names and/or --quick, e.g. make bench BENCH_ARGS="decode --quick".
+# The bench extra (httpx, pydantic, uvloop, matplotlib) is installed only when missing.
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -c 'import httpx, pydantic, uvloop, matplotlib' 2>/dev/null \
+		|| $(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,169 @@
+"""The benchmark harness: the README rendering from result files, and the decode
+benchmark in quick mode (the other benchmarks need nginx and minutes; ``make bench``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# benchmarks/ is not an installed package: import it from the checkout.
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import decode, report  # noqa: E402
+from benchmarks.__main__ import discover  # noqa: E402
+
+MACHINE = {
+    "cpu": "Test CPU",
+    "cores": 2,
+    "python": "CPython 3.11.7",
+    "packages": {"poller": "0.1.0", "aiohttp": "3.14.5"},
+    "date": "2026-11-28T12:00:00+00:00",
+}
+
+BEFORE = "# poller\n\nIntro.\n\n## Measured results\n\n"
+AFTER = "\n\n## Layout\n\nUnchanged text.\n"
+
+
+def _goal(text: str, measured: str, met: bool) -> dict[str, Any]:
+    return {"goal": text, "target": "x", "measured": measured, "met": met}
+
+
+def _results() -> dict[str, dict[str, Any]]:
+    row = {
+        "loop": "asyncio",
+        "connections": 64,
+        "(a) polls/s": 10_000,
+        "(b) polls/s": 7_000,
+        "(c) polls/s": 100,
+        "(b)/(a) polls/s": 0.7,
+        "(a) polls/CPU-s": 10_100,
+        "(b) polls/CPU-s": 7_100,
+        "(c) polls/CPU-s": 110,
+        "(b)/(c) polls/CPU-s": 64.5,
+    }
+    return {
+        "throughput": {
+            "name": "throughput",
+            "title": "Throughput",
+            "labels": {"bare": "(a) bare", "engine": "(b) engine", "sdk": "(c) sdk"},
+            "headline_concurrency": 64,
+            "headline": {"asyncio": row},
+            "series": {"asyncio": {"bare": [[64, 10_000.0]], "engine": [[64, 7_000.0]]}},
+            "chart": "throughput.png",
+            "table": [row],
+            "goals": [_goal("engine >= 0.9x bare", "0.70x", False)],
+            "notes": ["A note | with a pipe."],
+            "machine": MACHINE,
+        },
+        "decode": {
+            "name": "decode",
+            "decoders": ["poller decode_status", "bare msgspec"],
+            "table": [
+                {
+                    "payload": "reference example",
+                    "bytes": 325,
+                    "poller decode_status (ns)": 731.5,
+                    "bare msgspec (ns)": 695.0,
+                    "engine / bare msgspec": 1.05,
+                }
+            ],
+            "goals": [_goal("decode within 1.2x", "1.05x", True)],
+            "machine": MACHINE,
+            "quick": True,
+        },
+        # Written by someone else, following the protocol: only a table and goals.
+        "efficiency": {
+            "name": "efficiency",
+            "title": "Scheduling efficiency (virtual time)",
+            "table": [
+                {"scenario": "A", "policy": "poller", "mean_lag_s": 1.234, "requests": 12345},
+                {"scenario": "A", "policy": "fixed", "mean_lag_s": 5.0, "requests": 12340},
+            ],
+            "goals": [{"goal": "A: lag 2x lower than fixed", "measured": "4.05x", "met": True}],
+        },
+        # A known name in an unexpected shape falls back to the generic rendering.
+        "memory": {"name": "memory", "table": [{"jobs": 10, "bytes": 1.5}]},
+    }
+
+
+def _write(results_dir: Path, results: dict[str, dict[str, Any]]) -> None:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for name, result in results.items():
+        (results_dir / f"{name}.json").write_text(json.dumps(result))
+
+
+def test_readme_section_is_regenerated_from_every_result(tmp_path: Path) -> None:
+    results_dir = tmp_path / "benchmarks" / "results"
+    _write(results_dir, _results())
+    (results_dir / "throughput.png").write_bytes(b"\x89PNG")  # an existing chart
+    (results_dir / "notes.txt").write_text("not a result")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{BEFORE}{report.START}\nstale, typed by hand\n{report.END}{AFTER}")
+
+    assert report.update_readme(readme, results_dir, draw=False) is True
+    text = readme.read_text()
+    assert text.startswith(BEFORE + report.START) and text.endswith(report.END + AFTER)
+    section = text[text.index(report.START) : text.index(report.END)]
+    assert "stale, typed by hand" not in section
+    # The goal table: every result's goals, met or missed.
+    assert "| throughput | engine >= 0.9x bare | x | 0.70x | **missed** |" in section
+    assert "| decode | decode within 1.2x | x | 1.05x | met |" in section
+    assert "| efficiency | A: lag 2x lower than fixed | – | 4.05x | met |" in section
+    # Specific renderings, in the known order, then the others.
+    order = [section.index(f"### {t}") for t in ("Throughput", "Memory", "Decode")]
+    assert order == sorted(order) and section.index("### Scheduling") > order[-1]
+    assert "![Polls per second against connections](benchmarks/results/throughput.png)" in section
+    assert "| asyncio | 64 | 10,000 | 7,000 | 100 | 0.7 |" in section
+    assert "- A note | with a pipe." in section
+    assert "Quick (smoke) run" in section
+    assert "Test CPU · 2 cores · CPython 3.11.7 · poller 0.1.0, aiohttp 3.14.5" in section
+    # The foreign result: its table, generically.
+    assert "| scenario | policy | mean_lag_s | requests |" in section
+    assert "| A | poller | 1.23 | 12,345 |" in section
+    assert "| jobs | bytes |" in section
+
+    assert report.update_readme(readme, results_dir, draw=False) is False  # idempotent
+    assert report.main(["--results-dir", str(results_dir), "--readme", str(readme), "--check"]) == 0
+    (results_dir / "decode.json").unlink()
+    assert report.main(["--results-dir", str(results_dir), "--readme", str(readme), "--check"]) == 1
+
+
+def test_readme_without_markers_is_refused(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# poller\n")
+    with pytest.raises(report.MarkersMissing):
+        report.update_readme(readme, tmp_path, draw=False)
+
+
+def test_empty_results_say_so() -> None:
+    assert "No results yet" in report.render({})
+
+
+def test_the_project_readme_has_the_markers() -> None:
+    text = (ROOT / "README.md").read_text()
+    assert text.index("## Measured results") < text.index(report.START) < text.index(report.END)
+
+
+def test_benchmarks_are_discovered() -> None:
+    found = discover()
+    assert list(found)[:4] == ["throughput", "memory", "decode", "latency"]
+    assert all(callable(module.run) for module in found.values())
+
+
+def test_decode_benchmark_quick() -> None:
+    result = decode.run(quick=True)
+    assert result["baseline"] == decode.BARE
+    assert [row["payload"] for row in result["table"]] == list(decode.PAYLOADS)
+    for row in result["table"]:
+        assert row[f"{decode.ENGINE} (ns)"] > 0 and row[f"{decode.BARE} (ns)"] > 0
+        # A sanity bound only: the goal itself (1.2x) is judged by make bench.
+        assert 0.5 < row["engine / bare msgspec"] < 5
+    (goal,) = result["goals"]
+    assert goal["met"] == (result["worst_ratio_vs_bare_msgspec"] <= decode.GOAL_RATIO)
+    json.dumps(result)  # JSON-able, as the protocol requires
