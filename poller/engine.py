@@ -17,27 +17,25 @@ so ``expires_at`` and ``observed_at`` compare directly.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import os
 import random
 import time
-import traceback
 import weakref
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from time import monotonic
 from typing import Any, Final, Literal, overload
 
 import anyio
 
-from ._boundary import detached, scrub
+from ._boundary import detached
 from ._callbacks import CallbackHandle, CallbackRunner, EventCallback, TransitionCallback
 from ._core import Job, Scheduler
+from ._driver import Driver, Settle
 from ._ids import validate_job_id
 from ._metrics import Recorder
+from ._waiting import wait_for_jobs
 from .auth import AuthScheme, Credential
 from .backoff import Backoff
 from .errors import (
@@ -47,10 +45,9 @@ from .errors import (
     PollerError,
     RateLimitedError,
     RequestError,
-    TransportError,
     UntrackedError,
 )
-from .events import Event, Stats
+from .events import Stats
 from .models import Job as FullJob
 from .models import JobStatus, Status
 from .ratelimit import AdaptiveBudget, Budget, RateLimit, TokenBucket
@@ -61,7 +58,6 @@ __all__ = ["Poller"]
 
 log = logging.getLogger("poller")
 
-_Settle = Callable[[JobStatus | PollerError], None]
 _CLOSED: Final = "the Poller is closed"
 _CALLBACK_DRAIN_S: Final = 5.0
 
@@ -192,11 +188,9 @@ class Poller:
         self._credentials: weakref.WeakValueDictionary[str, Credential] = (
             weakref.WeakValueDictionary()
         )
-        self._waiters: dict[str, list[_Settle]] = {}
+        self._waiters: dict[str, list[Settle]] = {}
         self._subscriptions: list[Subscription] = []
-        self._idle: deque[asyncio.Future[Job]] = deque()
-        self._wake: asyncio.Future[None] | None = None
-        self._sleep_until = 0.0
+        self._driver: Driver | None = None
         self._stack: AsyncExitStack | None = None
         self._open = False
         self._metrics = Recorder()
@@ -216,9 +210,18 @@ class Poller:
             stack.callback(task_group.cancel_scope.cancel)
             stack.push_async_callback(self._drain_callbacks)
             self._callbacks.start(task_group)
-            task_group.start_soon(self._dispatch, name="poller-dispatcher")
+            self._driver = driver = Driver(
+                core=self._core,
+                transport=self._transport,
+                clock=self._clock,
+                metrics=self._metrics,
+                callbacks=self._callbacks,
+                waiters=self._waiters,
+                subscriptions=self._subscriptions,
+            )
+            task_group.start_soon(driver.dispatch, name="poller-dispatcher")
             for _ in range(self._workers):
-                task_group.start_soon(self._work, name="poller-worker")
+                task_group.start_soon(driver.work, name="poller-worker")
         except BaseException:
             await stack.aclose()
             raise
@@ -235,7 +238,8 @@ class Poller:
     def _finalize(self) -> None:
         """Release everyone still waiting: the engine is gone."""
         self._open = False
-        waiters, self._waiters = self._waiters, {}
+        waiters = dict(self._waiters)
+        self._waiters.clear()  # shared with the driver: emptied in place
         for settles in waiters.values():
             for settle in settles:
                 settle(PollerClosedError(_CLOSED))
@@ -301,8 +305,10 @@ class Poller:
             last_status=last_status,
             last_seq=last_seq,
         )
-        self._deliver()
-        self._poke_if_due_before(self._sleep_until)
+        driver = self._driver
+        assert driver is not None  # set while open
+        driver.deliver()
+        driver.poke_if_due_before(driver.sleep_until)
         return job
 
     def untrack(self, job_id: str) -> bool:
@@ -311,7 +317,9 @@ class Poller:
         job = self._core.untrack(job_id)
         if job is None:
             return False
-        self._settle(job_id, UntrackedError(f"job {job_id!r} was untracked while being waited for"))
+        if self._driver is not None:
+            error = UntrackedError(f"job {job_id!r} was untracked while being waited for")
+            self._driver.settle(job_id, error)
         return True
 
     def status(self, job_id: str) -> Status | None:
@@ -369,46 +377,7 @@ class Poller:
         self, job_ids: list[str], timeout_s: float | None, api_key: str | None
     ) -> dict[str, JobStatus | PollerError]:
         jobs = [self._track(job_id, api_key) for job_id in job_ids]
-        results: dict[str, JobStatus | PollerError] = {}
-        pending: set[str] = set()
-        for job in jobs:
-            if job.done:
-                assert job.final is not None
-                results[job.job_id] = job.final
-            else:
-                pending.add(job.job_id)
-        if not pending:
-            return results
-        done = asyncio.get_running_loop().create_future()
-        closed: list[PollerError] = []
-
-        def settle_one(job_id: str) -> _Settle:
-            def settle(outcome: JobStatus | PollerError) -> None:
-                if isinstance(outcome, PollerClosedError):
-                    closed.append(outcome)
-                results[job_id] = outcome
-                pending.discard(job_id)
-                if not pending and not done.done():
-                    done.set_result(None)
-
-            return settle
-
-        settles = {job_id: settle_one(job_id) for job_id in pending}
-        for job_id, settle in settles.items():
-            self._waiters.setdefault(job_id, []).append(settle)
-        try:
-            with anyio.fail_after(timeout_s):
-                await done
-        finally:
-            for job_id, settle in settles.items():
-                waiting = self._waiters.get(job_id)
-                if waiting is not None and settle in waiting:
-                    waiting.remove(settle)
-                    if not waiting:
-                        del self._waiters[job_id]
-        if closed:
-            raise closed[0]
-        return results
+        return await wait_for_jobs(jobs, self._waiters, timeout_s)
 
     # -- events ------------------------------------------------------------------
 
@@ -578,128 +547,3 @@ class Poller:
     def _weight_for(self, org_id: str | None) -> float:
         limit = self._limit_for(org_id)
         return limit.weight if limit is not None else 1.0
-
-    def _deliver(self) -> None:
-        """Hand the core's new events to waiters, subscribers and callbacks."""
-        core = self._core
-        events = core.take_events()
-        if events:
-            self._metrics.events(events)
-            for event in events:
-                self._callbacks.dispatch(event)
-                self._publish(event)
-        if core.has_finished():
-            for job in core.take_finished():
-                assert job.final is not None
-                self._settle(job.job_id, job.final)
-
-    def _publish(self, event: Event) -> None:
-        for subscription in self._subscriptions:
-            if subscription.wants(event) and not subscription.offer(event):
-                self._metrics.overflows += 1
-                log.warning("a subscriber overflowed; its stream will end with an error")
-
-    def _settle(self, job_id: str, outcome: JobStatus | PollerError) -> None:
-        settles = self._waiters.pop(job_id, None)
-        if settles:
-            for settle in settles:
-                settle(outcome)
-
-    def _poke_if_due_before(self, deadline: float) -> None:
-        wake = self._wake
-        if wake is None or wake.done():
-            return
-        next_at = self._core.next_wakeup(self._clock())
-        if next_at is not None and next_at < deadline:
-            wake.set_result(None)
-
-    async def _work(self) -> None:
-        core, clock = self._core, self._clock
-        transport = self._transport
-        assert transport is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            job = core.next_due(clock())
-            if job is None:
-                parked: asyncio.Future[Job] = loop.create_future()
-                self._idle.append(parked)
-                if self._sleep_until == float("inf"):
-                    self._poke()  # the dispatcher was waiting for an idle worker
-                else:  # jobs filed while no worker was idle may be due before its timer
-                    self._poke_if_due_before(self._sleep_until)
-                job = await parked
-            sent_at = monotonic()
-            error: RequestError | None = None
-            try:
-                payload = await transport.get_status(job.job_id, job.credential)
-            except RequestError as exc:
-                error = detached(exc)
-            except Exception as exc:  # a transport bug must not take the engine down
-                _log_unexpected(exc, job)
-                error = TransportError(f"unexpected {type(exc).__name__}", job_id=job.job_id)
-            self._metrics.request(job.bucket.org_id, monotonic() - sent_at, error)
-            try:
-                if error is None:
-                    core.on_success(job, payload, clock())
-                else:
-                    core.on_failure(job, error, clock())
-            except Exception as exc:  # a bug must cost this job, never the engine
-                log.exception("recording the outcome for job %s failed", job.job_id)
-                cause = PollerError(f"internal error recording an outcome: {type(exc).__name__}")
-                core.abandon(job, cause, clock())
-            if core.new_events or core.new_finished:
-                self._deliver()
-            if self._idle:  # only idle workers need the dispatcher to know
-                self._poke_if_due_before(self._sleep_until)
-
-    def _poke(self) -> None:
-        wake = self._wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
-
-    async def _dispatch(self) -> None:
-        loop = asyncio.get_running_loop()
-        core, clock, idle = self._core, self._clock, self._idle
-        while True:
-            now = clock()
-            while idle:
-                parked = idle[0]
-                if parked.done():  # its worker was cancelled
-                    idle.popleft()
-                    continue
-                job = core.next_due(now)
-                if job is None:
-                    break
-                idle.popleft().set_result(job)
-            self._deliver()  # housekeeping in next_due may have produced events
-            next_at = core.next_wakeup(now) if idle else None
-            # With no idle worker, busy workers serve due jobs themselves; the dispatcher
-            # waits to be poked when one parks.
-            self._sleep_until = next_at if next_at is not None else float("inf")
-            self._wake = wake = loop.create_future()
-            timer = None
-            if next_at is not None:
-                timer = loop.call_later(max(0.0, next_at - now), _resolve, wake)
-            try:
-                await wake
-            finally:
-                if timer is not None:
-                    timer.cancel()
-                self._wake = None
-
-
-def _log_unexpected(exc: Exception, job: Job) -> None:
-    """Log what a transport raised outside its contract, scrubbed of the job's secrets
-    (a custom transport's message may quote its URL or headers)."""
-    text = "".join(traceback.format_exception(exc))
-    log.error(
-        "transport raised an unexpected %s for job %s:\n%s",
-        type(exc).__name__,
-        job.job_id,
-        scrub(text, job.credential.secrets()),
-    )
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

@@ -275,7 +275,7 @@ async def test_the_engine_under_steady_churn_keeps_tasks_timers_and_heaps_flat()
                     len(core),
                     _heap_entries(core),
                     len(poller._waiters),
-                    len(poller._idle),
+                    len(poller._driver.idle if poller._driver else ()),
                 )
             )
             await anyio.sleep(0.01)
