@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from poller.auth import Credential
 from poller.errors import JobNotFoundError, PollerClosedError, RequestError
@@ -174,14 +175,29 @@ class MemoryTransport:
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
+@dataclass(frozen=True)
+class Seen:
+    """One request a local server received."""
+
+    raw_path: str
+    query: dict[str, str]
+    headers: CIMultiDict[str]
+    port: int
+
+
 class LocalServer:
-    """A tiny aiohttp server on 127.0.0.1 (port 0) recording the raw path of every request."""
+    """A tiny aiohttp server on 127.0.0.1 (port 0) recording every request it gets."""
 
     def __init__(self, handler: Handler, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self._handler = handler
         self._ssl = ssl_context
         self._runner: web.ServerRunner | None = None
-        self.paths: list[str] = []
+        self.requests: list[Seen] = []
+
+    @property
+    def paths(self) -> list[str]:
+        """The raw path of every request, in order."""
+        return [seen.raw_path for seen in self.requests]
 
     async def __aenter__(self) -> LocalServer:
         runner = web.ServerRunner(web.Server(self._handle, access_log=None), shutdown_timeout=1.0)
@@ -205,7 +221,15 @@ class LocalServer:
         return f"{scheme}://127.0.0.1:{self._runner.addresses[0][1]}"
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        self.paths.append(request.raw_path)
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.requests.append(
+            Seen(
+                raw_path=request.raw_path,
+                query=dict(request.query),
+                headers=CIMultiDict(request.headers),
+                port=peer[1] if peer else -1,
+            )
+        )
         return await self._handler(request)
 
 

@@ -14,8 +14,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -23,8 +22,8 @@ from urllib.parse import quote
 import anyio
 import orjson
 import pytest
+from _helpers import Handler, LocalServer
 from aiohttp import web
-from multidict import CIMultiDict
 
 from poller.auth import AuthScheme, Credential
 from poller.errors import (
@@ -90,61 +89,6 @@ def path_job_id(request: web.BaseRequest) -> str:
 
 
 # -- local servers -----------------------------------------------------------------------
-
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-
-
-@dataclass(frozen=True)
-class Seen:
-    """One request a local server received."""
-
-    raw_path: str
-    query: dict[str, str]
-    headers: CIMultiDict[str]
-    port: int
-
-
-class LocalServer:
-    """A tiny aiohttp server on 127.0.0.1 (port 0) that records every request it gets."""
-
-    def __init__(self, handler: Handler, *, ssl_context: ssl.SSLContext | None = None) -> None:
-        self._handler = handler
-        self._ssl = ssl_context
-        self._runner: web.ServerRunner | None = None
-        self.requests: list[Seen] = []
-
-    async def __aenter__(self) -> LocalServer:
-        runner = web.ServerRunner(web.Server(self._handle, access_log=None), shutdown_timeout=1.0)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self._ssl).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    @property
-    def base_url(self) -> str:
-        assert self._runner is not None
-        scheme = "https" if self._ssl is not None else "http"
-        return f"{scheme}://127.0.0.1:{self._runner.addresses[0][1]}"
-
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        self.requests.append(
-            Seen(
-                raw_path=request.raw_path,
-                query=dict(request.query),
-                headers=CIMultiDict(request.headers),
-                port=peer[1] if peer else -1,
-            )
-        )
-        return await self._handler(request)
 
 
 def answer(
