@@ -243,7 +243,11 @@ class FairQueue:
                 # The budget is the limit: order due jobs by the lag they piled up. While it
                 # is not, every due job goes at once, and earliest due first is as good.
                 bucket.climb(now, self._crossing)
-            due = bucket.next_due()
+            levels0 = bucket.levels[0]  # next_due(), for the common case, inlined
+            if not bucket._high and levels0 and levels0[0][1].phase == _SCHEDULED:
+                due: float | None = levels0[0][0]
+            else:
+                due = bucket.next_due()
             if due is None or due > now:
                 self._leave_fair(bucket, due)
                 continue
@@ -256,11 +260,14 @@ class FairQueue:
                 continue
             if self._global is not None:
                 self._global.try_acquire(now)
-            job = bucket.pop_best(now)
-            assert job is not None
+            if bucket._high:
+                popped = bucket.pop_best(now)
+                assert popped is not None
+                job = popped
+            else:  # pop_best(), for the common case: the live top of level 0 is due
+                job = heapq.heappop(levels0)[1]
             self._vclock = vtime
             bucket.vtime = vtime + 1.0 / bucket.weight
-            levels0 = bucket.levels[0]  # next_due(), for the common case, inlined
             if not bucket._high and levels0 and levels0[0][1].phase == _SCHEDULED:
                 following: float | None = levels0[0][0]
             else:
