@@ -13,8 +13,8 @@ import math
 import ssl
 import time
 import warnings
-from collections.abc import Callable
-from typing import Final, Protocol, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Final, NoReturn, Protocol, TypeVar
 from urllib.parse import urlencode
 
 import aiohttp
@@ -25,7 +25,7 @@ from ._decode import decode_job, decode_status, excerpt
 from ._ids import MAX_JOB_ID_LENGTH, fast_valid, validate_job_id
 from ._version import __version__
 from .auth import Credential, is_loopback, resolve_base_url
-from .errors import ConfigError, DecodeError, PollerClosedError, RequestError
+from .errors import ConfigError, DecodeError, InvalidJobIdError, PollerClosedError, RequestError
 from .models import Job, JobStatus
 
 __all__ = ["AiohttpTransport", "Transport"]
@@ -38,12 +38,18 @@ MAX_JOB_BODY_BYTES: Final = 256 << 20
 MAX_ERROR_BODY_BYTES: Final = 64 << 10
 _ENCODING: Final = "Content-Encoding"
 
+S = TypeVar("S", JobStatus, Job)
+Decode = Callable[[bytes, str, "str | None"], S]
+"""A decoder of response bodies: (body, job ID, request ID) -> payload."""
+
 
 class Transport(Protocol):
     """Fetches jobs. Implementations raise only :class:`poller.errors.RequestError` subclasses."""
 
-    async def get_status(self, job_id: str, credential: Credential) -> JobStatus:
-        """``GET /v1/jobs/{job_id}/status``."""
+    def get_status(self, job_id: str, credential: Credential) -> Awaitable[JobStatus]:
+        """``GET /v1/jobs/{job_id}/status``. An ``async def`` implements this (it is
+        declared as returning an awaitable so that an implementation may hand back the
+        coroutine that does the work instead of wrapping it in one more)."""
         ...
 
     async def get_job(
@@ -182,32 +188,31 @@ class AiohttpTransport:
         path = f"{self._jobs_prefix}{segment}{suffix}"
         return URL(f"{path}?{query}" if query else path, encoded=True)
 
-    async def _get(
-        self, url: URL, job_id: str, credential: Credential, limit: int
-    ) -> tuple[bytes, str | None]:
-        """The body of a 200 response and its request ID; raises for anything else."""
+    async def _fetch(
+        self, url: URL, job_id: str, credential: Credential, limit: int, decode: Decode[S]
+    ) -> S:
+        """GET ``url`` and decode the body of its 200 response; raises for anything else."""
         try:
-            async with self._session.get(
+            # Awaited, not entered with ``async with``: the context manager's __aenter__
+            # is one more coroutine frame that every resumption of this request passes
+            # through. ``release()`` in ``finally`` is what its __aexit__ does (returning a
+            # connection whose body was not read to the end closes it).
+            resp = await self._session.get(
                 url, headers=credential._wire_headers, allow_redirects=False
-            ) as resp:
+            )
+            try:
                 headers = resp.headers
                 request_id = headers.get("x-request-id")
-                if resp.status == 200:
-                    length = resp.content_length
-                    if length is not None and length <= limit and _ENCODING not in headers:
-                        return await resp.read(), request_id  # the common case, inlined
-                    return await _read_limited(resp, limit, job_id, request_id), request_id
-                # An error page only feeds a message: read its start, whatever its size,
-                # so that a large 429 page still yields its Retry-After.
-                body = await resp.content.read(MAX_ERROR_BODY_BYTES)
-                raise error_for_status(
-                    resp.status,
-                    headers,
-                    body,
-                    job_id=job_id,
-                    now=self._clock(),
-                    secrets=credential.secrets(),
-                )
+                length = resp.content_length
+                if resp.status == 200 and length is not None and length <= limit:
+                    if _ENCODING not in headers:  # the common case, inlined
+                        body = await resp.read()
+                    else:
+                        body = await _read_limited(resp, limit, job_id, request_id)
+                else:
+                    body = await self._other_body(resp, job_id, credential, limit, request_id)
+            finally:
+                resp.release()
         except RequestError:
             raise
         except Exception as exc:  # the one place aiohttp and OS errors are translated
@@ -216,25 +221,57 @@ class AiohttpTransport:
             error = client_error(exc, job_id, credential.secrets())
             if error is None:
                 raise
+        else:
+            try:
+                decoded = decode(body, job_id, request_id)
+                if decoded.id != job_id:  # the hot path: checked inline
+                    _check_id(decoded, job_id, body, request_id)
+            except DecodeError as exc:
+                raise _scrubbed(exc, credential) from exc.__cause__
+            return decoded
         raise_mapped(error)  # outside the handler, so the original is no implicit context
 
-    async def get_status(self, job_id: str, credential: Credential) -> JobStatus:
-        """Fetch a job's lifecycle payload. Raises :class:`poller.errors.RequestError`."""
+    async def _other_body(
+        self,
+        resp: aiohttp.ClientResponse,
+        job_id: str,
+        credential: Credential,
+        limit: int,
+        request_id: str | None,
+    ) -> bytes:
+        """The body of a 200 response of unknown length; raises for any other status."""
+        if resp.status == 200:
+            return await _read_limited(resp, limit, job_id, request_id)
+        # An error page only feeds a message: read its start, whatever its size, so that
+        # a large 429 page still yields its Retry-After.
+        body = await resp.content.read(MAX_ERROR_BODY_BYTES)
+        raise error_for_status(
+            resp.status,
+            resp.headers,
+            body,
+            job_id=job_id,
+            now=self._clock(),
+            secrets=credential.secrets(),
+        )
+
+    def get_status(self, job_id: str, credential: Credential) -> Awaitable[JobStatus]:
+        """Fetch a job's lifecycle payload. Raises :class:`poller.errors.RequestError`.
+
+        A plain method returning the request's coroutine, so that awaiting it costs no
+        coroutine frame of its own: every resumption of an ``await`` passes through each
+        frame of the chain, and this one runs on every poll. Errors are raised when the
+        result is awaited, as from a coroutine function."""
         # What _url does, inlined for the hot path (one call less on every poll).
         if fast_valid(job_id) is None or job_id in (".", "..") or len(job_id) > MAX_JOB_ID_LENGTH:
-            validate_job_id(job_id)  # raises, saying why
+            try:
+                validate_job_id(job_id)  # raises, saying why
+            except InvalidJobIdError as exc:
+                return _raise(exc)
         segment = job_id.replace(":", "%3A") if ":" in job_id else job_id
         query = credential._wire_query
         path = f"{self._jobs_prefix}{segment}/status"
         url = URL(f"{path}?{query}" if query else path, encoded=True)
-        body, request_id = await self._get(url, job_id, credential, MAX_STATUS_BODY_BYTES)
-        try:
-            payload = decode_status(body, job_id, request_id)
-            if payload.id != job_id:  # the hot path: checked inline
-                _check_id(payload, job_id, body, request_id)
-        except DecodeError as exc:
-            raise _scrubbed(exc, credential) from exc.__cause__
-        return payload
+        return self._fetch(url, job_id, credential, MAX_STATUS_BODY_BYTES, decode_status)
 
     async def get_job(
         self,
@@ -252,11 +289,7 @@ class AiohttpTransport:
             }
         )
         url = self._url(job_id, "", credential, flags)
-        body, request_id = await self._get(url, job_id, credential, MAX_JOB_BODY_BYTES)
-        try:
-            return _check_id(decode_job(body, job_id, request_id), job_id, body, request_id)
-        except DecodeError as exc:
-            raise _scrubbed(exc, credential) from exc.__cause__
+        return await self._fetch(url, job_id, credential, MAX_JOB_BODY_BYTES, decode_job)
 
     async def aclose(self) -> None:
         """Close the session and every pooled connection. Idempotent."""
@@ -278,12 +311,6 @@ async def _read_limited(
 ) -> bytes:
     """The whole body, refusing (without buffering it all) one larger than ``limit`` bytes
     once decompressed."""
-    if (
-        resp.content_length is not None
-        and resp.content_length <= limit
-        and "Content-Encoding" not in resp.headers
-    ):
-        return await resp.read()
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_any():
@@ -309,7 +336,8 @@ def _scrubbed(exc: DecodeError, credential: Credential) -> DecodeError:
     return exc
 
 
-S = TypeVar("S", JobStatus, Job)
+async def _raise(exc: BaseException) -> NoReturn:
+    raise exc
 
 
 def _check_id(decoded: S, job_id: str, body: bytes, request_id: str | None) -> S:
