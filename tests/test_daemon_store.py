@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from poller import JobNotFoundError, JobStatus, Status, TrackingFailure, Transition
@@ -213,3 +214,32 @@ def test_history_positions_and_pruning(store: Store, clock: Clock) -> None:
         store.delivered(sink, [p.rowid for p in store.pending(sink, after=0, limit=10)])
     assert store.prune(older_than_s=50) == 1
     assert [e.id for e in store.history(after=0, limit=10)] == ["job_a:2"]
+
+
+@pytest.mark.anyio
+async def test_a_removed_sinks_backlog_moves_to_the_dead_letter_file(tmp_path: Path) -> None:
+    from poller.daemon.run import _retire_orphans
+
+    path = str(tmp_path / "s.db")
+    before = Store(path, sinks=["jsonl", "webhook:gone"])
+    before.add_jobs(["job_a"], credential=None, metadata=None)
+    before.commit(
+        [transition("job_a", 1, None, "queued"), transition("job_a", 2, "queued", "completed")]
+    )
+    before.close()
+
+    after = Store(path, sinks=["jsonl"])  # the webhook was taken out of the settings
+    assert after.orphans() == {"webhook:gone": 2}
+    dead = tmp_path / "dead.jsonl"
+    await _retire_orphans(after, str(dead))
+    assert after.orphans() == {}
+    assert after.backlog() == {"jsonl": 2}  # the configured sink keeps its own
+    lines = [msgspec.json.decode(line) for line in dead.read_bytes().splitlines()]
+    assert [(d["sink"], d["event_id"], d["reason"]) for d in lines] == [
+        ("webhook:gone", "job_a:1", "sink no longer configured"),
+        ("webhook:gone", "job_a:2", "sink no longer configured"),
+    ]
+    assert lines[1]["event"]["current"] == "completed"
+    await _retire_orphans(after, str(dead))  # nothing left: the file is not touched
+    assert len(dead.read_bytes().splitlines()) == 2
+    after.close()

@@ -48,6 +48,7 @@ _PRUNE_EVERY_S: Final = 60.0
 _TERMINAL_RETENTION_S: Final = 60.0
 _RESTART_MIN_S: Final = 1.0
 _RESTART_MAX_S: Final = 30.0
+_ORPHAN_BATCH: Final = 1000
 
 
 def _engine(settings: Settings, transport: Transport | None) -> Poller:
@@ -110,6 +111,11 @@ async def serve(
         return 1
     try:
         try:
+            await _retire_orphans(store, settings.dead_letter_path)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("cannot move the backlog of removed sinks to the dead-letter file: %s", exc)
+            return 1
+        try:
             daemon = _Daemon(settings, store, sinks, stop, on_ready, transport)
         except ConfigError as exc:  # a setting the engine refuses
             log.error("configuration error: %s", exc)
@@ -120,6 +126,31 @@ async def serve(
             dead_letters.close()
         with anyio.CancelScope(shield=True):  # even when stopped at once: checkpoint the WAL
             await store.call(store.close)
+
+
+async def _retire_orphans(store: Store, path: str) -> None:
+    """Move the undelivered events of sinks no longer configured (a webhook removed from
+    the settings) to the dead-letter file, so that they are kept somewhere a person can
+    find them, and neither count as backlog nor keep old events from being pruned."""
+    orphans = await store.call(store.orphans)
+    if not orphans:
+        return
+    dead_letters = DeadLetters(path)
+    try:
+        for sink, count in orphans.items():
+            while rows := await store.call(store.pending, sink, after=0, limit=_ORPHAN_BATCH):
+                for row in rows:
+                    await dead_letters.write(sink, row, row.attempts, "sink no longer configured")
+                await store.call(store.delivered, sink, [row.rowid for row in rows])
+            log.warning(
+                "sink %s is no longer configured: its %d undelivered event(s) were moved to "
+                "the dead-letter file %s",
+                sink,
+                count,
+                path,
+            )
+    finally:
+        dead_letters.close()
 
 
 class _Daemon:

@@ -347,6 +347,11 @@ class Store:
                 (attempts, sink, rowid),
             )
 
+    def orphans(self) -> dict[str, int]:
+        """Undelivered events of sinks that are no longer configured, by sink."""
+        rows = self._db.execute("SELECT sink, count(*) FROM deliveries GROUP BY sink")
+        return {sink: n for sink, n in rows if sink not in self.sinks}
+
     def backlog(self) -> dict[str, int]:
         """Undelivered events by sink (configured sinks included at zero)."""
         backlog = dict.fromkeys(self.sinks, 0)
