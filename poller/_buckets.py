@@ -57,9 +57,11 @@ class Bucket:
     __slots__ = (
         "_high",
         "budget",
+        "emptied_at",
         "in_fair",
         "key",
         "levels",
+        "members",
         "org_id",
         "refused_at",
         "stale",
@@ -80,6 +82,8 @@ class Bucket:
         self.vtime = 0.0
         self.waiting_at: float | None = None
         self.in_fair = False
+        self.members = 0  # jobs in the scheduler's table that belong here
+        self.emptied_at: float | None = None  # when members was first seen at 0
 
     def __repr__(self) -> str:
         return f"<Bucket {self.key} jobs={len(self)}>"

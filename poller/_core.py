@@ -56,6 +56,11 @@ _NEW_JOB_WEIGHT: Final = 3.0
 # A refused key (401/403) fails new jobs at once for this long; then it is tried again,
 # since permissions can be granted and keys re-enabled while a daemon runs.
 _REFUSAL_S: Final = 300.0
+# An organisation with no job in the table for this long is forgotten: its queue and
+# budget (a rate learned from 429s starts over if it comes back). A worker serving
+# many organisations over weeks must not keep them all.
+ORG_IDLE_S: Final = 3600.0
+_SWEEP_S: Final = 300.0  # how often refusals and idle organisations are looked at
 PENDING: Final = "pending"
 """``by_status`` key of jobs not seen yet."""
 ERROR: Final = "error"
@@ -168,7 +173,7 @@ class Scheduler:
         self._refused: dict[Credential, tuple[PollerError, float]] = {}
         self._users: dict[Credential, int] = {}  # jobs in the table, per credential
         self._retired: deque[tuple[float, Job]] = deque()
-        self._refusals_swept_at = 0.0
+        self._next_sweep = 0.0
         # Drained by take_events / take_finished; the driver may test them for emptiness.
         self.new_events: list[Event] = []
         self.new_finished: list[Job] = []
@@ -251,6 +256,7 @@ class Scheduler:
         if job is not None:
             return job
         job = Job(job_id, credential, self._bucket_for(credential, None))
+        job.bucket.members += 1
         job.status, job.seq = last_status, last_seq
         self._jobs[job_id] = job
         self._users[credential] = self._users.get(credential, 0) + 1
@@ -276,6 +282,7 @@ class Scheduler:
         if job is None:
             return None
         self._count(self._count_key(job), -1)
+        job.bucket.members -= 1
         self._release(job.credential)
         was_scheduled = job.phase == _SCHEDULED
         job.phase = _REMOVED
@@ -289,7 +296,7 @@ class Scheduler:
         """The next job to poll now, with its budget already charged; None if nothing is
         due (or every due job's budget is spent). The job is in flight until its outcome
         is reported."""
-        if (self._retired and self._retired[0][0] <= now) or self._refused:
+        if (self._retired and self._retired[0][0] <= now) or now >= self._next_sweep:
             self._retire(now)
         job = self._queue.take(now)
         if job is not None:
@@ -496,15 +503,22 @@ class Scheduler:
         self._key_orgs.setdefault(job.credential, org_id)
         org_bucket = self._bucket_for(job.credential, org_id)
         org_bucket.budget.try_acquire(now)  # the probe was a request of this organisation
-        job.bucket = org_bucket
+        self._move(job, org_bucket)
         if self._buckets.get(key_bucket.key) is key_bucket:
             del self._buckets[key_bucket.key]
             for due, waiting in key_bucket.drain():
-                waiting.bucket = org_bucket
+                self._move(waiting, org_bucket)
                 self._queue.push(org_bucket, waiting, due)
         # Jobs of the key still in flight point at the old bucket; it lends them the
         # organisation's budget until they land and move.
         key_bucket.budget = org_bucket.budget
+
+    @staticmethod
+    def _move(job: Job, bucket: Bucket) -> None:
+        if job.phase != _REMOVED:  # an untracked job in flight is no member any more
+            job.bucket.members -= 1
+            bucket.members += 1
+        job.bucket = bucket
 
     def _finish(self, job: Job, final: JobStatus | PollerError, now: float) -> None:
         job.phase = _DONE
@@ -539,11 +553,23 @@ class Scheduler:
             _, job = retired.popleft()
             if self._jobs.get(job.job_id) is job:
                 self.untrack(job.job_id)
-        if self._refused and now >= self._refusals_swept_at + _REFUSAL_S:
-            self._refusals_swept_at = now
+        if now >= self._next_sweep:
+            self._next_sweep = now + _SWEEP_S
             for credential, (_, until) in list(self._refused.items()):
                 if now >= until:
                     del self._refused[credential]
+            self._forget_idle_orgs(now)
+
+    def _forget_idle_orgs(self, now: float) -> None:
+        """Drop the bucket of every organisation that had no job in the table for
+        ``ORG_IDLE_S`` (seen empty at one sweep, then at least that long later)."""
+        for key, bucket in list(self._buckets.items()):
+            if bucket.org_id is None or bucket.members:
+                bucket.emptied_at = None
+            elif bucket.emptied_at is None:
+                bucket.emptied_at = now
+            elif now - bucket.emptied_at >= ORG_IDLE_S:
+                del self._buckets[key]
 
     def _release(self, credential: Credential) -> None:
         """A job left the table: once a key has none left, forget what was kept for it

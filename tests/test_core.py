@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from poller._core import PENDING, Job, Scheduler
+from poller._core import ORG_IDLE_S, PENDING, Job, Scheduler
 from poller.auth import Credential
 from poller.backoff import Backoff
 from poller.errors import (
@@ -171,6 +171,46 @@ def test_finished_jobs_are_forgotten_after_retention() -> None:
     core.next_due(T0 + 60.0)
     assert "job_1" not in core
     assert core.counts() == {}
+
+
+def test_an_organisation_without_jobs_for_an_hour_is_forgotten() -> None:
+    core = make(retention_s=60.0, budget_for=lambda org: AdaptiveBudget(RateLimit(per_s=5.0)))
+    core.track("job_1", KEY, T0)
+    job = core.next_due(T0)
+    assert job is not None
+    core.on_success(job, payload("job_1", Status.IN_PROGRESS), T0)
+    assert core.org_rate("org_a") == pytest.approx(5.0 * 0.98)
+    # While it has a job, however long, it is kept.
+    for now in range(int(T0), int(T0 + 2 * ORG_IDLE_S), 600):
+        core.next_due(float(now))
+    assert core.org_rate("org_a") is not None
+    core.untrack("job_1")
+    later = T0 + 2 * ORG_IDLE_S
+    core.next_due(later)  # seen empty
+    core.next_due(later + ORG_IDLE_S - 1)
+    assert core.org_rate("org_a") is not None, "not idle long enough"
+    core.next_due(later + ORG_IDLE_S + 301)  # the next sweep after an hour
+    assert core.org_rate("org_a") is None
+    # It comes back as new (the key too was forgotten with its last job): probed, then
+    # one bucket again, with its configured budget.
+    back = later + 2 * ORG_IDLE_S
+    core.track("job_2", KEY, back)
+    job = core.next_due(back)
+    assert job is not None and job.bucket.org_id is None
+    core.on_success(job, payload("job_2", Status.IN_PROGRESS), back)
+    assert job.bucket.org_id == "org_a" and job.bucket.members == 1
+    assert core.org_rate("org_a") == pytest.approx(5.0 * 0.98)
+
+
+def test_an_organisation_is_kept_while_a_finished_job_is_retained() -> None:
+    core = make(retention_s=2 * ORG_IDLE_S)
+    core.track("job_1", KEY, T0)
+    job = core.next_due(T0)
+    assert job is not None
+    core.on_success(job, payload("job_1", Status.COMPLETED), T0)
+    for step in range(1, 8):
+        core.next_due(T0 + step * 600.0)
+    assert "job_1" in core and "org:org_a" in core._buckets
 
 
 def test_untracked_job_is_never_polled_again_even_if_in_flight() -> None:

@@ -331,6 +331,13 @@ class Harness:
         assert sum(core.counts().values()) == len(core)
         buckets: dict[int, Bucket] = {id(b): b for b in core._buckets.values()}
         buckets.update({id(j.bucket): j.bucket for j in core.jobs()})
+        members: dict[int, int] = defaultdict(int)
+        for job in core.jobs():
+            members[id(job.bucket)] += 1
+        for bucket in buckets.values():
+            assert bucket.members == members[id(bucket)], f"{bucket} counts its jobs exactly"
+        orgs = [b.org_id for b in buckets.values() if b.org_id is not None and b.members]
+        assert len(orgs) == len(set(orgs)), "an organisation's jobs share one bucket"
         entries: dict[int, int] = defaultdict(int)
         for bucket in buckets.values():
             live = 0
