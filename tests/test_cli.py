@@ -6,12 +6,15 @@ import io
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
 from poller import JobNotFoundError, Status, TrackingFailure, Transition, __version__
 from poller.cli import main
+from poller.daemon.config import Settings, engine_options, load_settings
+from poller.daemon.options import Secret
 from poller.daemon.watch import Outcome, Tally, watch
 from poller.daemon.watch_view import JsonView, PlainView, RichView, make_view
 from poller.models import JobError, JobStatus
@@ -149,6 +152,10 @@ def test_tally_all_completed_exits_0_and_timeouts_exit_1() -> None:
     assert waiting.exit_status == 1
 
 
+def _settings(retab_sim: SimServer, **more: Any) -> Settings:
+    return Settings(api_key=Secret(KEY), base_url=retab_sim.base_url, poll_interval_s=0.05, **more)
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     ("scripts", "missing", "expected"),
@@ -166,9 +173,7 @@ async def test_watch_exit_status(
     if missing:
         job_ids.append("job_not_there")
     out = io.StringIO()
-    status = await watch(
-        job_ids, JsonView(out), api_key=KEY, base_url=retab_sim.base_url, poll_interval_s=0.05
-    )
+    status = await watch(job_ids, JsonView(out), settings=_settings(retab_sim))
     assert status == expected
     printed = [msgspec.json.decode(line) for line in out.getvalue().splitlines()]
     assert sorted(p["job_id"] for p in printed) == sorted(job_ids)
@@ -183,9 +188,7 @@ async def test_watch_timeout(retab_sim: SimServer) -> None:
     job = retab_sim.sim.add_job(org_id="org_test", script=[Change("queued", 0.0)])
     out, err = io.StringIO(), io.StringIO()
     view = PlainView(out, err)
-    status = await watch(
-        [job], view, api_key=KEY, base_url=retab_sim.base_url, poll_interval_s=0.05, timeout_s=0.5
-    )
+    status = await watch([job], view, settings=_settings(retab_sim), timeout_s=0.5)
     assert status == 1
     assert out.getvalue().startswith(f"{job}  timed_out")
     assert err.getvalue().splitlines()[-1] == "1/1 finished: timed_out 1"
@@ -198,9 +201,7 @@ async def test_rich_view_shows_bar_counts_and_lines(retab_sim: SimServer) -> Non
     job_ids = [retab_sim.sim.add_job(org_id="org_test", script=s) for s in (DONE, FAIL)]
     screen = io.StringIO()
     console = Console(file=screen, force_terminal=True, width=120, color_system=None)
-    status = await watch(
-        job_ids, RichView(console), api_key=KEY, base_url=retab_sim.base_url, poll_interval_s=0.05
-    )
+    status = await watch(job_ids, RichView(console), settings=_settings(retab_sim))
     assert status == 1
     text = screen.getvalue()
     assert f"{job_ids[0]}  completed" in text
@@ -216,6 +217,37 @@ def test_view_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(make_view(json_lines=False), RichView)
     monkeypatch.setitem(sys.modules, "rich.progress", None)  # rich not installed
     assert isinstance(make_view(json_lines=False), PlainView)
+
+
+@pytest.mark.anyio
+async def test_watch_takes_its_key_and_engine_settings_from_the_config_file(
+    retab_sim: SimServer, tmp_path: Path
+) -> None:
+    config = tmp_path / "poller.toml"
+    config.write_text(
+        f'api_key = "{KEY}"\nauth_scheme = "bearer"\nbase_url = "{retab_sim.base_url}"\n'
+        "poll_interval_s = 0.05\nrate_limit_per_s = 40\nmax_connections = 4\n"
+    )
+    settings = load_settings({}, {}, str(config))  # no RETAB_API_KEY: the file's key
+    options = engine_options(settings)
+    assert options["auth_scheme"] == "bearer" and options["max_connections"] == 4
+    assert options["rate_limit"].per_s == 40 and options["api_key"] == KEY
+    job = retab_sim.sim.add_job(org_id="org_test", script=DONE)
+    out = io.StringIO()
+    assert await watch([job], JsonView(out), settings=settings) == 0
+    assert msgspec.json.decode(out.getvalue())["status"] == "completed"
+
+
+def test_watch_command_reads_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("RETAB_API_KEY", raising=False)
+    config = tmp_path / "poller.toml"
+    config.write_text('api_key = "rt_test_from_file"\npoll_interval_s = -1\n')
+    assert main(["watch", "--config", str(config), "job_a"]) == 2
+    err = capsys.readouterr().err
+    assert "poll_interval_s: must be a finite number > 0" in err and "poller.toml" in err
+    assert "rt_test_from_file" not in err
 
 
 def test_watch_sim_command(capsys: pytest.CaptureFixture[str]) -> None:

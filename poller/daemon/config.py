@@ -26,6 +26,7 @@ import msgspec
 from ..auth import Credential, is_loopback, resolve_base_url
 from ..backoff import Backoff
 from ..errors import ConfigError
+from ..ratelimit import RateLimit
 from .options import BY_NAME, OPTIONS, Secret, text
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "Settings",
     "backoff_for",
     "check_files",
+    "engine_options",
     "is_loopback",
     "load_settings",
 ]
@@ -92,6 +94,8 @@ def load_settings(
     flags: Mapping[str, object | None],
     environ: Mapping[str, str],
     config_path: str | None = None,
+    *,
+    require_key: bool = True,
 ) -> Settings:
     """Merge flags > environment > TOML file > defaults, and check the result.
 
@@ -99,6 +103,8 @@ def load_settings(
         flags: values given on the command line by setting name (None: not given).
         environ: the environment.
         config_path: the TOML file; None reads ``POLLER_CONFIG``, else no file.
+        require_key: an API key (default or named) must be set (the caller checks
+            itself when it may do without, as ``poller watch --sim`` does).
 
     Raises:
         ConfigError: a bad value, an unknown key in the file, or settings that do not fit
@@ -123,7 +129,7 @@ def load_settings(
             break
     values["credentials"] = _credentials(file_values.get("credentials"), environ, path)
     settings = Settings(**values)
-    _check(settings)
+    _check(settings, require_key)
     return settings
 
 
@@ -166,9 +172,9 @@ def _credentials(table: object, environ: Mapping[str, str], path: str | None) ->
     return credentials
 
 
-def _check(settings: Settings) -> None:
+def _check(settings: Settings, require_key: bool = True) -> None:
     """Rules that involve more than one setting."""
-    if settings.api_key is None and not settings.credentials:
+    if require_key and settings.api_key is None and not settings.credentials:
         raise ConfigError(
             "api_key: no API key: set RETAB_API_KEY, api_key in the config file, "
             "or named [credentials]"
@@ -207,6 +213,21 @@ def _check(settings: Settings) -> None:
         raise ConfigError("poll_interval_s: must not exceed max_interval_s")
     if settings.jsonl is not None and settings.jsonl != "-" and settings.jsonl == settings.db:
         raise ConfigError("jsonl: must not be the database file")
+
+
+def engine_options(settings: Settings) -> dict[str, Any]:
+    """The :class:`~poller.Poller` arguments these settings give (connection, budget and
+    polling settings; ``poller run`` and ``poller watch`` alike)."""
+    rate = settings.rate_limit_per_s
+    return {
+        "api_key": settings.api_key.reveal() if settings.api_key is not None else None,
+        "base_url": settings.base_url,
+        "auth_scheme": settings.auth_scheme,
+        "max_connections": settings.max_connections,
+        "request_timeout_s": settings.request_timeout_s,
+        "rate_limit": RateLimit(rate) if rate is not None else None,
+        "backoff": backoff_for(settings.poll_interval_s, settings.max_interval_s),
+    }
 
 
 def backoff_for(poll_interval_s: float | None, max_interval_s: float = 30.0) -> Backoff:

@@ -28,10 +28,9 @@ import anyio
 
 from ..engine import Poller
 from ..errors import ConfigError
-from ..ratelimit import RateLimit
 from ..transport import Transport
 from .api import ControlServer, build_app
-from .config import Settings, backoff_for
+from .config import Settings, engine_options
 from .intake import Intake
 from .metrics import SinkCounters, render
 from .outbox import Changes, Outbox
@@ -52,15 +51,8 @@ _ORPHAN_BATCH: Final = 1000
 
 
 def _engine(settings: Settings, transport: Transport | None) -> Poller:
-    rate = settings.rate_limit_per_s
     return Poller(
-        api_key=settings.api_key.reveal() if settings.api_key is not None else None,
-        base_url=settings.base_url,
-        auth_scheme=settings.auth_scheme,
-        max_connections=settings.max_connections,
-        request_timeout_s=settings.request_timeout_s,
-        rate_limit=RateLimit(rate) if rate is not None else None,
-        backoff=backoff_for(settings.poll_interval_s, settings.max_interval_s),
+        **engine_options(settings),
         terminal_retention_s=_TERMINAL_RETENTION_S,
         transport=transport,
     )

@@ -3,7 +3,9 @@
 Tracks the jobs (the real API with RETAB_API_KEY, or --sim for the built-in
 simulator), shows a live progress bar with counts by status, and prints one line
 per finished job. --json prints one JSON object per finished job instead, for
-scripts.
+scripts. The engine's settings (key, base URL, auth scheme, connections, rate limit,
+intervals) come from flags, the environment and the --config file, as for
+``poller run``.
 
 Exit status: 0 when every job completed; 1 when any failed, was cancelled, expired,
 was not found, could not be tracked, or was still running at --timeout; 2 for bad
@@ -18,7 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Final
 
 import anyio
 import msgspec
@@ -28,7 +30,7 @@ from ..engine import Poller
 from ..errors import ConfigError, InvalidJobIdError, JobNotFoundError
 from ..events import TrackingFailure, Transition
 from ..testing import JobsSimulator, SimServer
-from .config import backoff_for
+from .config import Settings, engine_options, load_settings
 from .logs import configure_logging
 from .watch_view import View, make_view
 
@@ -157,24 +159,21 @@ async def watch(
     job_ids: Sequence[str],
     view: View,
     *,
-    api_key: str | None,
-    base_url: str | None,
+    settings: Settings,
     timeout_s: float | None = None,
     sim: JobsSimulator | None = None,
-    poll_interval_s: float | None = None,
 ) -> int:
     """Track ``job_ids`` until all end (or ``timeout_s``), reporting to ``view``; returns
-    the exit status. With ``sim``, serve it on loopback and track its jobs.
-    ``poll_interval_s`` is the first polling interval of every status (None: the
-    engine's defaults)."""
+    the exit status. The engine is set up from ``settings`` (key, base URL, auth scheme,
+    connections, rate limit, polling intervals). With ``sim``, serve it on loopback and
+    track its jobs instead."""
     tally = Tally(job_ids, time.time())
+    options = engine_options(settings)
     async with contextlib.AsyncExitStack() as stack:
         if sim is not None:
             server = await stack.enter_async_context(SimServer(sim))
-            base_url, api_key = server.base_url, _SIM_KEY
-        engine = await stack.enter_async_context(
-            Poller(api_key=api_key, base_url=base_url, backoff=backoff_for(poll_interval_s))
-        )
+            options.update(base_url=server.base_url, api_key=_SIM_KEY, auth_scheme="api-key")
+        engine = await stack.enter_async_context(Poller(**options))
         stream = await stack.enter_async_context(
             engine.subscribe(job_ids=tally.status, max_buffer=max(10_000, 8 * tally.total))
         )
@@ -207,8 +206,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--base-url", metavar="URL", help="API root (env RETAB_API_BASE_URL)")
     parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file of settings, as for 'poller run' (env POLLER_CONFIG); its key, "
+        "auth scheme, base URL, connections, rate limit and intervals apply",
+    )
+    parser.add_argument(
+        "--poll-interval-s",
         "--poll-interval",
-        type=float,
+        dest="poll_interval",
         metavar="SECONDS",
         help="first polling interval of every status (default: the engine's)",
     )
@@ -257,32 +263,30 @@ def _simulator(args: argparse.Namespace, job_ids: list[str]) -> tuple[JobsSimula
 
 def run(args: argparse.Namespace) -> int:
     """``poller watch``; returns the exit status (see the module docstring)."""
-    configure_logging(level=args.log_level)
     try:
+        flags = {"base_url": args.base_url, "poll_interval_s": args.poll_interval}
+        settings = load_settings(flags, os.environ, args.config, require_key=False)
         job_ids = _read_ids(args)
         sim: JobsSimulator | None = None
         if args.sim:
             sim, job_ids = _simulator(args, job_ids)
         elif not job_ids:
             raise ConfigError("job_ids: give job IDs, --from FILE, or --sim")
-        elif not os.environ.get("RETAB_API_KEY"):
-            raise ConfigError("api_key: set RETAB_API_KEY (or use --sim)")
+        elif settings.api_key is None:
+            raise ConfigError(
+                "api_key: set RETAB_API_KEY (or api_key in the --config file, or use --sim)"
+            )
         if args.timeout is not None and not args.timeout > 0:
             raise ConfigError("timeout: must be > 0")
-        if args.poll_interval is not None and not 0 < args.poll_interval <= 30:
-            raise ConfigError("poll_interval: must be > 0 and <= 30")
     except (ConfigError, InvalidJobIdError, OSError) as exc:
         print(f"poller watch: error: {exc}", file=sys.stderr)
         return 2
+    configure_logging(level=args.log_level, secrets=settings.secrets())
     view = make_view(json_lines=args.json)
-    options: dict[str, Any] = {
-        "base_url": args.base_url,
-        "timeout_s": args.timeout,
-        "sim": sim,
-        "poll_interval_s": args.poll_interval,
-    }
     try:
-        status: int = anyio.run(lambda: watch(job_ids, view, api_key=None, **options))
+        status: int = anyio.run(
+            lambda: watch(job_ids, view, settings=settings, timeout_s=args.timeout, sim=sim)
+        )
     except ConfigError as exc:
         print(f"poller watch: error: {exc}", file=sys.stderr)
         return 2
