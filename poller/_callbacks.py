@@ -112,7 +112,9 @@ class CallbackRunner:
             raise ConfigError("callback_concurrency: must be >= 1")
         if lane_capacity < 1:
             raise ConfigError("callback_queue_size: must be >= 1")
-        self._handles: list[CallbackHandle] = []
+        # Replaced, never changed in place: a callback that adds or removes one while
+        # dispatch() runs must not make it skip (or repeat) another.
+        self._handles: tuple[CallbackHandle, ...] = ()
         self._lanes = [_Lane() for _ in range(lanes)]
         self._lane_capacity = lane_capacity
         self._pending = 0  # queued or running async invocations
@@ -135,13 +137,12 @@ class CallbackRunner:
             raise TypeError("callback must be callable")
         wanted = frozenset(Status(s) for s in statuses) if statuses is not None else None
         handle = CallbackHandle(self, callback, wanted, include_failures)
-        self._handles.append(handle)
+        self._handles = (*self._handles, handle)
         return handle
 
     def remove(self, handle: CallbackHandle) -> None:
         """Unregister ``handle`` (idempotent)."""
-        if handle in self._handles:
-            self._handles.remove(handle)
+        self._handles = tuple(h for h in self._handles if h is not handle)
 
     def __len__(self) -> int:
         return len(self._handles)

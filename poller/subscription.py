@@ -64,7 +64,7 @@ class Subscription(ObjectReceiveStream[Event]):
         self._include_failures = include_failures
         self._on_close = on_close
         self._buffer: deque[Event] = deque()
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiters: set[asyncio.Future[None]] = set()  # one per blocked receive()
         self._dropped = 0
         self._closed = False
         self._released = False  # closed by the consumer: receive() is then an error
@@ -98,9 +98,9 @@ class Subscription(ObjectReceiveStream[Event]):
         self._wake()
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     # -- consumer side -----------------------------------------------------------
 
@@ -111,12 +111,18 @@ class Subscription(ObjectReceiveStream[Event]):
 
     async def receive(self) -> Event:
         """The next event. Raises ``anyio.EndOfStream`` at the end, and
-        :class:`SubscriberOverflowError` once the buffer has drained after an overflow."""
+        :class:`SubscriberOverflowError` once the buffer has drained after an overflow.
+
+        Several tasks may receive from one subscription: each event goes to one of them.
+        """
+        # The one checkpoint comes first: from here on nothing yields between looking at
+        # the buffer and taking from it, so a cancelled receive never loses an event and
+        # a concurrent receive or aclose() cannot empty it in between.
+        await anyio.lowlevel.checkpoint()
         while True:
             if self._released:
                 raise anyio.ClosedResourceError
             if self._buffer:
-                await anyio.lowlevel.checkpoint()
                 return self._buffer.popleft()
             if self._dropped:
                 raise SubscriberOverflowError(
@@ -126,11 +132,12 @@ class Subscription(ObjectReceiveStream[Event]):
                 )
             if self._closed:
                 raise anyio.EndOfStream
-            self._waiter = asyncio.get_running_loop().create_future()
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.add(waiter)
             try:
-                await self._waiter
+                await waiter
             finally:
-                self._waiter = None
+                self._waiters.discard(waiter)
 
     async def aclose(self) -> None:
         """Unsubscribe; buffered events are discarded."""

@@ -268,3 +268,47 @@ async def test_a_consumer_that_stops_reading_and_leaves_is_forgotten() -> None:
             await stream.receive()
     await asyncio.sleep(0)
     assert poller_tasks() == []
+
+
+async def test_concurrent_receives_and_aclose_never_raise_index_error() -> None:
+    from poller.subscription import Subscription
+
+    def event(seq: int) -> Transition:
+        job = JobStatus(
+            id="job_1",
+            status=Status.QUEUED,
+            endpoint=Endpoint.DOCUMENTS_EXTRACT,
+            created_at=1,
+            expires_at=2,
+            organization_id="org_a",
+        )
+        return Transition(
+            job_id="job_1",
+            organization_id="org_a",
+            previous=None,
+            current=Status.QUEUED,
+            job=job,
+            observed_at=0.0,
+            seq=seq,
+        )
+
+    def subscription() -> Subscription:
+        return Subscription(
+            max_buffer=10, statuses=None, job_ids=None, include_failures=True, on_close=id
+        )
+
+    one = subscription()
+    one.offer(event(1))
+    with anyio.move_on_after(0.2):  # one receiver gets the event, the other keeps waiting
+        got = await asyncio.gather(one.receive(), one.receive(), return_exceptions=True)
+        pytest.fail(f"the second receive returned {got!r}")
+    one.offer(event(2))
+    one.end()
+    results = await asyncio.gather(one.receive(), one.receive(), return_exceptions=True)
+    kinds = sorted(type(r).__name__ for r in results)
+    assert kinds == ["EndOfStream", "Transition"]
+
+    two = subscription()
+    two.offer(event(1))
+    racing = await asyncio.gather(two.receive(), two.aclose(), return_exceptions=True)
+    assert type(racing[0]).__name__ in ("Transition", "ClosedResourceError"), racing

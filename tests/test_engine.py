@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import itertools
 import logging
 import time
 from collections import defaultdict
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -232,6 +234,62 @@ async def test_removed_callback_is_not_called(retab_sim: SimServer) -> None:
         handle.remove()
         await poller.wait(job_id, timeout_s=10)
     assert calls == []
+
+
+async def test_a_callback_removing_itself_costs_the_others_nothing(
+    retab_sim: SimServer,
+) -> None:
+    job_id = scripted(retab_sim.sim, ("queued", 0.0), ("in_progress", 0.2), ("completed", 0.4))
+    first: list[str] = []
+    second: list[str] = []
+    async with engine(retab_sim) as poller:
+
+        def one_shot(t: Transition) -> None:
+            first.append(t.current.value)
+            handle.remove()
+
+        handle = poller.on_transition(one_shot)
+        poller.on_transition(lambda t: second.append(t.current.value))
+        await poller.wait(job_id, timeout_s=10)
+    assert first == ["queued"]
+    assert second == ["queued", "in_progress", "completed"]
+
+
+async def test_several_readers_of_one_subscription_share_it_and_all_see_its_end(
+    retab_sim: SimServer,
+) -> None:
+    sim = retab_sim.sim
+    job_ids = [scripted(sim, ("queued", 0.0), ("completed", 0.05)) for _ in range(20)]
+    got: dict[str, list[str]] = {"a": [], "b": [], "c": []}
+    ended: list[str] = []
+
+    all_seen, all_ended = anyio.Event(), anyio.Event()
+
+    async def read(name: str, stream: Any) -> None:
+        async for event in stream:
+            got[name].append(f"{event.job_id}:{event.seq}")
+            if sum(len(v) for v in got.values()) == 2 * len(job_ids):
+                all_seen.set()
+        ended.append(name)
+        if len(ended) == len(got):
+            all_ended.set()
+
+    async with contextlib.AsyncExitStack() as stack, anyio.create_task_group() as readers:
+        poller = engine(retab_sim)
+        closing = contextlib.AsyncExitStack()  # the engine, closed first below
+        await closing.enter_async_context(poller)
+        stream = await stack.enter_async_context(poller.subscribe())
+        for name in got:
+            readers.start_soon(read, name, stream)
+        await poller.wait_all(job_ids, timeout_s=10)
+        with anyio.fail_after(5):
+            await all_seen.wait()
+        await closing.aclose()  # the engine closes while all three wait: each one ends
+        with anyio.fail_after(5):
+            await all_ended.wait()
+    seen = [e for v in got.values() for e in v]
+    assert sorted(seen) == sorted(f"{j}:{s}" for j in job_ids for s in (1, 2)), "each once"
+    assert sorted(ended) == ["a", "b", "c"]
 
 
 async def test_subscription_filters(retab_sim: SimServer) -> None:
