@@ -10,11 +10,12 @@ from __future__ import annotations
 import enum
 import hashlib
 import ipaddress
+import json
 import os
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
-from urllib.parse import urlencode
+from urllib.parse import quote, quote_plus, urlencode
 
 from .errors import ConfigError
 
@@ -55,6 +56,7 @@ class Credential:
         "_hash",
         "_headers",
         "_params",
+        "_secrets",
         "_wire_headers",
         "_wire_query",
         "scheme",
@@ -93,6 +95,7 @@ class Credential:
         self._access_token = access_token
         digest = hashlib.sha256(f"{key}\x00{access_token}".encode()).hexdigest()
         self._fingerprint = digest[:10]
+        self._secrets: tuple[str, ...] | None = None
         self._hash = hash((self._fingerprint, self.scheme))  # looked up on every track
         headers: dict[str, str] = {}
         if key is not None:
@@ -125,8 +128,20 @@ class Credential:
         return self._params
 
     def secrets(self) -> tuple[str, ...]:
-        """The secret strings, for scrubbing text before it reaches a message or a log."""
-        return tuple(s for s in (self._api_key, self._access_token) if s)
+        """The secret strings, for scrubbing text before it reaches a message or a log:
+        each as it is, and as it looks percent-encoded (the access token travels in the
+        URL, and an error page may echo it) or escaped in JSON."""
+        found = self._secrets
+        if found is None:
+            forms: dict[str, None] = {}
+            for secret in (self._api_key, self._access_token):
+                if secret:
+                    encoded = (quote(secret, safe=""), quote_plus(secret))
+                    for form in (secret, *encoded, json.dumps(secret)[1:-1]):
+                        forms[form] = None
+            # Longest first, so that no form is cut short by a shorter one inside it.
+            found = self._secrets = tuple(sorted(forms, key=len, reverse=True))
+        return found
 
     def __repr__(self) -> str:
         return f"Credential(scheme={self.scheme.value!r}, fingerprint={self._fingerprint!r})"

@@ -213,6 +213,8 @@ class AiohttpTransport:
                     body = await self._other_body(resp, job_id, credential, limit, request_id)
             finally:
                 resp.release()
+        except DecodeError as exc:  # a body over the limit: its excerpt may echo secrets
+            raise _scrubbed(exc, credential) from exc.__cause__
         except RequestError:
             raise
         except Exception as exc:  # the one place aiohttp and OS errors are translated
@@ -262,7 +264,12 @@ class AiohttpTransport:
         frame of the chain, and this one runs on every poll. Errors are raised when the
         result is awaited, as from a coroutine function."""
         # What _url does, inlined for the hot path (one call less on every poll).
-        if fast_valid(job_id) is None or job_id in (".", "..") or len(job_id) > MAX_JOB_ID_LENGTH:
+        if (
+            not isinstance(job_id, str)
+            or fast_valid(job_id) is None
+            or job_id in (".", "..")
+            or len(job_id) > MAX_JOB_ID_LENGTH
+        ):
             try:
                 validate_job_id(job_id)  # raises, saying why
             except InvalidJobIdError as exc:

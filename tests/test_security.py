@@ -468,3 +468,33 @@ async def test_a_non_verifying_ssl_context_is_warned_too(tls_server: LocalServer
         transport = AiohttpTransport(tls_server.base_url, ssl_context=context)
     await transport.aclose()
     assert any(issubclass(w.category, RuntimeWarning) for w in caught), "not warned"
+
+
+@pytest.mark.parametrize("status", [200, 404, 500])
+async def test_secrets_echoed_by_a_proxy_are_scrubbed_in_every_form(status: int) -> None:
+    """A proxy error page that echoes the request: the token as sent (percent-encoded),
+    the key in its header; a 200 page over the size limit as well."""
+    token = "tok/SECRET+b64=="  # base64-style: percent-encoded on the wire
+    from poller.transport import MAX_STATUS_BODY_BYTES
+
+    async def echo(request: web.BaseRequest) -> web.StreamResponse:
+        page = f"proxy error for {request.raw_path} ({request.headers.get('Api-Key')})"
+        if status == 200:
+            page += " " * (MAX_STATUS_BODY_BYTES + 10)  # too big: a DecodeError
+        return web.Response(status=status, text=page)
+
+    async with LocalServer(echo) as server, AiohttpTransport(server.base_url) as transport:
+        with pytest.raises(PollerError) as caught:
+            await transport.get_status("job_1", Credential(KEY, access_token=token))
+        assert quote(token, safe="") in server.paths[0], "the token was sent encoded"
+    texts = "\n".join(exception_texts(caught.value))
+    for secret in (KEY, token, quote(token, safe=""), "SECRET"):
+        assert secret not in texts
+
+
+@pytest.mark.parametrize("job_id", [None, b"job_1", 123])
+async def test_a_job_id_of_the_wrong_type_is_refused_when_awaited(job_id: Any) -> None:
+    async with AiohttpTransport("http://127.0.0.1:9") as transport:
+        pending = transport.get_status(job_id, Credential(KEY))
+        with pytest.raises(InvalidJobIdError, match="must be a str"):
+            await pending
