@@ -468,6 +468,12 @@ class Scheduler:
     def _retry_at(self, job: Job, now: float, delay_s: float) -> None:
         """Retry a failed request after ``delay_s``; while it waits, it gains priority as
         slowly as a job with a steady hazard."""
+        bucket = job.bucket
+        if bucket.org_id is None and self._buckets.get(bucket.key) is not bucket:
+            # Its key's bucket merged into the organisation's while this request was out
+            # (a job that succeeds moves in _learn_org): join it, or the organisation
+            # would have a second queue, and once its bucket is forgotten, two budgets.
+            self._move(job, self._bucket_for(job.credential, None))
         job.polled_at, job.row, job.base_s = now, None, delay_s
         self._push(job, now + delay_s)
 

@@ -338,6 +338,9 @@ class Harness:
             assert bucket.members == members[id(bucket)], f"{bucket} counts its jobs exactly"
         orgs = [b.org_id for b in buckets.values() if b.org_id is not None and b.members]
         assert len(orgs) == len(set(orgs)), "an organisation's jobs share one bucket"
+        for job in core.jobs():
+            if job.phase == 0:  # waiting: in a bucket the core still has, so never orphaned
+                assert core._buckets.get(job.bucket.key) is job.bucket, f"{job} is orphaned"
         entries: dict[int, int] = defaultdict(int)
         for bucket in buckets.values():
             live = 0
