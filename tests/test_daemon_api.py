@@ -315,3 +315,48 @@ async def test_address_in_use_fails_to_start(retab_sim: SimServer, tmp_path: Pat
         with pytest.raises(RuntimeError, match=r"did not start \(status \[1\]\)"):
             async with running(settings_for(retab_sim, tmp_path, port=str(port))):
                 pass
+
+
+async def test_a_job_added_again_after_its_tracking_failed_is_polled_again(
+    retab_sim: SimServer, daemon: str, http: aiohttp.ClientSession
+) -> None:
+    job = "job_created_later_0001"  # added before it exists: a 404 ends its tracking
+
+    async def status_is(wanted: str) -> bool:
+        _, body = await get_json(http, f"{daemon}/jobs/{job}")
+        return bool(body["status"] == wanted)
+
+    async with http.post(f"{daemon}/jobs", json={"job_ids": [job]}) as response:
+        assert response.status == 201
+    await eventually(lambda: status_is("error"))
+    retab_sim.sim.add_job(org_id="org_test", job_id=job, script=QUICK)
+    async with http.post(f"{daemon}/jobs", json={"job_ids": [job]}) as response:
+        assert response.status == 201
+        assert (await response.json())["added"] == [job]
+    await eventually(lambda: status_is("completed"))
+
+
+async def test_hostile_input_gets_a_4xx_never_a_500(
+    retab_sim: SimServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running(settings_for(retab_sim, tmp_path, token=True)) as url:
+        auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        deep = b'{"job_id": "job_a", "metadata": {"x": ' + b"[" * 3000 + b"]" * 3000 + b"}}"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{url}/jobs", data=deep, headers=auth) as response,
+        ):
+            assert response.status == 400
+            assert (await response.json())["error"]["code"] in ("invalid_json", "invalid_metadata")
+        # An Authorization header that is not UTF-8, sent raw (clients refuse to).
+        host, port = url.removeprefix("http://").split(":")
+        request = (
+            b"GET /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \xff\xfe\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        stream = await anyio.connect_tcp(host, int(port))
+        async with stream:
+            await stream.send(request)
+            answer = await stream.receive()
+        assert answer.startswith(b"HTTP/1.1 401")
+    assert "Error handling request" not in caplog.text

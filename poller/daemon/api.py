@@ -89,6 +89,8 @@ class _Handlers:
             return _error(400, "invalid_body", str(exc))
         except msgspec.DecodeError:
             return _error(400, "invalid_json", "the body is not valid JSON")
+        except RecursionError:
+            return _error(400, "invalid_json", "the body is nested too deeply")
         if (body.job_ids is None) == (body.job_id is None):
             return _error(400, "invalid_body", "give either job_ids or job_id", "job_ids")
         job_ids = body.job_ids if body.job_ids is not None else [body.job_id or ""]
@@ -159,7 +161,9 @@ def _guard(token: str | None) -> Callable[..., Awaitable[web.StreamResponse]]:
     ) -> web.StreamResponse:
         if expected is not None:
             if request.path not in _OPEN_PATHS:
-                given = request.headers.get("Authorization", "").encode()
+                # Header bytes that are not UTF-8 arrive as surrogates: compare them as
+                # the bytes they were, never fail on them.
+                given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
                 if not hmac.compare_digest(given, expected):
                     response = _error(401, "unauthorized", "a valid bearer token is required")
                     response.headers["WWW-Authenticate"] = 'Bearer realm="poller"'

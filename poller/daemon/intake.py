@@ -117,7 +117,10 @@ class Intake:
                     400, "invalid_job_id", str(exc), field=f"job_ids[{index}]"
                 ) from None
         self._check_credential(credential)
-        encoded = msgspec.json.encode(metadata) if metadata is not None else None
+        try:
+            encoded = msgspec.json.encode(metadata) if metadata is not None else None
+        except RecursionError:
+            raise IntakeError(400, "invalid_metadata", "metadata is nested too deeply") from None
         if encoded is not None and len(encoded) > MAX_METADATA_BYTES:
             raise IntakeError(
                 413, "metadata_too_large", f"metadata is over {MAX_METADATA_BYTES} bytes of JSON"
@@ -125,6 +128,10 @@ class Intake:
         to_track, existing = await self._store.call(
             self._store.add_jobs, job_ids, credential=credential, metadata=encoded
         )
+        for job in to_track:
+            # A revived job whose tracking failed is still in the engine's table for a
+            # while (finished), and track() leaves a job it has alone: drop it first.
+            self._engine.untrack(job.job_id)
         try:
             self.track(to_track)
         except PollerClosedError:
