@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import msgspec
 import pytest
 
@@ -231,7 +232,11 @@ async def test_a_removed_sinks_backlog_moves_to_the_dead_letter_file(tmp_path: P
     after = Store(path, sinks=["jsonl"])  # the webhook was taken out of the settings
     assert after.orphans() == {"webhook:gone": 2}
     dead = tmp_path / "dead.jsonl"
-    await _retire_orphans(after, str(dead))
+    stopped = anyio.Event()
+    stopped.set()
+    await _retire_orphans(after, str(dead), stopped)  # told to stop: left for next time
+    assert after.orphans() == {"webhook:gone": 2} and not dead.exists()
+    await _retire_orphans(after, str(dead), anyio.Event())
     assert after.orphans() == {}
     assert after.backlog() == {"jsonl": 2}  # the configured sink keeps its own
     lines = [msgspec.json.decode(line) for line in dead.read_bytes().splitlines()]
@@ -240,6 +245,6 @@ async def test_a_removed_sinks_backlog_moves_to_the_dead_letter_file(tmp_path: P
         ("webhook:gone", "job_a:2", "sink no longer configured"),
     ]
     assert lines[1]["event"]["current"] == "completed"
-    await _retire_orphans(after, str(dead))  # nothing left: the file is not touched
+    await _retire_orphans(after, str(dead), anyio.Event())  # nothing left: file untouched
     assert len(dead.read_bytes().splitlines()) == 2
     after.close()

@@ -231,3 +231,18 @@ def test_retry_delay_grows_is_capped_and_respects_retry_after() -> None:
     assert retry_delay_s(1, base_s=1.0, max_s=30.0, rng=rng, retry_after_s=12.0) >= 12.0
     assert retry_delay_s(1, base_s=1.0, max_s=30.0, rng=rng, retry_after_s=999.0) <= 30.0
     assert retry_delay_s(500, base_s=1.0, max_s=30.0, rng=rng) <= 30.0
+
+
+@pytest.mark.anyio
+async def test_a_disk_error_in_a_sink_restarts_it_and_loses_nothing(
+    retab_sim: SimServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "dead.jsonl").mkdir()  # dead-lettering fails: EISDIR, inside the sink's tasks
+    async with Receiver(always(410)) as receiver:
+
+        def posted_again(job_ids: list[str]) -> bool:  # the sink restarted from its backlog
+            ids = [event_id for event_id, _, _ in receiver.calls]
+            return len(ids) > len(set(ids))
+
+        await run_jobs(retab_sim, tmp_path, receiver, 1, posted_again)  # and stops cleanly
+    assert "failed (" in caplog.text and "restarting" in caplog.text

@@ -103,10 +103,12 @@ async def serve(
         return 1
     try:
         try:
-            await _retire_orphans(store, settings.dead_letter_path)
+            await _retire_orphans(store, settings.dead_letter_path, stop)
         except (OSError, sqlite3.Error) as exc:
             log.error("cannot move the backlog of removed sinks to the dead-letter file: %s", exc)
             return 1
+        if stop.is_set():  # told to stop while at it: nothing else was started
+            return 0
         try:
             daemon = _Daemon(settings, store, sinks, stop, on_ready, transport)
         except ConfigError as exc:  # a setting the engine refuses
@@ -120,24 +122,33 @@ async def serve(
             await store.call(store.close)
 
 
-async def _retire_orphans(store: Store, path: str) -> None:
+async def _retire_orphans(store: Store, path: str, stop: anyio.Event) -> None:
     """Move the undelivered events of sinks no longer configured (a webhook removed from
     the settings) to the dead-letter file, so that they are kept somewhere a person can
-    find them, and neither count as backlog nor keep old events from being pruned."""
+    find them, and neither count as backlog nor keep old events from being pruned.
+
+    In batches, each written durably before it leaves the database (a crash in between
+    repeats a batch, never loses one); a stop request ends it between two batches, and
+    the next start carries on."""
     orphans = await store.call(store.orphans)
     if not orphans:
         return
     dead_letters = DeadLetters(path)
     try:
         for sink, count in orphans.items():
-            while rows := await store.call(store.pending, sink, after=0, limit=_ORPHAN_BATCH):
-                for row in rows:
-                    await dead_letters.write(sink, row, row.attempts, "sink no longer configured")
+            moved = 0
+            while not stop.is_set() and (
+                rows := await store.call(store.pending, sink, after=0, limit=_ORPHAN_BATCH)
+            ):
+                reason = "sink no longer configured"
+                await dead_letters.write_many(sink, [(r, r.attempts) for r in rows], reason)
                 await store.call(store.delivered, sink, [row.rowid for row in rows])
+                moved += len(rows)
             log.warning(
-                "sink %s is no longer configured: its %d undelivered event(s) were moved to "
+                "sink %s is no longer configured: %d of its %d undelivered event(s) moved to "
                 "the dead-letter file %s",
                 sink,
+                moved,
                 count,
                 path,
             )
@@ -202,11 +213,13 @@ class _Daemon:
         undelivered event (nothing is acknowledged that was not delivered)."""
         delay_s = _RESTART_MIN_S
         while True:
+            failure: BaseException | None = None
             try:
                 await sink.run(feed)
                 return
-            except (OSError, sqlite3.Error) as exc:
-                log.error("sink %s failed (%s); restarting in %.0f s", sink.name, exc, delay_s)
+            except* (OSError, sqlite3.Error) as group:  # a sink's task group wraps them
+                failure = group.exceptions[0]
+            log.error("sink %s failed (%s); restarting in %.0f s", sink.name, failure, delay_s)
             feed.rewind()
             await anyio.sleep(delay_s)
             delay_s = min(_RESTART_MAX_S, delay_s * 2)

@@ -25,6 +25,7 @@ import logging
 import random
 import time
 import zlib
+from collections.abc import Sequence
 from typing import Final
 
 import aiohttp
@@ -98,22 +99,31 @@ class DeadLetters:
 
     async def write(self, sink: str, row: Pending, attempts: int, reason: str) -> None:
         """Append an event (the record itself, under ``event``), durably."""
-        line = msgspec.json.encode(
-            {
-                "sink": sink,
-                "event_id": row.id,
-                "job_id": row.job_id,
-                "attempts": attempts,
-                "reason": reason,
-                "dead_at": time.time(),
-                "event": msgspec.Raw(row.body),
-            }
+        await self.write_many(sink, [(row, attempts)], reason)
+
+    async def write_many(self, sink: str, rows: Sequence[tuple[Pending, int]], reason: str) -> None:
+        """Append events with their attempts so far, in one durable write."""
+        dead_at = time.time()
+        lines = b"".join(
+            msgspec.json.encode(
+                {
+                    "sink": sink,
+                    "event_id": row.id,
+                    "job_id": row.job_id,
+                    "attempts": attempts,
+                    "reason": reason,
+                    "dead_at": dead_at,
+                    "event": msgspec.Raw(row.body),
+                }
+            )
+            + b"\n"
+            for row, attempts in rows
         )
         async with self._lock:
             if not self._opened:
                 self.file.open()
                 self._opened = True
-            await self.file.write(line + b"\n")
+            await self.file.write(lines)
 
     def close(self) -> None:
         """Close the file."""
