@@ -11,6 +11,7 @@ from poller.daemon.config import Secret, Settings, check_files, is_loopback, loa
 
 KEY = "rt_test_config_key"
 ENV = {"RETAB_API_KEY": KEY}
+HOOK = "whsec_0123456789abcdef"
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -54,7 +55,7 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ({"log_format": "xml"}, {}, r"^log_format: must be one of human, json"),
         ({"webhook_timeout_s": "-1"}, {}, r"^webhook_timeout_s: must be a finite number > 0"),
         ({"shutdown_timeout_s": "600"}, {}, r"^shutdown_timeout_s: .*<= 60"),
-        ({"webhooks": ["ftp://x"]}, {"POLLER_WEBHOOK_SECRET": "s"}, r"^webhooks: each must be"),
+        ({"webhooks": ["ftp://x"]}, {"POLLER_WEBHOOK_SECRET": HOOK}, r"^webhooks: each must be"),
         ({"base_url": "not a url"}, {}, r"^base_url: "),
     ],
 )
@@ -91,8 +92,9 @@ def test_bad_credential_never_shows_the_key(tmp_path: Path) -> None:
 def test_non_loopback_host_needs_a_token() -> None:
     with pytest.raises(ConfigError, match=r"^control_token: required"):
         load_settings({"host": "0.0.0.0"}, ENV)
-    settings = load_settings({"host": "0.0.0.0"}, {**ENV, "POLLER_CONTROL_TOKEN": "t0ken"})
-    assert settings.control_token == Secret("t0ken")
+    token = "t0ken_0123456789abcdef"
+    settings = load_settings({"host": "0.0.0.0"}, {**ENV, "POLLER_CONTROL_TOKEN": token})
+    assert settings.control_token == Secret("t0ken_0123456789abcdef")
 
 
 def test_webhooks_need_a_secret() -> None:
@@ -104,7 +106,7 @@ def test_webhooks_from_environment_are_a_list() -> None:
     env = {
         **ENV,
         "POLLER_WEBHOOKS": "http://a.test/x, http://b.test/y",
-        "POLLER_WEBHOOK_SECRET": "s",
+        "POLLER_WEBHOOK_SECRET": HOOK,
     }
     assert load_settings({}, env).webhooks == ("http://a.test/x", "http://b.test/y")
 
@@ -128,10 +130,11 @@ def test_jobs_credential_must_exist() -> None:
 
 
 def test_secrets_hidden_from_repr() -> None:
-    env = {**ENV, "POLLER_CONTROL_TOKEN": "tok_secret", "POLLER_CREDENTIAL_A": "rt_live_a"}
+    token = "tok_secret_0123456789"
+    env = {**ENV, "POLLER_CONTROL_TOKEN": token, "POLLER_CREDENTIAL_A": "rt_live_a"}
     settings = load_settings({}, env)
     text = repr(settings)
-    for secret in (KEY, "tok_secret", "rt_live_a"):
+    for secret in (KEY, "tok_secret_0123456789", "rt_live_a"):
         assert secret not in text
         assert secret in settings.secrets()
 
@@ -151,10 +154,17 @@ def test_files_are_checked_at_start(tmp_path: Path) -> None:
         check_files(load_settings({"db": str(missing / "p.db")}, ENV))
     with pytest.raises(ConfigError, match=r"^jsonl: cannot write to .*No such file"):
         check_files(load_settings({"jsonl": str(missing / "out.jsonl")}, ENV))
-    env = {**ENV, "POLLER_WEBHOOK_SECRET": "s"}
+    env = {**ENV, "POLLER_WEBHOOK_SECRET": HOOK}
     flags = {"webhooks": ["http://127.0.0.1:1/h"], "dead_letter": str(tmp_path)}
     with pytest.raises(ConfigError, match=r"^dead_letter: cannot write to"):
         check_files(load_settings(flags, env))
     good = load_settings({"db": str(tmp_path / "p.db"), "jsonl": str(tmp_path / "o.jsonl")}, ENV)
     check_files(good)
     assert (tmp_path / "o.jsonl").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("name", ["POLLER_CONTROL_TOKEN", "POLLER_WEBHOOK_SECRET"])
+def test_short_daemon_secrets_are_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match=r"must be at least 16 characters") as caught:
+        load_settings({}, {**ENV, name: "short"})
+    assert "short" not in str(caught.value)

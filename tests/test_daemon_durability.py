@@ -184,7 +184,7 @@ async def test_signal_drains_within_the_deadline_and_exits_0(
     (tmp_path / "ids.txt").write_text("\n".join(job_ids) + "\n")
     out = tmp_path / "events.jsonl"
     async with SimServer(sim) as server:
-        env = environment(server.base_url, POLLER_WEBHOOK_SECRET="s3cret")
+        env = environment(server.base_url, POLLER_WEBHOOK_SECRET="s3cret_0123456789abcdef")
         cmd = command(
             tmp_path,
             "--webhook",

@@ -58,6 +58,18 @@ def _secret(value: object) -> Secret:
     return Secret(text(value))
 
 
+MIN_SECRET_LENGTH: Final = 16
+
+
+def _strong_secret(value: object) -> Secret:
+    """A secret this daemon checks itself (a bearer token, an HMAC key): long enough not
+    to be guessed, and not to turn up by chance in log lines (which are scrubbed of it)."""
+    secret = text(value)
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise ValueError(f"must be at least {MIN_SECRET_LENGTH} characters long")
+    return Secret(secret)
+
+
 def _integer(low: int, high: int) -> Parser:
     def parse(value: object) -> int:
         if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
@@ -143,14 +155,19 @@ OPTIONS: Final[tuple[Option, ...]] = (
     _o("auth_scheme", _choice("api-key", "bearer"), "send keys as Api-Key or Bearer"),
     _o("host", text, "control API address (a token is required unless loopback)"),
     _o("port", _integer(0, 65535), "control API port; 0 picks a free one"),
-    _o("control_token", _secret, "bearer token of the control API", flag=False),
+    _o("control_token", _strong_secret, "bearer token of the control API", flag=False),
     _o("db", text, "SQLite database file (jobs, last statuses, outbox)"),
     _o("store_sync", _choice("full", "normal"), "'full': fsync every commit (power-safe)"),
     _o("jobs_from", text, "also track the job IDs in FILE, one per line ('-': stdin)"),
     _o("jobs_credential", text, "named credential of the --jobs-from jobs"),
     _o("jsonl", text, "write every event as a JSON line to FILE ('-': stdout)"),
     _o("webhooks", _urls, "POST every event to URL (repeatable)", flag="--webhook"),
-    _o("webhook_secret", _secret, "HMAC-SHA256 key of the webhook signature", flag=False),
+    _o(
+        "webhook_secret",
+        _strong_secret,
+        "HMAC-SHA256 key of the webhook signature",
+        flag=False,
+    ),
     _o("webhook_max_attempts", _integer(1, 1000), "attempts before an event is dead-lettered"),
     _o("webhook_timeout_s", _number(0.0), "limit on one webhook request"),
     _o("webhook_backoff_s", _number(0.0), "first retry delay; doubles per attempt"),
