@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-STYLES = {
+STYLES: dict[str, dict[str, Any]] = {
     "bare": {"color": "#555555", "marker": "s"},
     "engine": {"color": "#1f77b4", "marker": "o"},
     "sdk": {"color": "#d62728", "marker": "^"},

@@ -97,7 +97,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             "goals": [],
         }
     low, high = (1_000, 3_000) if quick else (2_000, 8_000)
-    table = []
+    table: list[dict[str, Any]] = []
     costs: dict[str, float] = {}
     with canned_server("steady") as server:
         for client in ("bare", "engine"):

@@ -111,7 +111,7 @@ async def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     )
     async with Poller(
         api_key=API_KEY,
-        transport=transport,  # type: ignore[arg-type]
+        transport=transport,
         backoff=engine_backoff(spec["interval_s"]),
         first_poll_rate_per_s=None,
         max_connections=spec["concurrency"],

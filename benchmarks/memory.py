@@ -87,7 +87,7 @@ async def _engine(n: int, trace: bool) -> dict[str, Any]:
     )
     async with Poller(
         api_key=API_KEY,
-        transport=_InstantTransport(),  # type: ignore[arg-type]
+        transport=_InstantTransport(),
         backoff=backoff,
         first_poll_rate_per_s=None,
     ) as poller:
