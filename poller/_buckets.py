@@ -88,6 +88,11 @@ class Bucket:
     def __repr__(self) -> str:
         return f"<Bucket {self.key} jobs={len(self)}>"
 
+    def join(self) -> None:
+        """A job of the scheduler's table now belongs here."""
+        self.members += 1
+        self.emptied_at = None
+
     def __len__(self) -> int:
         return sum(len(level) for level in self.levels) - self.stale
 

@@ -256,7 +256,7 @@ class Scheduler:
         if job is not None:
             return job
         job = Job(job_id, credential, self._bucket_for(credential, None))
-        job.bucket.members += 1
+        job.bucket.join()
         job.status, job.seq = last_status, last_seq
         self._jobs[job_id] = job
         self._users[credential] = self._users.get(credential, 0) + 1
@@ -523,7 +523,7 @@ class Scheduler:
     def _move(job: Job, bucket: Bucket) -> None:
         if job.phase != _REMOVED:  # an untracked job in flight is no member any more
             job.bucket.members -= 1
-            bucket.members += 1
+            bucket.join()
         job.bucket = bucket
 
     def _finish(self, job: Job, final: JobStatus | PollerError, now: float) -> None:
@@ -568,7 +568,8 @@ class Scheduler:
 
     def _forget_idle_orgs(self, now: float) -> None:
         """Drop the bucket of every organisation that had no job in the table for
-        ``ORG_IDLE_S`` (seen empty at one sweep, then at least that long later)."""
+        ``ORG_IDLE_S``: seen empty at one sweep, no job joined since (a join clears
+        ``emptied_at``), and that sweep at least that long ago."""
         for key, bucket in list(self._buckets.items()):
             if bucket.org_id is None or bucket.members:
                 bucket.emptied_at = None

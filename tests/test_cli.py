@@ -250,6 +250,21 @@ def test_watch_command_reads_the_config_file(
     assert "rt_test_from_file" not in err
 
 
+def test_watch_ignores_the_daemon_settings_of_a_shared_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "poller.toml"  # poller run's file; its secrets in its own env
+    config.write_text(
+        'host = "0.0.0.0"\nwebhooks = ["https://hooks.example.com/x"]\n'
+        'db = "/nonexistent/poller.db"\nwebhook_max_attempts = 0\n'
+    )
+    monkeypatch.setenv("POLLER_CONTROL_TOKEN", "short")
+    argv = ["watch", "--sim", "--json", "--sim-jobs", "2", "--sim-time-scale", "0.002"]
+    status = main([*argv, "--config", str(config), "--poll-interval", "0.05", "--timeout", "30"])
+    assert status in (0, 1), capsys.readouterr().err
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
 def test_watch_sim_command(capsys: pytest.CaptureFixture[str]) -> None:
     argv = [
         "watch",

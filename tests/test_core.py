@@ -202,6 +202,24 @@ def test_an_organisation_without_jobs_for_an_hour_is_forgotten() -> None:
     assert core.org_rate("org_a") == pytest.approx(5.0 * 0.98)
 
 
+def test_an_organisation_with_short_jobs_between_sweeps_is_not_forgotten() -> None:
+    """Jobs that come and go between two sweeps (every 5 minutes) keep it known."""
+    core = make(retention_s=0.0, budget_for=lambda org: AdaptiveBudget(RateLimit(per_s=5.0)))
+    for i in range(12):  # one 30 s job every 10 minutes, for two hours
+        start = T0 + 100.0 + 600.0 * i
+        core.track(f"job_{i}", KEY, start)
+        job = core.next_due(start)
+        assert job is not None
+        core.on_success(job, payload(job.job_id, Status.IN_PROGRESS), start)
+        done = core.next_due(start + 30.0)
+        assert done is not None
+        core.on_success(done, payload(job.job_id, Status.COMPLETED), start + 30.0)
+        core.next_due(start + 31.0)  # retired at once
+        assert job.job_id not in core
+        core.next_due(start + 500.0)  # a sweep sees the organisation empty
+        assert core.org_rate("org_a") is not None, f"forgotten after job {i}"
+
+
 def test_an_organisation_is_kept_while_a_finished_job_is_retained() -> None:
     core = make(retention_s=2 * ORG_IDLE_S)
     core.track("job_1", KEY, T0)

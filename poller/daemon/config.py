@@ -41,6 +41,19 @@ __all__ = [
 ]
 
 CONFIG_ENV: Final = "POLLER_CONFIG"
+ENGINE_SETTINGS: Final = frozenset(
+    {
+        "api_key",
+        "base_url",
+        "auth_scheme",
+        "max_connections",
+        "request_timeout_s",
+        "rate_limit_per_s",
+        "poll_interval_s",
+        "max_interval_s",
+    }
+)
+"""The settings :func:`engine_options` uses: all that ``poller watch`` reads."""
 CREDENTIAL_ENV_PREFIX: Final = "POLLER_CREDENTIAL_"
 _NAME: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
@@ -95,7 +108,7 @@ def load_settings(
     environ: Mapping[str, str],
     config_path: str | None = None,
     *,
-    require_key: bool = True,
+    daemon: bool = True,
 ) -> Settings:
     """Merge flags > environment > TOML file > defaults, and check the result.
 
@@ -103,8 +116,11 @@ def load_settings(
         flags: values given on the command line by setting name (None: not given).
         environ: the environment.
         config_path: the TOML file; None reads ``POLLER_CONFIG``, else no file.
-        require_key: an API key (default or named) must be set (the caller checks
-            itself when it may do without, as ``poller watch --sim`` does).
+        daemon: the settings of ``poller run``, all of them. False reads only the
+            engine's (``ENGINE_SETTINGS``: key, base URL, auth scheme, connections,
+            timeout, rate limit, intervals) and checks only their rules, for ``poller
+            watch``, which may share a file with the daemon, and which checks itself
+            whether it needs a key.
 
     Raises:
         ConfigError: a bad value, an unknown key in the file, or settings that do not fit
@@ -114,6 +130,8 @@ def load_settings(
     file_values = _read_toml(path) if path is not None else {}
     values: dict[str, Any] = {}
     for option in OPTIONS:
+        if not daemon and option.name not in ENGINE_SETTINGS:
+            continue
         sources = (
             (option.flag or "", flags.get(option.name)),
             (option.env, environ.get(option.env) or None),
@@ -127,9 +145,12 @@ def load_settings(
             except ValueError as exc:
                 raise ConfigError(f"{option.name}: {exc} (from {where})") from None
             break
-    values["credentials"] = _credentials(file_values.get("credentials"), environ, path)
+    if daemon:
+        values["credentials"] = _credentials(file_values.get("credentials"), environ, path)
     settings = Settings(**values)
-    _check(settings, require_key)
+    _check_engine(settings)
+    if daemon:
+        _check(settings)
     return settings
 
 
@@ -172,19 +193,25 @@ def _credentials(table: object, environ: Mapping[str, str], path: str | None) ->
     return credentials
 
 
-def _check(settings: Settings, require_key: bool = True) -> None:
-    """Rules that involve more than one setting."""
-    if require_key and settings.api_key is None and not settings.credentials:
-        raise ConfigError(
-            "api_key: no API key: set RETAB_API_KEY, api_key in the config file, "
-            "or named [credentials]"
-        )
+def _check_engine(settings: Settings) -> None:
+    """Rules of the engine's settings."""
     if settings.api_key is not None:
         try:
             Credential(settings.api_key.reveal())
         except ConfigError:
             raise ConfigError("api_key: must be a non-empty key without spaces") from None
     resolve_base_url(settings.base_url, {})
+    if settings.poll_interval_s is not None and settings.poll_interval_s > settings.max_interval_s:
+        raise ConfigError("poll_interval_s: must not exceed max_interval_s")
+
+
+def _check(settings: Settings) -> None:
+    """The daemon's rules that involve more than one setting."""
+    if settings.api_key is None and not settings.credentials:
+        raise ConfigError(
+            "api_key: no API key: set RETAB_API_KEY, api_key in the config file, "
+            "or named [credentials]"
+        )
     if not is_loopback(settings.host) and settings.control_token is None:
         raise ConfigError(
             f"control_token: required when host is not a loopback address "
@@ -209,8 +236,6 @@ def _check(settings: Settings, require_key: bool = True) -> None:
         raise ConfigError("jobs_from: needs a default API key or a jobs_credential")
     if settings.webhook_backoff_s > settings.webhook_backoff_max_s:
         raise ConfigError("webhook_backoff_s: must not exceed webhook_backoff_max_s")
-    if settings.poll_interval_s is not None and settings.poll_interval_s > settings.max_interval_s:
-        raise ConfigError("poll_interval_s: must not exceed max_interval_s")
     if settings.jsonl is not None and settings.jsonl != "-" and settings.jsonl == settings.db:
         raise ConfigError("jsonl: must not be the database file")
 

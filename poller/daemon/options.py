@@ -155,7 +155,12 @@ OPTIONS: Final[tuple[Option, ...]] = (
     _o("auth_scheme", _choice("api-key", "bearer"), "send keys as Api-Key or Bearer"),
     _o("host", text, "control API address (a token is required unless loopback)"),
     _o("port", _integer(0, 65535), "control API port; 0 picks a free one"),
-    _o("control_token", _strong_secret, "bearer token of the control API", flag=False),
+    _o(
+        "control_token",
+        _strong_secret,
+        "bearer token of the control API (16+ characters)",
+        flag=False,
+    ),
     _o("db", text, "SQLite database file (jobs, last statuses, outbox)"),
     _o("store_sync", _choice("full", "normal"), "'full': fsync every commit (power-safe)"),
     _o("jobs_from", text, "also track the job IDs in FILE, one per line ('-': stdin)"),
@@ -165,7 +170,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
     _o(
         "webhook_secret",
         _strong_secret,
-        "HMAC-SHA256 key of the webhook signature",
+        "HMAC-SHA256 key of the webhook signature (16+ characters)",
         flag=False,
     ),
     _o("webhook_max_attempts", _integer(1, 1000), "attempts before an event is dead-lettered"),

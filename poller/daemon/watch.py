@@ -265,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
     """``poller watch``; returns the exit status (see the module docstring)."""
     try:
         flags = {"base_url": args.base_url, "poll_interval_s": args.poll_interval}
-        settings = load_settings(flags, os.environ, args.config, require_key=False)
+        settings = load_settings(flags, os.environ, args.config, daemon=False)
         job_ids = _read_ids(args)
         sim: JobsSimulator | None = None
         if args.sim:
