@@ -358,7 +358,7 @@ class Poller:
         """Wait until every job is terminal (tracking those not tracked yet).
 
         Returns:
-            ``{job_id: terminal payload}``.
+            ``{job_id: terminal payload}``, in the order of ``job_ids`` (repeats once).
 
         Raises:
             TimeoutError: ``timeout_s`` passed before all were settled.
@@ -366,7 +366,9 @@ class Poller:
                 the errors, and is raised only once every job is settled.
             PollerClosedError: the engine closed meanwhile.
         """
-        results = await self._wait_many(list(job_ids), timeout_s, api_key)
+        wanted = list(dict.fromkeys(job_ids))
+        settled = await self._wait_many(wanted, timeout_s, api_key)
+        results = {job_id: settled[job_id] for job_id in wanted}  # as asked, not as finished
         errors = {k: v for k, v in results.items() if isinstance(v, PollerError)}
         statuses = {k: v for k, v in results.items() if not isinstance(v, PollerError)}
         if errors:

@@ -144,6 +144,15 @@ async def test_wait_all_reports_failures_with_every_result(retab_sim: SimServer)
     assert isinstance(caught.value.errors["job_missing"], JobNotFoundError)
 
 
+async def test_wait_all_answers_in_the_order_asked(retab_sim: SimServer) -> None:
+    sim = retab_sim.sim
+    slow = scripted(sim, ("queued", 0.0), ("completed", 0.3))
+    fast = scripted(sim, ("queued", 0.0), ("completed", 0.05))
+    async with engine(retab_sim) as poller:
+        results = await poller.wait_all([slow, fast, slow], timeout_s=10)
+    assert list(results) == [slow, fast]  # not the order they finished in; repeats once
+
+
 async def test_not_found_ends_tracking_without_retries(retab_sim: SimServer) -> None:
     async with engine(retab_sim) as poller, poller.subscribe() as stream:
         with pytest.raises(JobNotFoundError):
