@@ -312,3 +312,4 @@ async def test_concurrent_receives_and_aclose_never_raise_index_error() -> None:
     two.offer(event(1))
     racing = await asyncio.gather(two.receive(), two.aclose(), return_exceptions=True)
     assert type(racing[0]).__name__ in ("Transition", "ClosedResourceError"), racing
+    assert racing[1] is None, racing  # aclose() itself never fails

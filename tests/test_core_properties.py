@@ -25,7 +25,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from poller._buckets import Bucket
@@ -430,9 +430,9 @@ def backoff(learn: bool) -> Backoff:
 
 # -- the properties ----------------------------------------------------------------------
 
-# The alphabet without what breaks while organisations are being discovered (see the xfail
-# tests below): the harness lets the core learn every key's organisation first, and no
-# Retry-After is shorter than the floor.
+# The alphabet with organisations known from the start (the harness lets the core learn
+# every key's organisation first) and no Retry-After shorter than the floor; the test
+# after it adds discovery and the short Retry-After back.
 _settled_outcomes = st.one_of(
     st.tuples(st.just("ok"), st.sampled_from(STATUSES)),
     st.tuples(st.just("429"), st.sampled_from([None, 0.3, 1.0, 2.5])),
@@ -478,7 +478,7 @@ def test_scheduling_invariants_hold_for_any_sequence(
     run(harness, ops)
 
 
-@settings(SETTINGS, phases=[Phase.generate])  # a known failure: no time spent shrinking it
+@SETTINGS
 @given(config=configs, ops=operations)
 def test_scheduling_invariants_hold_while_organisations_are_being_discovered(
     config: dict[str, object], ops: list[tuple[str, object, object]]
