@@ -17,9 +17,21 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from poller.auth import Credential
+from poller.backoff import Backoff
 from poller.errors import JobNotFoundError, PollerClosedError, RequestError
 from poller.models import Endpoint, Job, JobStatus, Status
 from poller.transport import Transport
+
+# Fast polling for simulated jobs that last tens of milliseconds.
+FAST = Backoff(
+    initial_interval_s={"validating": 0.02, "queued": 0.02, "in_progress": 0.02},
+    default_interval_s=0.02,
+    min_interval_s=0.01,
+    max_interval_s=0.2,
+    error_base_s=0.02,
+    error_max_s=0.2,
+)
+
 
 # -- a transport wrapper that sees everything the engine sees ----------------------------
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from _helpers import self_signed_cert
 
 pytest_plugins = ["poller.testing.pytest_plugin"]
 
@@ -10,3 +13,12 @@ pytest_plugins = ["poller.testing.pytest_plugin"]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key (skips without openssl)."""
+    files = self_signed_cert(tmp_path_factory.mktemp("tls"))
+    if files is None:
+        pytest.skip("openssl is not installed")
+    return files

@@ -24,6 +24,7 @@ import bisect
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -72,32 +73,40 @@ SETTINGS = settings(
 
 # -- the operations ----------------------------------------------------------------------
 
-outcomes = st.one_of(
-    st.tuples(st.just("ok"), st.sampled_from(STATUSES)),
-    st.tuples(st.just("429"), st.sampled_from([None, 0.0, 0.3, 1.0, 2.5])),
-    st.tuples(st.just("503"), st.sampled_from([None, 1.0])),
-    st.tuples(st.sampled_from(["500", "reset", "decode", "404", "401"]), st.none()),
-)
-operations = st.lists(
-    st.one_of(
-        st.tuples(st.just("track"), st.integers(0, 23), st.sampled_from([0, 0, 1, 2])),
-        st.tuples(st.just("track_many"), st.integers(0, 23), st.sampled_from([0, 1, 2])),
-        st.tuples(st.just("untrack"), st.integers(0, 23), st.none()),
-        st.tuples(st.just("dispatch"), st.integers(1, 24), st.none()),
-        st.tuples(st.just("complete"), st.integers(0, 23), outcomes),
-        st.tuples(
-            st.just("advance"), st.sampled_from([0.0, 0.001, 0.02, 0.07, 0.3, 1.0, 4.0]), st.none()
+
+def operation_lists(retry_after: list[float | None]) -> st.SearchStrategy[list[Any]]:
+    """Sequences of operations; ``retry_after``: the Retry-After values a 429 may carry."""
+    outcomes = st.one_of(
+        st.tuples(st.just("ok"), st.sampled_from(STATUSES)),
+        st.tuples(st.just("429"), st.sampled_from(retry_after)),
+        st.tuples(st.just("503"), st.sampled_from([None, 1.0])),
+        st.tuples(st.sampled_from(["500", "reset", "decode", "404", "401"]), st.none()),
+    )
+    return st.lists(
+        st.one_of(
+            st.tuples(st.just("track"), st.integers(0, 23), st.sampled_from([0, 0, 1, 2])),
+            st.tuples(st.just("track_many"), st.integers(0, 23), st.sampled_from([0, 1, 2])),
+            st.tuples(st.just("untrack"), st.integers(0, 23), st.none()),
+            st.tuples(st.just("dispatch"), st.integers(1, 24), st.none()),
+            st.tuples(st.just("complete"), st.integers(0, 23), outcomes),
+            st.tuples(
+                st.just("advance"),
+                st.sampled_from([0.0, 0.001, 0.02, 0.07, 0.3, 1.0, 4.0]),
+                st.none(),
+            ),
+            st.tuples(
+                st.just("cycle"),
+                st.tuples(st.integers(1, 40), st.sampled_from([0.001, 0.01, 0.03, 0.06, 0.2])),
+                st.booleans(),
+            ),
+            st.tuples(st.just("wake"), st.none(), st.none()),
         ),
-        st.tuples(
-            st.just("cycle"),
-            st.tuples(st.integers(1, 40), st.sampled_from([0.001, 0.01, 0.03, 0.06, 0.2])),
-            st.booleans(),
-        ),
-        st.tuples(st.just("wake"), st.none(), st.none()),
-    ),
-    min_size=25,
-    max_size=100,
-)
+        min_size=25,
+        max_size=100,
+    )
+
+
+operations = operation_lists([None, 0.0, 0.3, 1.0, 2.5])
 configs = st.fixed_dictionaries(
     {
         "learn": st.booleans(),
@@ -433,32 +442,7 @@ def backoff(learn: bool) -> Backoff:
 # The alphabet with organisations known from the start (the harness lets the core learn
 # every key's organisation first) and no Retry-After shorter than the floor; the test
 # after it adds discovery and the short Retry-After back.
-_settled_outcomes = st.one_of(
-    st.tuples(st.just("ok"), st.sampled_from(STATUSES)),
-    st.tuples(st.just("429"), st.sampled_from([None, 0.3, 1.0, 2.5])),
-    st.tuples(st.just("503"), st.sampled_from([None, 1.0])),
-    st.tuples(st.sampled_from(["500", "reset", "decode", "404", "401"]), st.none()),
-)
-_settled_operations = st.lists(
-    st.one_of(
-        st.tuples(st.just("track"), st.integers(0, 23), st.sampled_from([0, 0, 1, 2])),
-        st.tuples(st.just("track_many"), st.integers(0, 23), st.sampled_from([0, 1, 2])),
-        st.tuples(st.just("untrack"), st.integers(0, 23), st.none()),
-        st.tuples(st.just("dispatch"), st.integers(1, 24), st.none()),
-        st.tuples(st.just("complete"), st.integers(0, 23), _settled_outcomes),
-        st.tuples(
-            st.just("advance"), st.sampled_from([0.0, 0.001, 0.02, 0.07, 0.3, 1.0, 4.0]), st.none()
-        ),
-        st.tuples(
-            st.just("cycle"),
-            st.tuples(st.integers(1, 40), st.sampled_from([0.001, 0.01, 0.03, 0.06, 0.2])),
-            st.booleans(),
-        ),
-        st.tuples(st.just("wake"), st.none(), st.none()),
-    ),
-    min_size=25,
-    max_size=100,
-)
+_settled_operations = operation_lists([None, 0.3, 1.0, 2.5])
 
 
 def _harness(config: dict[str, object]) -> Harness:

@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from _helpers import FAST
 
 from poller import (
     AuthenticationError,
@@ -35,15 +36,6 @@ from poller.testing.pytest_plugin import TEST_API_KEY, TEST_ORG_ID
 
 pytestmark = pytest.mark.anyio
 
-# Fast polling for jobs that last tens of milliseconds.
-FAST = Backoff(
-    initial_interval_s={"validating": 0.02, "queued": 0.02, "in_progress": 0.02},
-    default_interval_s=0.02,
-    min_interval_s=0.01,
-    max_interval_s=0.2,
-    error_base_s=0.02,
-    error_max_s=0.2,
-)
 QUICK_ENDPOINTS = ("/v1/documents/classify", "/v1/documents/extract", "/v1/documents/split")
 
 

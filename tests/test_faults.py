@@ -28,7 +28,7 @@ from collections import Counter, defaultdict
 import anyio
 import orjson
 import pytest
-from _helpers import CountingTransport, LocalServer, poller_tasks, status_body
+from _helpers import FAST, CountingTransport, LocalServer, poller_tasks, status_body
 from aiohttp import web
 
 from poller import Backoff, Poller, Status, Transition
@@ -43,14 +43,6 @@ KEY_A, KEY_B, KEY_STORM = "rt_test_fault_a", "rt_test_fault_b", "rt_test_fault_s
 ORG_OF_KEY = {KEY_A: "org_a", KEY_B: "org_b", KEY_STORM: "org_storm"}
 STORM_LIMIT_PER_S = 50
 STORM_JOBS = 500
-FAST = Backoff(
-    initial_interval_s={"validating": 0.02, "queued": 0.02, "in_progress": 0.02},
-    default_interval_s=0.02,
-    min_interval_s=0.01,
-    max_interval_s=0.2,
-    error_base_s=0.02,
-    error_max_s=0.2,
-)
 MATRIX = Faults(
     server_error=0.10,
     reset=0.05,

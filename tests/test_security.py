@@ -33,7 +33,6 @@ from _helpers import (
     LocalServer,
     exception_chain,
     exception_texts,
-    self_signed_cert,
     status_body,
 )
 from aiohttp import web
@@ -367,14 +366,6 @@ async def test_an_unexpected_transport_error_is_logged_without_the_secrets(
 
 
 # -- TLS ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    files = self_signed_cert(tmp_path_factory.mktemp("tls"))
-    if files is None:
-        pytest.skip("openssl is not installed")
-    return files
 
 
 @pytest.fixture
