@@ -18,18 +18,18 @@ import asyncio
 import logging
 import traceback
 from collections import deque
-from collections.abc import Callable
-from time import monotonic
+from collections.abc import Awaitable, Callable
 
 from ._boundary import detached, scrub
 from ._callbacks import CallbackRunner
 from ._core import Job, Scheduler
 from ._metrics import Recorder
+from .auth import Credential
 from .errors import PollerError, RequestError, TransportError
 from .events import Event
 from .models import JobStatus
 from .subscription import Subscription
-from .transport import Transport
+from .transport import AiohttpTransport, Transport
 
 __all__ = ["Driver", "Settle"]
 
@@ -103,11 +103,14 @@ class Driver:
             wake.set_result(None)
 
     async def work(self) -> None:
-        core, clock = self.core, self.clock
-        transport = self.transport
+        core, clock, metrics = self.core, self.clock, self.metrics
+        fetch = _fetcher(self.transport)
         loop = asyncio.get_running_loop()
+        # One clock reading per poll: the time the answer came is when the outcome is
+        # recorded, the end of the request's latency, and when the next job is taken.
+        now = clock()
         while True:
-            job = core.next_due(clock())
+            job = core.next_due(now)
             if job is None:
                 parked: asyncio.Future[Job] = loop.create_future()
                 self.idle.append(parked)
@@ -116,27 +119,31 @@ class Driver:
                 else:  # jobs filed while no worker was idle may be due before its timer
                     self.poke_if_due_before(self.sleep_until)
                 job = await parked
-            sent_at = monotonic()
+                now = clock()
+            sent_at = now
             error: RequestError | None = None
             try:
-                payload = await transport.get_status(job.job_id, job.credential)
+                payload = await fetch(job.job_id, job.credential)
             except RequestError as exc:
                 error = detached(exc)
             except Exception as exc:  # a transport bug must not take the engine down
                 _log_unexpected(exc, job)
                 error = TransportError(f"unexpected {type(exc).__name__}", job_id=job.job_id)
-            self.metrics.request(job.bucket.org_id, monotonic() - sent_at, error)
+            now = clock()
+            # The engine's clock may step back (a wall clock): no negative latency.
+            metrics.request(job.bucket.org_id, now - sent_at if now > sent_at else 0.0, error)
             try:
                 if error is None:
-                    core.on_success(job, payload, clock())
+                    core.on_success(job, payload, now)
                 else:
-                    core.on_failure(job, error, clock())
+                    core.on_failure(job, error, now)
             except Exception as exc:  # a bug must cost this job, never the engine
                 log.exception("recording the outcome for job %s failed", job.job_id)
                 cause = PollerError(f"internal error recording an outcome: {type(exc).__name__}")
-                core.abandon(job, cause, clock())
+                core.abandon(job, cause, now)
             if core.new_events or core.new_finished:
                 self.deliver()
+                now = clock()  # callbacks run in there, and may take a while
             if self.idle:  # only idle workers need the dispatcher to know
                 self.poke_if_due_before(self.sleep_until)
 
@@ -174,6 +181,15 @@ class Driver:
                 if timer is not None:
                     timer.cancel()
                 self.wake = None
+
+
+def _fetcher(transport: Transport) -> Callable[[str, Credential], Awaitable[JobStatus]]:
+    """How the workers fetch a status. The engine checked every job ID when it was
+    tracked, so the built-in transport is spared checking it again on every poll;
+    any other transport gets its public method."""
+    if type(transport) is AiohttpTransport:
+        return transport.get_valid_status
+    return transport.get_status
 
 
 def _log_unexpected(exc: Exception, job: Job) -> None:

@@ -8,11 +8,13 @@ every request, and maps every failure through ``poller._boundary``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import ssl
 import time
 import warnings
+from asyncio import current_task
 from collections.abc import Awaitable, Callable
 from typing import Final, NoReturn, Protocol, TypeVar
 from urllib.parse import urlencode
@@ -21,6 +23,7 @@ import aiohttp
 from yarl import URL
 
 from ._boundary import client_error, error_for_status, raise_mapped, scrub
+from ._deadline import Deadlines
 from ._decode import decode_job, decode_status, excerpt
 from ._ids import MAX_JOB_ID_LENGTH, fast_valid, validate_job_id
 from ._version import __version__
@@ -77,7 +80,9 @@ class AiohttpTransport:
     Args:
         base_url: API root; None reads ``RETAB_API_BASE_URL``, else ``https://api.retab.com``.
         max_connections: connections open at once, across all hosts.
-        request_timeout_s: limit on one whole request, connect to last byte.
+        request_timeout_s: limit on one whole request, connect to last byte. One shared
+            check every eighth of it enforces it (not a timer per request), so a
+            request is cut between 1x and 1.125x this long after it started.
         insecure_skip_tls_verify: turn TLS certificate verification off. Never do this
             against the real API; it logs a warning and emits a ``RuntimeWarning``.
         ssl_context: a custom TLS context (custom CA, client certificate).
@@ -101,6 +106,9 @@ class AiohttpTransport:
             base_url, max_connections, request_timeout_s, insecure_skip_tls_verify
         )
         self._jobs_prefix = f"{self.base_url}/v1/jobs/"
+        self._deadlines = Deadlines(request_timeout_s)
+        # For a request awaited outside any task, which the shared check cannot cancel.
+        self._own_timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         self._clock = clock
         tls: ssl.SSLContext | bool = True
         if insecure_skip_tls_verify:
@@ -121,7 +129,8 @@ class AiohttpTransport:
                 keepalive_timeout=30,
             ),
             cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=request_timeout_s),
+            # No timer per request: self._deadlines times requests (see poller._deadline).
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=request_timeout_s),
             headers={"User-Agent": f"poller/{__version__}", "Accept": "application/json"},
             raise_for_status=False,
             trust_env=False,
@@ -192,14 +201,26 @@ class AiohttpTransport:
         self, url: URL, job_id: str, credential: Credential, limit: int, decode: Decode[S]
     ) -> S:
         """GET ``url`` and decode the body of its 200 response; raises for anything else."""
+        task = current_task()
+        deadlines = self._deadlines
+        if task is not None:
+            deadlines.start(task)
         try:
             # Awaited, not entered with ``async with``: the context manager's __aenter__
             # is one more coroutine frame that every resumption of this request passes
             # through. ``release()`` in ``finally`` is what its __aexit__ does (returning a
             # connection whose body was not read to the end closes it).
-            resp = await self._session.get(
-                url, headers=credential._wire_headers, allow_redirects=False
-            )
+            if task is not None:
+                resp = await self._session.get(
+                    url, headers=credential._wire_headers, allow_redirects=False
+                )
+            else:
+                resp = await self._session.get(
+                    url,
+                    headers=credential._wire_headers,
+                    allow_redirects=False,
+                    timeout=self._own_timeout,
+                )
             try:
                 headers = resp.headers
                 request_id = headers.get("x-request-id")
@@ -217,6 +238,11 @@ class AiohttpTransport:
             raise _scrubbed(exc, credential) from exc.__cause__
         except RequestError:
             raise
+        except asyncio.CancelledError:
+            if task is None or not deadlines.absorb(task):
+                raise  # cancelled by its caller: stays cancelled
+            error = client_error(TimeoutError(), job_id)
+            assert error is not None
         except Exception as exc:  # the one place aiohttp and OS errors are translated
             if self._session.closed:  # checked here, not before: it costs on every poll
                 raise PollerClosedError("the transport is closed") from None
@@ -231,6 +257,9 @@ class AiohttpTransport:
             except DecodeError as exc:
                 raise _scrubbed(exc, credential) from exc.__cause__
             return decoded
+        finally:
+            if task is not None:
+                deadlines.finish(task)
         raise_mapped(error)  # outside the handler, so the original is no implicit context
 
     async def _other_body(
@@ -274,6 +303,12 @@ class AiohttpTransport:
                 validate_job_id(job_id)  # raises, saying why
             except InvalidJobIdError as exc:
                 return _raise(exc)
+        return self.get_valid_status(job_id, credential)
+
+    def get_valid_status(self, job_id: str, credential: Credential) -> Awaitable[JobStatus]:
+        """:meth:`get_status` for a job ID already checked by
+        :func:`poller._ids.validate_job_id` (the engine checks each when it is tracked).
+        Internal: an unchecked ID here could break out of the URL path."""
         segment = job_id.replace(":", "%3A") if ":" in job_id else job_id
         query = credential._wire_query
         path = f"{self._jobs_prefix}{segment}/status"
@@ -300,6 +335,7 @@ class AiohttpTransport:
 
     async def aclose(self) -> None:
         """Close the session and every pooled connection. Idempotent."""
+        self._deadlines.close()
         if not self._session.closed:
             await self._session.close()
 
