@@ -248,22 +248,49 @@ def run_child(module: str, spec: dict[str, Any], *, timeout_s: float) -> dict[st
     """Run ``python -m <module> --child <spec>`` in a fresh interpreter and return the
     JSON object it prints last. Fresh processes keep one measurement from warming or
     fragmenting the heap of the next."""
-    cmd = [sys.executable, "-m", module, "--child", json.dumps(spec)]
+    return run_children(module, [spec], timeout_s=timeout_s)[0]
+
+
+def run_children(
+    module: str, specs: Sequence[dict[str, Any]], *, timeout_s: float
+) -> list[dict[str, Any]]:
+    """:func:`run_child` for several specs at once, each in its own process, all running
+    at the same time; their results in the order of ``specs``."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", module, "--child", json.dumps(spec)],
+            cwd=CODE_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for spec in specs
+    ]
+    deadline = time.monotonic() + timeout_s
+    outputs: list[tuple[str, str]] = []
     try:
-        proc = subprocess.run(
-            cmd, cwd=CODE_ROOT, capture_output=True, text=True, timeout=timeout_s, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise ChildError(f"{module} {spec} timed out after {timeout_s:g} s") from exc
-    if proc.returncode != 0:
-        raise ChildError(
-            f"{module} {spec} exited {proc.returncode}:\n{proc.stderr[-4000:]}{proc.stdout[-2000:]}"
-        )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        raise ChildError(f"{module} {spec} printed no result:\n{proc.stderr[-4000:]}")
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+        for spec, proc in zip(specs, procs, strict=True):
+            try:
+                out, err = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired as exc:
+                raise ChildError(f"{module} {spec} timed out after {timeout_s:g} s") from exc
+            if proc.returncode != 0:
+                raise ChildError(
+                    f"{module} {spec} exited {proc.returncode}:\n{err[-4000:]}{out[-2000:]}"
+                )
+            outputs.append((out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    results = []
+    for spec, (out, err) in zip(specs, outputs, strict=True):
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        if not lines:
+            raise ChildError(f"{module} {spec} printed no result:\n{err[-4000:]}")
+        results.append(json.loads(lines[-1]))
+    return results
 
 
 def module_main(name: str, child: Callable[[dict[str, Any]], dict[str, Any]] | None) -> None:

@@ -12,7 +12,9 @@
 
 Each measures a window after a warm-up: polls answered, wall seconds, and this
 process's CPU seconds (``time.process_time``), so polls per CPU-second count the
-client alone.
+client alone. Two clients run side by side on one core (the paired measurement of
+``benchmarks.throughput``) start their windows at the same instant, ``spec["start_at"]``
+(Unix time), instead of after a warm-up of their own.
 """
 
 from __future__ import annotations
@@ -51,12 +53,19 @@ async def _probe(samples: list[float], period_s: float = 0.25) -> None:
         await asyncio.sleep(period_s)
 
 
+def time_to_window(spec: dict[str, Any]) -> float:
+    """Seconds from now until the window opens: the warm-up, or until ``start_at``."""
+    start_at = spec.get("start_at")
+    return float(spec["warmup_s"] if start_at is None else start_at - time.time())
+
+
 async def measure(
     polls: Callable[[], int], errors: Callable[[], int], warmup_s: float, duration_s: float
 ) -> dict[str, Any]:
     """Count polls over ``duration_s`` after ``warmup_s``, probing the core's speed
-    throughout (about 1% of the time, the same for every client)."""
-    await asyncio.sleep(warmup_s)
+    throughout (about 1% of the time, the same for every client). A negative
+    ``warmup_s`` is how late the window opens (start-up took longer than planned)."""
+    await asyncio.sleep(max(0.0, warmup_s))
     samples: list[float] = []
     prober = asyncio.create_task(_probe(samples))
     p0, e0 = polls(), errors()
@@ -75,6 +84,7 @@ async def measure(
         "polls_per_cpu_s": (p1 - p0) / cpu if cpu > 0 else None,
         "cpu_utilisation": cpu / wall,
         "probe_ms": round(samples[len(samples) // 2] * 1e3, 3) if samples else None,
+        "late_s": round(max(0.0, -warmup_s), 3),
     }
 
 
@@ -128,7 +138,7 @@ async def bare(spec: dict[str, Any]) -> dict[str, Any]:
         tasks = [asyncio.create_task(worker(k)) for k in range(concurrency)]
         try:
             return await measure(
-                lambda: count[0], lambda: count[1], spec["warmup_s"], spec["duration_s"]
+                lambda: count[0], lambda: count[1], time_to_window(spec), spec["duration_s"]
             )
         finally:
             await _cancel_all(tasks)
@@ -152,7 +162,7 @@ async def engine(spec: dict[str, Any]) -> dict[str, Any]:
             # Answered polls only, as the bare loop counts them: a failed request is no poll.
             lambda: _answered(poller.stats()),
             lambda: poller.stats().errors + poller.stats().rate_limited,
-            spec["warmup_s"],
+            time_to_window(spec),
             spec["duration_s"],
         )
         stats = poller.stats()
@@ -200,7 +210,7 @@ async def sdk(spec: dict[str, Any]) -> dict[str, Any]:
         tasks = [asyncio.create_task(wait_for(job_id)) for job_id in job_ids(spec["jobs"])]
         try:
             return await measure(
-                lambda: count[0], lambda: count[1], spec["warmup_s"], spec["duration_s"]
+                lambda: count[0], lambda: count[1], time_to_window(spec), spec["duration_s"]
             )
         finally:
             await _cancel_all(tasks)
