@@ -2,7 +2,10 @@
 
 (a) ``bare``: a hand-written aiohttp loop, the practical ceiling: ``concurrency`` tasks
     over one session, each GETting the next job's status and decoding it with the
-    engine's decoder, back to back. No scheduling at all.
+    engine's decoder, back to back. No scheduling at all. aiohttp's default timeout
+    applies (a timer armed for every request), as in any loop written by hand.
+    ``bare_untimed`` is the same with no timeout at all: unsafe (a stuck request holds
+    its task forever), measured only to show what the timer costs.
 (b) ``engine``: :class:`poller.Poller` tracking ``jobs`` jobs that stay ``in_progress``,
     with intervals short enough that more polls are due than the pool can send.
 (c) ``sdk``: the SDK-style waiter: httpx, one asyncio task per job, a fixed interval,
@@ -106,8 +109,10 @@ async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def bare(spec: dict[str, Any]) -> dict[str, Any]:
-    """(a) the hand-written aiohttp loop."""
+async def bare(
+    spec: dict[str, Any], *, client_timeout: aiohttp.ClientTimeout | None = None
+) -> dict[str, Any]:
+    """(a) the hand-written aiohttp loop (aiohttp's default timeout, unless ``client_timeout``)."""
     concurrency = spec["concurrency"]
     ids = job_ids(spec["jobs"])
     prefix = f"{spec['base_url']}/v1/jobs/"
@@ -115,7 +120,10 @@ async def bare(spec: dict[str, Any]) -> dict[str, Any]:
     count = [0, 0]  # polls, errors
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, keepalive_timeout=30)
     async with aiohttp.ClientSession(
-        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), headers=_HEADERS
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        headers=_HEADERS,
+        timeout=client_timeout or aiohttp.client.DEFAULT_TIMEOUT,
     ) as session:
 
         async def worker(index: int) -> None:
@@ -216,8 +224,14 @@ async def sdk(spec: dict[str, Any]) -> dict[str, Any]:
             await _cancel_all(tasks)
 
 
+async def bare_untimed(spec: dict[str, Any]) -> dict[str, Any]:
+    """(a) without any request timeout: no timer armed per request."""
+    return await bare(spec, client_timeout=aiohttp.ClientTimeout(total=None))
+
+
 VARIANTS: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
     "bare": bare,
+    "bare_untimed": bare_untimed,
     "engine": engine,
     "sdk": sdk,
 }

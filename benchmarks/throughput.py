@@ -26,6 +26,9 @@ half the core, and whatever slows the core slows both alike, so the ratio of the
 polls per second is the ratio of their speeds, within about 2% (the benchmark checks
 that by pairing (b) with itself). The order of the two launches alternates. A round
 counts if each client had close to half the core and opened its window on time.
+(b) is also paired with (a) stripped of aiohttp's per-request timeout timer, which
+(b) does not arm either (it times requests with one shared check,
+``poller._deadline``): that shows how much of the comparison the timer is.
 
 Goals: (b) at least 0.9x (a) in polls per second, judged on the median of the paired
 rounds (the best runs one at a time are reported next to it); (b) at least 5x (c) in
@@ -71,7 +74,7 @@ def _plan(quick: bool) -> dict[str, Any]:
             "sweep_point": {"min_rounds": 1, "max_rounds": 1, "clean": 1, "sdk_rounds": 1},
             "warmup_s": 1.0,
             "duration_s": 1.5,
-            "paired": {"rounds": 2, "same": 1, "uvloop_rounds": 1},
+            "paired": {"rounds": 2, "same": 1, "untimed": 1, "uvloop_rounds": 1},
         }
     return {
         "jobs": 100_000,
@@ -82,7 +85,7 @@ def _plan(quick: bool) -> dict[str, Any]:
         "sweep_point": {"min_rounds": 1, "max_rounds": 2, "clean": 1, "sdk_rounds": 1},
         "warmup_s": 2.0,
         "duration_s": 3.0,
-        "paired": {"rounds": 6, "same": 2, "uvloop_rounds": 4},
+        "paired": {"rounds": 6, "same": 2, "untimed": 2, "uvloop_rounds": 4},
     }
 
 
@@ -189,6 +192,8 @@ def _paired_rounds(
         pairs = [("bare", "engine") if i % 2 == 0 else ("engine", "bare") for i in range(count)]
         if loop == "asyncio":
             pairs += [("engine", "engine")] * plan["paired"]["same"]
+            untimed = [("bare_untimed", "engine"), ("engine", "bare_untimed")]
+            pairs += [untimed[i % 2] for i in range(plan["paired"]["untimed"])]
         for index, pair in enumerate(pairs):
             start_at = time.time() + PAIRED_STARTUP_S
             specs = [
@@ -212,12 +217,9 @@ def _paired_rounds(
                 PAIRED_SHARE[0] <= share <= PAIRED_SHARE[1] and r["late_s"] < 0.1
                 for share, r in zip(shares, results, strict=True)
             )
-            by_variant = {v: r["polls_per_s"] for v, r in zip(pair, results, strict=True)}
-            ratio = (
-                results[1]["polls_per_s"] / results[0]["polls_per_s"]
-                if pair[0] == pair[1]
-                else by_variant["engine"] / by_variant["bare"]
-            )
+            # (b) over the other; the second over the first when (b) is beside itself.
+            first, second = (r["polls_per_s"] for r in results)
+            ratio = first / second if pair[0] == "engine" != pair[1] else second / first
             record = {
                 "loop": loop,
                 "round": index,
@@ -239,14 +241,18 @@ def _paired_rounds(
 
 def _paired_summary(rounds: list[dict[str, Any]], loop: str) -> dict[str, Any] | None:
     mine = [r for r in rounds if r["loop"] == loop and r["valid"]]
-    mixed = sorted(r["ratio"] for r in mine if r["pair"][0] != r["pair"][1])
-    same = [r["ratio"] for r in mine if r["pair"][0] == r["pair"][1]]
+
+    def against(other: str) -> list[float]:
+        return sorted(r["ratio"] for r in mine if sorted(r["pair"]) == sorted([other, "engine"]))
+
+    mixed = against("bare")
     if not mixed:
         return None
     return {
         "median": statistics.median(mixed),
         "rounds": mixed,
-        "same": same,
+        "same": against("engine"),
+        "untimed": against("bare_untimed"),
         "counted": len(mine),
         "run": sum(1 for r in rounds if r["loop"] == loop),
     }
@@ -478,12 +484,19 @@ def _paired_note(row: dict[str, Any], plan: dict[str, Any]) -> str:
     if not side:
         return "No side-by-side round counted at the headline pool size."
     same = ", ".join(f"{x:.3f}" for x in side["same"]) or "none counted"
+    untimed = ", ".join(f"{x:.3f}" for x in side["untimed"])
     return (
         f"Side by side ((a) and (b) at once on one core, {plan['duration_s']:g} s windows "
         f"opening together): (b)/(a) per round "
         + ", ".join(f"{x:.3f}" for x in side["rounds"])
         + f"; (b) beside itself, the method's own spread: {same}. "
-        f"{side['counted']} of {side['run']} rounds counted (each client had "
+        + (
+            f"(b) against (a) with no request timeout at all (no timer per request, as in "
+            f"(b)): {untimed}. "
+            if untimed
+            else ""
+        )
+        + f"{side['counted']} of {side['run']} rounds counted (each client had "
         f"{PAIRED_SHARE[0]:.0%}-{PAIRED_SHARE[1]:.0%} of the core and opened its window on time)."
     )
 
