@@ -61,6 +61,9 @@ _REFUSAL_S: Final = 300.0
 # many organisations over weeks must not keep them all.
 ORG_IDLE_S: Final = 3600.0
 _SWEEP_S: Final = 300.0  # how often refusals and idle organisations are looked at
+# A job first seen validating less than this after its created_at (whole seconds) was
+# seen from its creation, near enough to time its validating phase by our own polls.
+_FRESH_S: Final = 1.0
 PENDING: Final = "pending"
 """``by_status`` key of jobs not seen yet."""
 ERROR: Final = "error"
@@ -90,6 +93,7 @@ class Job:
         "phase",
         "polled_at",
         "row",
+        "seen_at",
         "seq",
         "status",
         "unchanged",
@@ -106,6 +110,8 @@ class Job:
         self.row: Row | None = None
         self.base_s = 0.0
         self.status: Status | None = None
+        # When it was first seen validating, if seen from its creation; else 0.0.
+        self.seen_at = 0.0
         self.seq = 0
         self.unchanged = 0
         self.errors = 0
@@ -331,6 +337,16 @@ class Scheduler:
                 # not stop tracking.
                 with contextlib.suppress(ArithmeticError):
                     self._model.observe(payload, previous)
+                    if previous is Status.VALIDATING and job.seen_at:
+                        # It changed after the last poll (which showed validating).
+                        self._model.observe_validating(
+                            payload.organization_id,
+                            payload.endpoint.value,
+                            job.polled_at - job.seen_at,
+                            now - job.seen_at,
+                        )
+            fresh = previous is None and now - payload.created_at < _FRESH_S
+            job.seen_at = now if current is Status.VALIDATING and fresh else 0.0
             self.new_events.append(
                 Transition(
                     job_id=job.job_id,
@@ -443,6 +459,8 @@ class Scheduler:
             age: float | None = now - payload.started_at
         elif status is Status.QUEUED:
             age = now - payload.created_at
+        elif status is Status.VALIDATING and job.seen_at:
+            age = now - job.seen_at
         else:
             age = None
         if age is not None and age < 0.0:  # clocks disagree: the job just started
@@ -475,6 +493,8 @@ class Scheduler:
             # would have a second queue, and once its bucket is forgotten, two budgets.
             self._move(job, self._bucket_for(job.credential, None))
         job.polled_at, job.row, job.base_s = now, None, delay_s
+        # No status seen at this poll: the validating phase can no longer be timed.
+        job.seen_at = 0.0
         self._push(job, now + delay_s)
 
     def _crossing(self, job: Job, level: int) -> float:

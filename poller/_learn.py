@@ -3,8 +3,14 @@
 **What is learned.** For each (organisation, endpoint, status) a small log-bucketed
 histogram of how long jobs stay there, from the timestamps the API itself reports:
 time queued is ``started_at - created_at``, time in progress is ``completed_at -
-started_at``. Memory is bounded: ~100 counters per key, at most ``max_keys`` keys,
-and old samples fade (all counts halve once they pass ``max_weight``).
+started_at``. The payload has no timestamp for the end of ``validating`` (and
+``created_at`` is whole seconds, too coarse for a phase that lasts a fraction of
+one), so that phase is timed by the engine's own polls, for jobs it saw from their
+creation: from the first sighting, the change happened between the last poll that
+showed ``validating`` and the first that did not, and that interval is what is
+recorded (its weight spread over the bins it covers). Memory is bounded: ~100
+counters per key, at most ``max_keys`` keys, and old samples fade (all counts halve
+once they pass ``max_weight``).
 
 **How it is used.** After a poll that shows a job of age ``a`` (time since it
 entered its status) unchanged, the expected detection lag piling up until the next
@@ -47,6 +53,9 @@ _RATIO: Final = 1.2
 _BINS: Final = 100  # 0.05 s to ~4 days at a 20% resolution
 _EDGES: Final = [_MIN_S * _RATIO**i for i in range(_BINS)]
 _LOG_RATIO: Final = math.log(_RATIO)
+# How much of a censored duration's weight is spread evenly over its interval rather
+# than where earlier durations put the change (so no bin is ever ruled out for good).
+_PLAIN_SHARE: Final = 0.1
 
 # The table: ages at which the step is solved, and candidate steps.
 _AGES: Final = [0.0] + [0.1 * 1.25**i for i in range(70)]  # up to ~6 days
@@ -74,6 +83,37 @@ class DurationSketch:
     def add(self, duration_s: float) -> None:
         """Record one duration (negative ones count as zero)."""
         self._counts[_bin(max(0.0, duration_s))] += 1.0
+        self._added()
+
+    def add_between(self, low_s: float, high_s: float) -> None:
+        """Record one duration known only to lie in ``[low_s, high_s]``.
+
+        Its weight goes to the bins the interval covers, in proportion to how much of
+        the interval each covers times what that bin already holds (mixed with a
+        little of the plain share): where earlier durations say the change is likely,
+        as the self-consistent (Turnbull) estimate of censored data does, done once
+        per sample instead of iterated."""
+        low, high = max(0.0, low_s), max(0.0, high_s)
+        first, last = _bin(low), _bin(high)
+        if first == last or high - low <= 0.0:
+            self._counts[last] += 1.0
+            self._added()
+            return
+        counts = self._counts
+        span = high - low
+        shares = []
+        for index in range(first, last + 1):
+            start = _EDGES[index - 1] if index else 0.0
+            end = _EDGES[index] if index < last else high
+            shares.append((min(end, high) - max(start, low)) / span)
+        held = [share * counts[first + k] for k, share in enumerate(shares)]
+        total_held = sum(held)
+        for k, share in enumerate(shares):
+            likely = held[k] / total_held if total_held > 0.0 else share
+            counts[first + k] += (1.0 - _PLAIN_SHARE) * likely + _PLAIN_SHARE * share
+        self._added()
+
+    def _added(self) -> None:
         self.total += 1.0
         if self.total > self.max_weight:
             self._counts = [c / 2.0 for c in self._counts]
@@ -221,10 +261,15 @@ class DurationModel:
             self._entries.move_to_end(key)
         return entry
 
-    def _add(self, key: tuple[str, str, str], duration_s: float) -> None:
+    def _add(
+        self, key: tuple[str, str, str], duration_s: float, high_s: float | None = None
+    ) -> None:
         entry = self._entry(key, create=True)
         assert entry is not None
-        entry.sketch.add(duration_s)
+        if high_s is None:
+            entry.sketch.add(duration_s)
+        else:
+            entry.sketch.add_between(duration_s, high_s)
         entry.fresh += 1
         self.samples += 1
         ready = entry.sketch.total >= self._min_samples
@@ -240,6 +285,13 @@ class DurationModel:
             self._add((org, endpoint, Status.QUEUED.value), started - payload.created_at)
         if current.is_terminal and started is not None and payload.completed_at is not None:
             self._add((org, endpoint, Status.IN_PROGRESS.value), payload.completed_at - started)
+
+    def observe_validating(
+        self, organization_id: str, endpoint: str, low_s: float, high_s: float
+    ) -> None:
+        """Learn that a job left ``validating`` between ``low_s`` and ``high_s`` after it
+        was first seen (the engine's polls on either side of the change)."""
+        self._add((organization_id, endpoint, Status.VALIDATING.value), low_s, high_s)
 
     def row(self, payload: JobStatus, now: float) -> Row | Literal["tail"] | None:
         """The lag table row for a job in ``payload``'s state now (see :func:`solve_step`);

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 
+import msgspec
 import pytest
 
 from poller._core import ORG_IDLE_S, PENDING, Job, Scheduler
@@ -508,3 +509,78 @@ def test_a_key_whose_organisation_is_unknown_sends_one_probe_at_a_time() -> None
     probed = {job.job_id for job in first + second + third + fourth}
     never_polled = {f"job_{i}" for i in range(10)} - probed
     assert never_polled <= {job.job_id for job in drain(core, T0 + 1.2)}
+
+
+def _validating(job_id: str, *, created_at: float) -> JobStatus:
+    return JobStatus(
+        id=job_id,
+        status=Status.VALIDATING,
+        endpoint=Endpoint.DOCUMENTS_EXTRACT,
+        created_at=int(created_at),
+        expires_at=int(T0 + 86400),
+        organization_id="org_a",
+    )
+
+
+def _poll(core: Scheduler, now: float) -> tuple[Job, float]:
+    """The next job the core sends, and when (spurious wake-ups skipped)."""
+    while (job := core.next_due(now)) is None:
+        wake = core.next_wakeup(now)
+        assert wake is not None
+        now = max(now, wake)
+    return job, now
+
+
+def _validate_jobs(
+    core: Scheduler, count: int, *, late_s: float, fail_second: bool = False
+) -> list[float]:
+    """Jobs created ``late_s`` before they are first seen, one after another, each
+    validating until 0.5 s after that and then queued; returns the gap from each one's
+    first sighting to its next poll. With ``fail_second``, that next poll fails (a 500)."""
+    steps = []
+    now = T0 + 0.25
+    for index in range(count):
+        job_id = f"job_v{index}"
+        created = now - late_s
+        core.track(job_id, KEY, now)
+        polls, seen = 0, now
+        while True:
+            job, now = _poll(core, now)
+            assert job.job_id == job_id
+            polls += 1
+            if polls == 2:
+                steps.append(now - seen)
+                if fail_second:
+                    core.on_failure(job, ServerError("boom", job_id=job_id, status=500), now)
+                    continue
+            status = Status.QUEUED if now - seen >= 0.5 else Status.VALIDATING
+            answer = _validating(job_id, created_at=created)
+            core.on_success(job, msgspec.structs.replace(answer, status=status), now)
+            if status is Status.QUEUED:
+                break
+        core.untrack(job_id)
+        now += 1.0
+    return steps
+
+
+def test_the_validating_phase_is_timed_by_the_engines_own_polls() -> None:
+    core = make(backoff=Backoff())  # jitter on, so polls bracket the change differently
+    steps = _validate_jobs(core, 200, late_s=0.0)
+
+    def after_the_change(gaps: list[float]) -> float:
+        return sum(gap >= 0.5 for gap in gaps) / len(gaps)
+
+    # Unlearned: 0.5 s +-20%, half the first re-polls come too early and cost another.
+    assert all(0.4 <= step <= 0.6 for step in steps[:30])
+    assert after_the_change(steps[:30]) < 0.7
+    # Learned: nearly every first re-poll comes just after the change.
+    assert after_the_change(steps[-100:]) > 0.9
+    assert 0.5 < sum(steps[-100:]) / 100 < 0.8
+    assert core._model is not None and len(core._model) == 1
+
+
+def test_jobs_seen_late_or_after_a_failed_poll_teach_nothing_of_validating() -> None:
+    for kwargs in ({"late_s": 5.0}, {"late_s": 0.0, "fail_second": True}):
+        core = make(backoff=Backoff(jitter=0.0))
+        _validate_jobs(core, 40, **kwargs)  # type: ignore[arg-type]
+        assert core._model is not None and len(core._model) == 0, kwargs

@@ -165,3 +165,40 @@ def test_tail_step_grows_with_age_and_threshold() -> None:
     assert tail_step(100.0, 0.125) == pytest.approx(5.0)
     assert tail_step(400.0, 0.125) == pytest.approx(10.0)
     assert tail_step(100.0, 0.5) == pytest.approx(10.0)
+
+
+def test_a_censored_duration_spreads_one_sample_over_its_interval() -> None:
+    sketch = DurationSketch()
+    sketch.add_between(0.2, 2.0)
+    xs, ys = sketch.cdf_points()
+    assert sketch.total == 1.0 and ys[-1] == pytest.approx(1.0)
+    below = max(y for x, y in zip(xs, ys, strict=True) if x <= 0.2)
+    above = min(y for x, y in zip(xs, ys, strict=True) if x >= 2.0)
+    assert below == 0.0 and above == pytest.approx(1.0)  # nothing outside [0.2, 2.0]
+    at_one = max(y for x, y in zip(xs, ys, strict=True) if x <= 1.0)
+    assert 0.3 < at_one < 0.5  # spread evenly over the interval: ~45% below 1.0
+
+
+def test_a_censored_duration_goes_where_earlier_ones_put_the_change() -> None:
+    sketch = DurationSketch()
+    for _ in range(50):
+        sketch.add(0.5)
+    sketch.add_between(0.0, 3.0)  # says only "somewhere in the first 3 s"
+    xs, ys = sketch.cdf_points()
+    share_near_half = sum(
+        y1 - y0 for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:], strict=False) if x0 <= 0.5 < x1
+    )
+    # Of the new sample's weight, nearly all (all but the even 10%) joins the 0.5 s bin.
+    assert share_near_half * 51 > 50 + 0.85
+
+
+def test_validating_is_learned_from_the_engines_own_sightings() -> None:
+    model = DurationModel(min_samples=10)
+    for _ in range(30):  # polls on either side of a change ~0.5 s after first sight
+        model.observe_validating("org_a", Endpoint.DOCUMENTS_EXTRACT.value, 0.45, 0.55)
+    validating = payload(Status.VALIDATING)
+    assert model.row(validating, T0 + 1) is None, "no timestamp in the payload to age it"
+    row = model.row_at_age(validating, 0.0)
+    assert isinstance(row, array)
+    # Just seen: the change is ~0.5 s away, so the next poll comes soon after it.
+    assert 0.45 <= solve_step(row, 0.125) <= 0.8
