@@ -25,49 +25,52 @@ class Deadlines:
     """The requests under way, by the task that awaits each, and the check that ends
     the ones past ``timeout_s``. A task awaits one request at a time."""
 
-    __slots__ = ("_expired", "_period_s", "_started", "_timer", "timeout_s")
+    __slots__ = ("_closed", "_expired", "_period_s", "_started", "_timer", "timeout_s")
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self._period_s = timeout_s / CHECKS_PER_TIMEOUT
-        self._started: dict[asyncio.Task[object], float] = {}
-        self._expired: set[asyncio.Task[object]] = set()
+        # When each request started, and how many cancellations its task had pending then
+        # (a request made while its task is being cancelled, in clean-up code, still
+        # times out as a timeout).
+        self._started: dict[asyncio.Task[object], tuple[float, int]] = {}
+        self._expired: dict[asyncio.Task[object], int] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self._started)
 
     def start(self, task: asyncio.Task[object]) -> None:
         """``task`` starts a request now."""
-        self._started[task] = monotonic()
-        if self._timer is None:
+        self._started[task] = (monotonic(), task.cancelling())
+        if self._timer is None and not self._closed:
             self._timer = task.get_loop().call_later(self._period_s, self._check)
 
     def finish(self, task: asyncio.Task[object]) -> None:
         """``task``'s request is over, however it ended."""
         self._started.pop(task, None)
-        if task in self._expired:  # cut, but the cancellation never reached the request
-            self._expired.discard(task)
-            task.uncancel()
+        if self._expired.pop(task, None) is not None:
+            task.uncancel()  # cut, but the cancellation never reached the request
 
     def absorb(self, task: asyncio.Task[object]) -> bool:
         """Whether a ``CancelledError`` raised in ``task``'s request is this timeout's
         doing alone; if so it is undone and the request should raise a timeout. False: the
         task was cancelled by someone else too (or only), and must stay cancelled."""
-        if task not in self._expired:
+        baseline = self._expired.pop(task, None)
+        if baseline is None:
             return False
-        self._expired.discard(task)
-        return task.uncancel() == 0
+        return task.uncancel() <= baseline
 
     def _check(self) -> None:
         self._timer = None
         now = monotonic()
         loop: asyncio.AbstractEventLoop | None = None
-        for task, started in list(self._started.items()):
+        for task, (started, cancelling) in list(self._started.items()):
             if now - started >= self.timeout_s:
                 del self._started[task]
                 if not task.done():
-                    self._expired.add(task)
+                    self._expired[task] = cancelling
                     task.cancel()
             elif loop is None:
                 loop = task.get_loop()
@@ -75,7 +78,8 @@ class Deadlines:
             self._timer = loop.call_later(self._period_s, self._check)
 
     def close(self) -> None:
-        """Stop the check (requests still under way are no longer timed)."""
+        """Stop the check for good (requests still under way are no longer timed)."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

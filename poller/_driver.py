@@ -19,6 +19,7 @@ import logging
 import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable
+from time import monotonic
 
 from ._boundary import detached, scrub
 from ._callbacks import CallbackRunner
@@ -106,8 +107,9 @@ class Driver:
         core, clock, metrics = self.core, self.clock, self.metrics
         fetch = _fetcher(self.transport)
         loop = asyncio.get_running_loop()
-        # One clock reading per poll: the time the answer came is when the outcome is
-        # recorded, the end of the request's latency, and when the next job is taken.
+        # One engine-clock reading per poll: the time the answer came is when the outcome
+        # is recorded and when the next job is taken. Latency is timed on the monotonic
+        # clock (the engine's may be a wall clock that steps, or a test's fake one).
         now = clock()
         while True:
             job = core.next_due(now)
@@ -120,7 +122,7 @@ class Driver:
                     self.poke_if_due_before(self.sleep_until)
                 job = await parked
                 now = clock()
-            sent_at = now
+            sent_at = monotonic()
             error: RequestError | None = None
             try:
                 payload = await fetch(job.job_id, job.credential)
@@ -129,9 +131,8 @@ class Driver:
             except Exception as exc:  # a transport bug must not take the engine down
                 _log_unexpected(exc, job)
                 error = TransportError(f"unexpected {type(exc).__name__}", job_id=job.job_id)
+            metrics.request(job.bucket.org_id, monotonic() - sent_at, error)
             now = clock()
-            # The engine's clock may step back (a wall clock): no negative latency.
-            metrics.request(job.bucket.org_id, now - sent_at if now > sent_at else 0.0, error)
             try:
                 if error is None:
                     core.on_success(job, payload, now)

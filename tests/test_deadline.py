@@ -11,7 +11,7 @@ import pytest
 
 from poller._deadline import CHECKS_PER_TIMEOUT, Deadlines
 from poller.auth import Credential
-from poller.errors import RequestTimeoutError
+from poller.errors import PollerClosedError, RequestTimeoutError
 from poller.testing import Change, Faults, JobsSimulator, SimServer
 from poller.testing.pytest_plugin import TEST_API_KEY, TEST_ORG_ID
 from poller.transport import AiohttpTransport
@@ -90,7 +90,7 @@ async def test_a_cancellation_racing_the_timeout_is_not_swallowed(
         request = asyncio.create_task(transport.get_status(job_id, cred))
         await asyncio.sleep(0.05)
         deadlines = transport._deadlines
-        deadlines._started[request] = -1e9  # past its deadline: the next check cuts it
+        deadlines._started[request] = (-1e9, 0)  # past its deadline: the next check cuts it
         deadlines._check()  # the timeout cancels it ...
         request.cancel()  # ... and so does its caller, before it runs again
         with pytest.raises(asyncio.CancelledError):
@@ -136,7 +136,7 @@ async def test_the_check_cuts_only_what_is_overdue() -> None:
     await asyncio.sleep(0)
     deadlines.start(old)
     deadlines.start(young)
-    deadlines._started[old] -= 10.0
+    deadlines._started[old] = (deadlines._started[old][0] - 10.0, 0)
     deadlines._check()
     await asyncio.sleep(0)
     assert old.cancelled() and not young.done()
@@ -145,3 +145,67 @@ async def test_the_check_cuts_only_what_is_overdue() -> None:
     young.cancel()
     deadlines.close()
     assert deadlines._timer is None
+
+
+async def test_a_timeout_in_a_task_being_cancelled_is_still_a_timeout(
+    retab_sim: SimServer, sim: JobsSimulator, cred: Credential
+) -> None:
+    """Clean-up code that makes a request after its task was cancelled gets the
+    timeout, as it would from asyncio.timeout or aiohttp's own timer."""
+    sim.faults = Faults(slow=1.0, slow_delay_s=5.0)
+    job_id = add_job(sim)
+    seen: list[str] = []
+    async with AiohttpTransport(retab_sim.base_url, request_timeout_s=TIMEOUT_S) as transport:
+
+        async def worker() -> None:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                try:
+                    await transport.get_status(job_id, cred)
+                except RequestTimeoutError:
+                    seen.append("timeout")
+                except asyncio.CancelledError:
+                    seen.append("cancelled")
+                task = asyncio.current_task()
+                assert task is not None
+                seen.append(f"cancelling={task.cancelling()}")
+                raise
+
+        task = asyncio.create_task(worker())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert seen == ["timeout", "cancelling=1"]  # its own cancellation still pending
+
+
+async def test_the_check_runs_every_eighth_of_the_timeout() -> None:
+    deadlines = Deadlines(0.8)
+
+    async def hold() -> None:
+        await asyncio.sleep(60)
+
+    task = asyncio.create_task(hold())
+    loop = asyncio.get_running_loop()
+    deadlines.start(task)
+    timer = deadlines._timer
+    assert timer is not None
+    assert timer.when() - loop.time() == pytest.approx(0.8 / CHECKS_PER_TIMEOUT, abs=0.02)
+    deadlines._started[task] = (deadlines._started[task][0] - 0.79, 0)
+    deadlines._check()
+    assert not task.cancelled() and len(deadlines) == 1  # 0.79 s old: not yet
+    deadlines._started[task] = (deadlines._started[task][0] - 0.02, 0)
+    deadlines._check()
+    await asyncio.sleep(0)
+    assert task.cancelled() and len(deadlines) == 0  # 0.81 s old: cut
+
+
+async def test_a_request_after_close_does_not_arm_the_check(
+    retab_sim: SimServer, cred: Credential
+) -> None:
+    transport = AiohttpTransport(retab_sim.base_url, request_timeout_s=TIMEOUT_S)
+    await transport.aclose()
+    with pytest.raises(PollerClosedError):
+        await transport.get_status("job_after_close", cred)
+    assert transport._deadlines._timer is None and len(transport._deadlines) == 0
