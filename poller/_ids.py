@@ -23,9 +23,14 @@ fast_valid: Final = _VALID.fullmatch
 
 
 def validate_job_id(job_id: object) -> str:
-    """Return ``job_id`` if it is a safe job ID; raise :class:`InvalidJobIdError` otherwise."""
+    """Return ``job_id`` (as a plain ``str``) if it is a safe job ID; raise
+    :class:`InvalidJobIdError` otherwise."""
     if not isinstance(job_id, str):
         raise InvalidJobIdError(f"job ID must be a str, not {type(job_id).__name__}")
+    if type(job_id) is not str:
+        # A subclass could format itself differently from what is checked here (an
+        # f-string calls its __format__): check, and return, the plain string.
+        job_id = str.__str__(job_id)
     if not job_id:
         raise InvalidJobIdError("job ID is empty")
     if len(job_id) > MAX_JOB_ID_LENGTH:

@@ -294,14 +294,14 @@ class AiohttpTransport:
         result is awaited, as from a coroutine function."""
         # What _url does, inlined for the hot path (one call less on every poll).
         if (
-            not isinstance(job_id, str)
+            type(job_id) is not str
             or fast_valid(job_id) is None
             or job_id in (".", "..")
             or len(job_id) > MAX_JOB_ID_LENGTH
         ):
             try:
-                validate_job_id(job_id)  # raises, saying why
-            except InvalidJobIdError as exc:
+                job_id = validate_job_id(job_id)  # raises saying why, or a str subclass
+            except InvalidJobIdError as exc:  # becomes a plain str
                 return _raise(exc)
         return self.get_valid_status(job_id, credential)
 

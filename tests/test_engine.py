@@ -31,8 +31,9 @@ from poller import (
     UntrackedError,
 )
 from poller import errors as poller_errors
-from poller.testing import Change, JobsSimulator, SimServer
+from poller.testing import Change, Faults, JobsSimulator, SimServer
 from poller.testing.pytest_plugin import TEST_API_KEY, TEST_ORG_ID
+from poller.transport import AiohttpTransport
 
 pytestmark = pytest.mark.anyio
 
@@ -431,3 +432,33 @@ async def test_callbacks_can_take_tracking_failures_too(retab_sim: SimServer) ->
     assert [f.job_id for f in failures] == ["job_gone"]
     assert isinstance(failures[0].error, JobNotFoundError)
     assert [e for e in everything if isinstance(e, Transition)] == transitions_only
+
+
+async def test_a_disguised_job_id_reaches_the_url_as_the_id_checked(retab_sim: SimServer) -> None:
+    class Disguised(str):
+        def __format__(self, spec: str) -> str:
+            return "../../admin?x="
+
+    job_id = scripted(retab_sim.sim, ("completed", 0.0))
+    async with engine(retab_sim) as poller:
+        final = await poller.wait(Disguised(job_id), timeout_s=10)
+        transport = poller._transport
+        assert isinstance(transport, AiohttpTransport)
+        direct = await transport.get_status(Disguised(job_id), poller._credential(None))
+    assert final.id == job_id and direct.id == job_id
+
+
+async def test_request_latency_is_timed_on_the_monotonic_clock(retab_sim: SimServer) -> None:
+    """The engine's clock may be a wall clock that steps (or a test's fake one): a
+    step during a request is no latency."""
+    sim = retab_sim.sim
+    sim.faults = Faults(slow=1.0, slow_delay_s=0.05)
+    job_id = scripted(sim, ("queued", 0.0), ("completed", 0.3))
+    offset = [0.0]
+    async with engine(retab_sim, clock=lambda: time.time() + offset[0], max_connections=1) as p:
+        p.track(job_id)
+        await asyncio.sleep(0.02)  # the first request is under way (answered in 50 ms)
+        offset[0] += 3600.0  # an NTP step
+        await p.wait(job_id, timeout_s=10)
+        latency = p.stats().request_latency
+    assert latency.count >= 2 and latency.sum < 5.0

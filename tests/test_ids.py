@@ -163,3 +163,19 @@ def test_any_text_is_either_refused_or_path_safe(job_id: str) -> None:
     assert set(job_id) <= set(_SAFE)
     assert job_id not in (".", "..")
     assert quote(job_id, safe=":") == job_id
+
+
+class _Disguised(str):
+    """A str subclass that checks as one ID and formats as another path."""
+
+    def __format__(self, spec: str) -> str:
+        return "../../admin?x="
+
+    def __str__(self) -> str:
+        return "../../admin?x="
+
+
+def test_a_str_subclass_is_checked_and_returned_as_the_plain_string() -> None:
+    checked = validate_job_id(_Disguised("job_1"))
+    assert type(checked) is str and checked == "job_1"
+    assert f"/v1/jobs/{checked}/status" == "/v1/jobs/job_1/status"
