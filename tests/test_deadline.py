@@ -35,11 +35,16 @@ def add_job(sim: JobsSimulator) -> str:
     return sim.add_job(org_id=TEST_ORG_ID, script=[Change("queued", 0.0)])
 
 
+def add_stuck_job(sim: JobsSimulator) -> str:
+    """A job whose every status request is answered only after 5 s."""
+    sim.faults = Faults(slow=1.0, slow_delay_s=5.0)
+    return add_job(sim)
+
+
 async def test_a_request_past_the_timeout_is_cut_within_one_check(
     retab_sim: SimServer, sim: JobsSimulator, cred: Credential
 ) -> None:
-    sim.faults = Faults(slow=1.0, slow_delay_s=5.0)
-    job_id = add_job(sim)
+    job_id = add_stuck_job(sim)
     async with AiohttpTransport(retab_sim.base_url, request_timeout_s=TIMEOUT_S) as transport:
         started = time.monotonic()
         with pytest.raises(RequestTimeoutError) as info:
@@ -49,7 +54,7 @@ async def test_a_request_past_the_timeout_is_cut_within_one_check(
         assert task is not None and task.cancelling() == 0  # the cut was undone
         await asyncio.sleep(0)  # and no cancellation is left pending for the next await
     latest = TIMEOUT_S * (1 + 1 / CHECKS_PER_TIMEOUT)
-    assert TIMEOUT_S <= elapsed < latest + 0.5  # slack for a loaded machine
+    assert TIMEOUT_S <= elapsed < latest + 0.3  # slack for a loaded machine
     assert (info.value.job_id, info.value.retryable) == (job_id, True)
     assert "timed out" in str(info.value)
 
@@ -70,8 +75,7 @@ async def test_the_task_goes_on_after_a_timeout(
 async def test_a_callers_cancellation_stays_a_cancellation(
     retab_sim: SimServer, sim: JobsSimulator, cred: Credential
 ) -> None:
-    sim.faults = Faults(slow=1.0, slow_delay_s=5.0)
-    job_id = add_job(sim)
+    job_id = add_stuck_job(sim)
     async with AiohttpTransport(retab_sim.base_url, request_timeout_s=5.0) as transport:
         request = asyncio.create_task(transport.get_status(job_id, cred))
         await asyncio.sleep(0.1)
@@ -84,8 +88,7 @@ async def test_a_callers_cancellation_stays_a_cancellation(
 async def test_a_cancellation_racing_the_timeout_is_not_swallowed(
     retab_sim: SimServer, sim: JobsSimulator, cred: Credential
 ) -> None:
-    sim.faults = Faults(slow=1.0, slow_delay_s=5.0)
-    job_id = add_job(sim)
+    job_id = add_stuck_job(sim)
     async with AiohttpTransport(retab_sim.base_url, request_timeout_s=TIMEOUT_S) as transport:
         request = asyncio.create_task(transport.get_status(job_id, cred))
         await asyncio.sleep(0.05)
@@ -116,8 +119,7 @@ async def test_a_request_outside_a_task_falls_back_to_aiohttps_timeout(
     cred: Credential,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    sim.faults = Faults(slow=1.0, slow_delay_s=5.0)
-    job_id = add_job(sim)
+    job_id = add_stuck_job(sim)
     async with AiohttpTransport(retab_sim.base_url, request_timeout_s=TIMEOUT_S) as transport:
         monkeypatch.setattr("poller.transport.current_task", lambda: None)
         with pytest.raises(RequestTimeoutError):
@@ -152,8 +154,7 @@ async def test_a_timeout_in_a_task_being_cancelled_is_still_a_timeout(
 ) -> None:
     """Clean-up code that makes a request after its task was cancelled gets the
     timeout, as it would from asyncio.timeout or aiohttp's own timer."""
-    sim.faults = Faults(slow=1.0, slow_delay_s=5.0)
-    job_id = add_job(sim)
+    job_id = add_stuck_job(sim)
     seen: list[str] = []
     async with AiohttpTransport(retab_sim.base_url, request_timeout_s=TIMEOUT_S) as transport:
 
