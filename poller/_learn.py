@@ -88,11 +88,11 @@ class DurationSketch:
     def add_between(self, low_s: float, high_s: float) -> None:
         """Record one duration known only to lie in ``[low_s, high_s]``.
 
-        Its weight goes to the bins the interval covers, in proportion to how much of
-        the interval each covers times what that bin already holds (mixed with a
-        little of the plain share): where earlier durations say the change is likely,
-        as the self-consistent (Turnbull) estimate of censored data does, done once
-        per sample instead of iterated."""
+        Its weight goes to the bins the interval covers, each in proportion to how
+        much of the bin the interval covers times what the bin already holds (mixed
+        with a little of the plain share of the interval): where earlier durations say
+        the change is likely, as the self-consistent (Turnbull) estimate of censored
+        data does, done once per sample instead of iterated."""
         low, high = max(0.0, low_s), max(0.0, high_s)
         first, last = _bin(low), _bin(high)
         if first == last or high - low <= 0.0:
@@ -101,12 +101,14 @@ class DurationSketch:
             return
         counts = self._counts
         span = high - low
-        shares = []
+        shares, held = [], []
         for index in range(first, last + 1):
             start = _EDGES[index - 1] if index else 0.0
-            end = _EDGES[index] if index < last else high
-            shares.append((min(end, high) - max(start, low)) / span)
-        held = [share * counts[first + k] for k, share in enumerate(shares)]
+            end = _EDGES[index] if index < _BINS - 1 else max(_EDGES[index], high)
+            covered = min(end, high) - max(start, low)
+            shares.append(covered / span)
+            # The density the bin holds over the part covered (bins widen as they go).
+            held.append(covered / (end - start) * counts[index])
         total_held = sum(held)
         for k, share in enumerate(shares):
             likely = held[k] / total_held if total_held > 0.0 else share
@@ -291,6 +293,8 @@ class DurationModel:
     ) -> None:
         """Learn that a job left ``validating`` between ``low_s`` and ``high_s`` after it
         was first seen (the engine's polls on either side of the change)."""
+        if not 0.0 <= low_s <= high_s < math.inf:
+            return  # a clock that stepped, not a duration
         self._add((organization_id, endpoint, Status.VALIDATING.value), low_s, high_s)
 
     def row(self, payload: JobStatus, now: float) -> Row | Literal["tail"] | None:

@@ -192,13 +192,41 @@ def test_a_censored_duration_goes_where_earlier_ones_put_the_change() -> None:
     assert share_near_half * 51 > 50 + 0.85
 
 
+def test_a_censored_duration_weighs_bins_by_what_they_hold_per_second() -> None:
+    sketch = DurationSketch()
+    for _ in range(50):
+        sketch.add(0.06)  # a narrow bin (about 0.01 s wide)
+        sketch.add(1.0)  # a wide one (about 0.18 s wide)
+    before = list(sketch._counts)
+    sketch.add_between(0.05, 2.0)
+    gained = [after - was for after, was in zip(sketch._counts, before, strict=True)]
+    narrow, wide = (gained[i] for i, count in enumerate(before) if count == 50)
+    assert sum(gained) == pytest.approx(1.0)
+    # Equal counts, so the interval says as much for either: about an even split of
+    # the 90% that follows the data (a bin's width must not buy it weight).
+    assert narrow == pytest.approx(wide, rel=0.25)
+    assert narrow > 0.35
+
+
+def test_a_censored_duration_past_the_last_bin_keeps_its_whole_weight() -> None:
+    sketch = DurationSketch()
+    sketch.add_between(1e6, 1e8)
+    assert sum(sketch._counts) == pytest.approx(1.0)
+
+
 def test_validating_is_learned_from_the_engines_own_sightings() -> None:
     model = DurationModel(min_samples=10)
     for _ in range(30):  # polls on either side of a change ~0.5 s after first sight
         model.observe_validating("org_a", Endpoint.DOCUMENTS_EXTRACT.value, 0.45, 0.55)
     validating = payload(Status.VALIDATING)
-    assert model.row(validating, T0 + 1) is None, "no timestamp in the payload to age it"
     row = model.row_at_age(validating, 0.0)
     assert isinstance(row, array)
     # Just seen: the change is ~0.5 s away, so the next poll comes soon after it.
     assert 0.45 <= solve_step(row, 0.125) <= 0.8
+
+
+@pytest.mark.parametrize(("low", "high"), [(0.5, -9.1), (-3.0, 1.0), (0.1, math.inf)])
+def test_an_interval_from_a_clock_that_stepped_teaches_nothing(low: float, high: float) -> None:
+    model = DurationModel(min_samples=1)
+    model.observe_validating("org_a", Endpoint.DOCUMENTS_EXTRACT.value, low, high)
+    assert len(model) == 0 and model.samples == 0
