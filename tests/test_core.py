@@ -17,6 +17,7 @@ from poller.errors import (
     DecodeError,
     JobNotFoundError,
     RateLimitedError,
+    RequestError,
     ServerError,
     TrackingExpiredError,
 )
@@ -532,18 +533,27 @@ def _poll(core: Scheduler, now: float) -> tuple[Job, float]:
 
 
 def _validate_jobs(
-    core: Scheduler, count: int, *, late_s: float, fail_second: bool = False
+    core: Scheduler,
+    count: int,
+    *,
+    late_s: float,
+    fail_second: RequestError | None = None,
+    resumed: bool = False,
 ) -> list[tuple[float, float, int]]:
     """Jobs created ``late_s`` before they are first seen, one after another, each
     validating until 0.5 s after that and then queued. For each: the gap from its first
     sighting to its next poll, how late the end of validating was seen, and the polls
-    that took after the first sighting. With ``fail_second``, the second poll fails."""
+    that took after the first sighting. With ``fail_second``, the second poll fails so;
+    ``resumed`` tracks each as seen validating by an earlier process."""
     results = []
     now = T0 + 0.25
     for index in range(count):
         job_id = f"job_v{index}"
         created = now - late_s
-        core.track(job_id, KEY, now)
+        if resumed:
+            core.track(job_id, KEY, now, last_status=Status.VALIDATING, last_seq=1)
+        else:
+            core.track(job_id, KEY, now)
         polls, seen, gap = 0, now, 0.0
         while True:
             job, now = _poll(core, now)
@@ -551,8 +561,8 @@ def _validate_jobs(
             polls += 1
             if polls == 2:
                 gap = now - seen
-                if fail_second:
-                    core.on_failure(job, ServerError("boom", job_id=job_id, status=500), now)
+                if fail_second is not None:
+                    core.on_failure(job, fail_second, now)
                     continue
             status = Status.QUEUED if now - seen >= 0.5 else Status.VALIDATING
             answer = _validating(job_id, created_at=created)
@@ -584,8 +594,16 @@ def test_the_validating_phase_is_timed_by_the_engines_own_polls() -> None:
     assert core._model is not None and len(core._model) == 1
 
 
-def test_jobs_seen_late_or_after_a_failed_poll_teach_nothing_of_validating() -> None:
-    for kwargs in ({"late_s": 5.0}, {"late_s": 0.0, "fail_second": True}):
-        core = make(backoff=Backoff(jitter=0.0))
-        _validate_jobs(core, 40, **kwargs)  # type: ignore[arg-type]
-        assert core._model is not None and len(core._model) == 0, kwargs
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"late_s": 5.0},  # first seen long after its creation: its age is unknown
+        {"late_s": 0.0, "resumed": True},  # seen validating by an earlier process
+        {"late_s": 0.0, "fail_second": ServerError("boom", status=500)},
+        {"late_s": 0.0, "fail_second": RateLimitedError("slow down", status=429)},
+    ],
+)
+def test_jobs_not_watched_through_validating_teach_nothing_of_it(kwargs) -> None:
+    core = make(backoff=Backoff(jitter=0.0))
+    _validate_jobs(core, 40, **kwargs)
+    assert core._model is not None and len(core._model) == 0
