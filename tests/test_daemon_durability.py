@@ -95,6 +95,11 @@ def read_records(path: Path) -> tuple[list[EventRecord], int]:
     return records, broken
 
 
+def listening(log: Path) -> int:
+    """How many daemon runs logged to ``log`` got as far as serving (signals handled)."""
+    return log.read_bytes().count(b"control API listening") if log.exists() else 0
+
+
 def finals(records: list[EventRecord]) -> set[str]:
     return {r.job_id for r in records if r.final}
 
@@ -119,9 +124,14 @@ async def test_sigkill_at_random_points_loses_no_transition(tmp_path: Path) -> N
             process.send_signal(signal.SIGKILL)
             assert await process.wait() == -signal.SIGKILL
             written_while_killed.append(len(read_records(out)[0]) - before)
+        started = listening(log)
         process = await start(cmd, env, log)
         with anyio.fail_after(30):
-            while finals(read_records(out)[0]) != set(job_ids):  # noqa: ASYNC110 - another process
+            # The killed runs may have written every final already: wait for this run to
+            # be up too, or SIGTERM could land before its handler is installed.
+            while (  # noqa: ASYNC110 - another process
+                finals(read_records(out)[0]) != set(job_ids) or listening(log) == started
+            ):
                 await anyio.sleep(0.1)
         process.terminate()
         with anyio.fail_after(10):
