@@ -189,7 +189,7 @@ def _fetcher(transport: Transport) -> Callable[[str, Credential], Awaitable[JobS
     tracked, so the built-in transport is spared checking it again on every poll;
     any other transport gets its public method."""
     if type(transport) is AiohttpTransport:
-        return transport.get_valid_status
+        return transport._get_checked_status
     return transport.get_status
 
 

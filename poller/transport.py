@@ -107,8 +107,13 @@ class AiohttpTransport:
         )
         self._jobs_prefix = f"{self.base_url}/v1/jobs/"
         self._deadlines = Deadlines(request_timeout_s)
-        # For a request awaited outside any task, which the shared check cannot cancel.
-        self._own_timeout = aiohttp.ClientTimeout(total=request_timeout_s)
+        # aiohttp's timeouts, by whether the request is awaited in a task: then no timer
+        # per request, self._deadlines times it (see poller._deadline); outside any task
+        # the shared check cannot cancel it, so aiohttp's own timer does.
+        self._timeouts = {
+            True: aiohttp.ClientTimeout(total=None, sock_connect=request_timeout_s),
+            False: aiohttp.ClientTimeout(total=request_timeout_s),
+        }
         self._clock = clock
         tls: ssl.SSLContext | bool = True
         if insecure_skip_tls_verify:
@@ -129,8 +134,7 @@ class AiohttpTransport:
                 keepalive_timeout=30,
             ),
             cookie_jar=aiohttp.DummyCookieJar(),
-            # No timer per request: self._deadlines times requests (see poller._deadline).
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=request_timeout_s),
+            timeout=self._timeouts[True],
             headers={"User-Agent": f"poller/{__version__}", "Accept": "application/json"},
             raise_for_status=False,
             trust_env=False,
@@ -210,17 +214,12 @@ class AiohttpTransport:
             # is one more coroutine frame that every resumption of this request passes
             # through. ``release()`` in ``finally`` is what its __aexit__ does (returning a
             # connection whose body was not read to the end closes it).
-            if task is not None:
-                resp = await self._session.get(
-                    url, headers=credential._wire_headers, allow_redirects=False
-                )
-            else:
-                resp = await self._session.get(
-                    url,
-                    headers=credential._wire_headers,
-                    allow_redirects=False,
-                    timeout=self._own_timeout,
-                )
+            resp = await self._session.get(
+                url,
+                headers=credential._wire_headers,
+                allow_redirects=False,
+                timeout=self._timeouts[task is not None],
+            )
             try:
                 headers = resp.headers
                 request_id = headers.get("x-request-id")
@@ -303,12 +302,12 @@ class AiohttpTransport:
                 job_id = validate_job_id(job_id)  # raises saying why, or a str subclass
             except InvalidJobIdError as exc:  # becomes a plain str
                 return _raise(exc)
-        return self.get_valid_status(job_id, credential)
+        return self._get_checked_status(job_id, credential)
 
-    def get_valid_status(self, job_id: str, credential: Credential) -> Awaitable[JobStatus]:
+    def _get_checked_status(self, job_id: str, credential: Credential) -> Awaitable[JobStatus]:
         """:meth:`get_status` for a job ID already checked by
         :func:`poller._ids.validate_job_id` (the engine checks each when it is tracked).
-        Internal: an unchecked ID here could break out of the URL path."""
+        Private on purpose: an unchecked ID here could break out of the URL path."""
         segment = job_id.replace(":", "%3A") if ":" in job_id else job_id
         query = credential._wire_query
         path = f"{self._jobs_prefix}{segment}/status"
