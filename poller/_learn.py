@@ -3,14 +3,17 @@
 **What is learned.** For each (organisation, endpoint, status) a small log-bucketed
 histogram of how long jobs stay there, from the timestamps the API itself reports:
 time queued is ``started_at - created_at``, time in progress is ``completed_at -
-started_at``. The payload has no timestamp for the end of ``validating`` (and
-``created_at`` is whole seconds, too coarse for a phase that lasts a fraction of
-one), so that phase is timed by the engine's own polls, for jobs it saw from their
-creation: from the first sighting, the change happened between the last poll that
-showed ``validating`` and the first that did not, and that interval is what is
-recorded (its weight spread over the bins it covers). Memory is bounded: ~100
-counters per key, at most ``max_keys`` keys, and old samples fade (all counts halve
-once they pass ``max_weight``).
+started_at``. Those are whole seconds, truncated, and ages are measured from them,
+so a difference of ``D`` means the change came between ``D`` and ``D + 1`` seconds
+of age: the duration is recorded as that interval. The payload has no timestamp for
+the end of ``validating`` (and ``created_at`` is too coarse for a phase that lasts a
+fraction of a second), so that phase is timed by the engine's own polls, for jobs it
+saw from their creation: from the first sighting, the change happened between the
+last poll that showed ``validating`` and the first that did not, and that interval is
+what is recorded. An interval's weight is spread over the bins it covers (see
+:meth:`DurationSketch.add_between`). Memory is bounded: ~100 counters per key, at
+most ``max_keys`` keys, and old samples fade (all counts halve once they pass
+``max_weight``).
 
 **How it is used.** After a poll that shows a job of age ``a`` (time since it
 entered its status) unchanged, the expected detection lag piling up until the next
@@ -284,9 +287,11 @@ class DurationModel:
         org, endpoint = payload.organization_id, payload.endpoint.value
         started, current = payload.started_at, payload.status
         if started is not None and previous in (None, Status.VALIDATING, Status.QUEUED):
-            self._add((org, endpoint, Status.QUEUED.value), started - payload.created_at)
+            queued = started - payload.created_at
+            self._add((org, endpoint, Status.QUEUED.value), queued, queued + 1.0)
         if current.is_terminal and started is not None and payload.completed_at is not None:
-            self._add((org, endpoint, Status.IN_PROGRESS.value), payload.completed_at - started)
+            ran = payload.completed_at - started
+            self._add((org, endpoint, Status.IN_PROGRESS.value), ran, ran + 1.0)
 
     def observe_validating(
         self, organization_id: str, endpoint: str, low_s: float, high_s: float

@@ -127,6 +127,27 @@ def test_queued_time_is_learned_from_started_minus_created() -> None:
     assert 1.0 <= solve_step(row, 0.125) <= 3.5
 
 
+def _learned_mean(model: DurationModel, status: Status) -> float:
+    """The mean duration a key's sketch holds: the integral of its survival function."""
+    (entry,) = (e for k, e in model._entries.items() if k[2] == status.value)
+    xs, ys = entry.sketch.cdf_points()
+    pairs = zip(xs, xs[1:], ys, ys[1:], strict=False)
+    return sum((x1 - x0) * (1 - (y0 + y1) / 2) for x0, x1, y0, y1 in pairs)
+
+
+def test_whole_second_timestamps_put_a_duration_within_the_second_after_it() -> None:
+    """started_at - created_at = 3 (whole seconds, truncated) means the job left queued
+    between 3 and 4 s after the created_at the engine measures ages from."""
+    model = DurationModel(min_samples=10)
+    for _ in range(200):
+        model.observe(payload(Status.IN_PROGRESS, started=T0 + 3), Status.QUEUED)
+    teach(model, [20.0] * 200)
+    assert _learned_mean(model, Status.QUEUED) == pytest.approx(3.5, abs=0.15)
+    # 20% bins (17.1-20.5, 20.5-24.6 s here) blur it, but no longer all below 20.5 s
+    # (a mean of ~18.8 s, as when durations were taken at their whole seconds).
+    assert _learned_mean(model, Status.IN_PROGRESS) == pytest.approx(20.5, abs=1.0)
+
+
 def test_keys_are_bounded() -> None:
     model = DurationModel(min_samples=1, max_keys=5)
     for org in range(20):
