@@ -167,16 +167,22 @@ def run_engine(
     return Result(name, requests, len(jobs), _lags(jobs, seen))
 
 
-def _poll_schedule(
-    jobs: Sequence[SimJob], next_gap: Callable[[int], float], name: str, parameter: str
+def record_polls(
+    jobs: Sequence[SimJob],
+    next_poll: Callable[[SimJob, str, float, int], float | None],
+    name: str,
+    parameter: str,
 ) -> Result:
-    """One loop per job, polling at ``created_at`` + cumulative gaps until terminal."""
+    """One loop per job from its ``created_at``: poll, then ask ``next_poll(job, status
+    seen, now, polls so far - 1)`` when to poll next (None: stop; terminal statuses stop
+    anyway)."""
     requests = 0
     seen: dict[str, list[tuple[str, float]]] = {}
     for job in jobs:
-        t, k, last = job.created_at, 0, None
+        t: float | None = job.created_at
+        k, last = 0, None
         observed: list[tuple[str, float]] = []
-        while True:
+        while t is not None:
             status = job.status_at(t)
             requests += 1
             if status != last:
@@ -184,10 +190,17 @@ def _poll_schedule(
                 last = status
             if status in ("completed", "failed", "cancelled", "expired"):
                 break
-            t += next_gap(k)
+            t = next_poll(job, status, t, k)
             k += 1
         seen[job.job_id] = observed
     return Result(name, requests, len(jobs), _lags(jobs, seen), parameter)
+
+
+def _poll_schedule(
+    jobs: Sequence[SimJob], next_gap: Callable[[int], float], name: str, parameter: str
+) -> Result:
+    """One loop per job, polling at ``created_at`` + cumulative gaps until terminal."""
+    return record_polls(jobs, lambda job, status, t, k: t + next_gap(k), name, parameter)
 
 
 def run_fixed(jobs: Sequence[SimJob], interval_s: float) -> Result:

@@ -169,37 +169,6 @@ def test_decode_benchmark_quick() -> None:
     json.dumps(result)  # JSON-able, as the protocol requires
 
 
-def test_lag_bound_matches_exact_polling_of_an_exponential_phase() -> None:
-    """The square-root rule's L * R = A**2 / 2, against exact constant-rate polling of a
-    constant-hazard phase (where constant-rate polling is the optimum)."""
-    import math
-
-    from benchmarks._bound import exponential_a
-
-    mean_s, gap_s = 3.0, 0.05
-    miss = math.exp(-gap_s / mean_s)  # chance a poll finds no change yet
-    requests = 1 / (1 - miss)
-    lag = gap_s / (1 - miss) - mean_s  # mean wait from the change to the next poll
-    assert lag * requests == pytest.approx(exponential_a(mean_s) ** 2 / 2, rel=0.02)
-
-
-def test_lag_bound_lognormal_integral_matches_direct_integration() -> None:
-    import math
-
-    from benchmarks._bound import lognormal_a
-
-    median_s, sigma = 25.0, 0.8
-    total, steps, top = 0.0, 200_000, median_s * math.exp(9 * sigma)
-    dt = top / steps
-    for i in range(1, steps):
-        t = i * dt
-        z = (math.log(t) - math.log(median_s)) / sigma
-        density = math.exp(-z * z / 2) / (t * sigma * math.sqrt(2 * math.pi))
-        survival = 0.5 * math.erfc(z / math.sqrt(2))
-        total += math.sqrt(density * survival) * dt
-    assert lognormal_a(median_s, sigma) == pytest.approx(total, rel=0.01)
-
-
 def _round(pair: tuple[str, str], ratio: float, *, valid: bool = True) -> dict[str, Any]:
     return {"loop": "asyncio", "pair": list(pair), "ratio": ratio, "valid": valid}
 
