@@ -13,6 +13,7 @@ See the README for configuration, subscriptions and callbacks.
 """
 
 from ._callbacks import CallbackHandle, TransitionCallback
+from ._learn import LearnedDurations, LearnedKind
 from ._version import __version__
 from .auth import AuthScheme, Credential
 from .backoff import Backoff
@@ -71,6 +72,8 @@ __all__ = [
     "JobStatus",
     "JobWarning",
     "JobsFailedError",
+    "LearnedDurations",
+    "LearnedKind",
     "OrgStats",
     "PermissionDeniedError",
     "Poller",

@@ -29,11 +29,19 @@ from collections.abc import Callable, Iterator
 from typing import Final
 
 from ._buckets import LEVEL_GROWTH, Bucket, FairQueue
-from ._learn import DurationModel, Row, solve_step, steady_hazard_step, tail_step
+from ._learn import (
+    DurationModel,
+    LearnedDurations,
+    Row,
+    solve_step,
+    steady_hazard_step,
+    tail_step,
+)
 from .auth import Credential
 from .backoff import Backoff
 from .errors import (
     AuthenticationError,
+    ConfigError,
     JobNotFoundError,
     PermissionDeniedError,
     PollerError,
@@ -149,6 +157,7 @@ class Scheduler:
             answers without a request) before it is forgotten.
         expiry_grace_s: a job still not terminal this long after its ``expires_at``
             stops being tracked with :class:`TrackingExpiredError`.
+        learned: durations learned by an earlier engine (:meth:`learned`), to start from.
     """
 
     def __init__(
@@ -162,12 +171,17 @@ class Scheduler:
         first_poll_rate_per_s: float | None = 1000.0,
         terminal_retention_s: float = 3600.0,
         expiry_grace_s: float = 60.0,
+        learned: LearnedDurations | None = None,
     ) -> None:
         self._backoff = backoff
         self._budget_for = budget_for
         self._weight_for = weight_for
         self._rng = rng
         self._model = DurationModel() if backoff.learn else None
+        if learned is not None:
+            if self._model is None:
+                raise ConfigError("learned_durations: given, but backoff.learn is False")
+            self._model.load(learned)
         self._queue = FairQueue(self._crossing, global_budget)
         self._intake_gap_s = 1.0 / first_poll_rate_per_s if first_poll_rate_per_s else 0.0
         self._intake_cursor = 0.0
@@ -217,6 +231,10 @@ class Scheduler:
         """The current rate of an organisation's budget (None: uncapped or unknown)."""
         bucket = self._buckets.get(f"org:{org_id}")
         return bucket.budget.rate_per_s if bucket is not None else None
+
+    def learned(self) -> LearnedDurations | None:
+        """What has been learned about job durations (None: ``Backoff.learn`` is off)."""
+        return self._model.snapshot() if self._model is not None else None
 
     def take_events(self) -> list[Event]:
         """The events produced since the last call, in order."""

@@ -27,6 +27,11 @@ polled often, jobs unlikely to change for a while are left alone. ``theta`` is
 
 ``G`` comes from a precomputed table per key (ages x steps), rebuilt as samples
 arrive, so finding the step for a threshold costs a binary search.
+
+**Warm start.** What was learned can be taken out (:meth:`DurationModel.snapshot`, a
+:class:`LearnedDurations` that msgspec encodes to JSON) and given to a later engine
+(:meth:`DurationModel.load`), so a restarted worker polls well from its first job
+instead of relearning with the geometric backoff.
 """
 
 from __future__ import annotations
@@ -37,11 +42,16 @@ from array import array
 from collections import OrderedDict
 from typing import Final, Literal, TypeAlias
 
+import msgspec
+
+from .errors import ConfigError
 from .models import JobStatus, Status
 
 __all__ = [
     "DurationModel",
     "DurationSketch",
+    "LearnedDurations",
+    "LearnedKind",
     "solve_step",
     "status_age",
     "steady_hazard_step",
@@ -55,6 +65,11 @@ _MIN_S: Final = 0.05
 _RATIO: Final = 1.2
 _BINS: Final = 100  # 0.05 s to ~4 days at a 20% resolution
 _EDGES: Final = [_MIN_S * _RATIO**i for i in range(_BINS)]
+# Names the bin layout in a snapshot: counts kept under another layout mean nothing here.
+LAYOUT: Final = f"log-bins/{_MIN_S}/{_RATIO}/{_BINS}"
+_LEARNED_STATUSES: Final = frozenset(
+    s.value for s in (Status.VALIDATING, Status.QUEUED, Status.IN_PROGRESS)
+)
 _LOG_RATIO: Final = math.log(_RATIO)
 # How much of a censored duration's weight is spread evenly over its interval rather
 # than where earlier durations put the change (so no bin is ever ruled out for good).
@@ -117,6 +132,21 @@ class DurationSketch:
             likely = held[k] / total_held if total_held > 0.0 else share
             counts[first + k] += (1.0 - _PLAIN_SHARE) * likely + _PLAIN_SHARE * share
         self._added()
+
+    @property
+    def counts(self) -> tuple[float, ...]:
+        """The weight in each bin."""
+        return tuple(self._counts)
+
+    def restore(self, counts: list[float]) -> None:
+        """Replace what is held by ``counts`` (one weight per bin, as :attr:`counts`)."""
+        if len(counts) != _BINS:
+            raise ValueError(f"expected {_BINS} counts, got {len(counts)}")
+        self._counts = [float(c) for c in counts]
+        self.total = sum(self._counts)
+        while self.total > self.max_weight:
+            self._counts = [c / 2.0 for c in self._counts]
+            self.total /= 2.0
 
     def _added(self) -> None:
         self.total += 1.0
@@ -226,6 +256,25 @@ def tail_step(age_s: float, theta: float) -> float:
     return math.sqrt(2.0 * theta * max(age_s, _MIN_S))
 
 
+class LearnedKind(msgspec.Struct, frozen=True, kw_only=True):
+    """How long one kind of job (organisation, endpoint, status) stayed in its status:
+    weights per duration bin (see :data:`LAYOUT`)."""
+
+    organization_id: str
+    endpoint: str
+    status: str
+    counts: list[float]
+
+
+class LearnedDurations(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of what the engine learned about job durations, to save (for example
+    ``msgspec.json.encode(snapshot)``) and give to a later engine
+    (``Poller(learned_durations=...)``), so it need not learn again from scratch."""
+
+    layout: str
+    kinds: list[LearnedKind]
+
+
 class _Entry:
     __slots__ = ("fresh", "sketch", "table")
 
@@ -281,6 +330,55 @@ class DurationModel:
         if ready and (entry.table is None or entry.fresh >= self._rebuild_every):
             entry.table = _StepTable(entry.sketch, min_survivors=self._min_samples / 3)
             entry.fresh = 0
+
+    def snapshot(self) -> LearnedDurations:
+        """What has been learned so far, least recently used kind first."""
+        return LearnedDurations(
+            layout=LAYOUT,
+            kinds=[
+                LearnedKind(
+                    organization_id=org,
+                    endpoint=endpoint,
+                    status=status,
+                    counts=list(entry.sketch.counts),
+                )
+                for (org, endpoint, status), entry in self._entries.items()
+            ],
+        )
+
+    def load(self, learned: LearnedDurations) -> None:
+        """Add a :meth:`snapshot` (of this or an earlier engine) to what is known; a kind
+        known already is replaced. Raises :class:`~poller.ConfigError`, loading nothing,
+        when the snapshot is not one this version can use."""
+        if not isinstance(learned, LearnedDurations):
+            raise ConfigError("learned_durations: must be a poller.LearnedDurations")
+        if learned.layout != LAYOUT:
+            raise ConfigError(
+                f"learned_durations: saved with bin layout {learned.layout!r}, this version "
+                f"uses {LAYOUT!r}; learn afresh"
+            )
+        checked = []
+        for index, kind in enumerate(learned.kinds):
+            where = f"learned_durations.kinds[{index}]"
+            if not isinstance(kind, LearnedKind):
+                raise ConfigError(f"{where}: must be a LearnedKind")
+            if kind.status not in _LEARNED_STATUSES:
+                raise ConfigError(f"{where}.status: {kind.status!r} is not a learned status")
+            counts = kind.counts
+            if len(counts) != _BINS or not all(
+                isinstance(c, int | float) and not isinstance(c, bool) and 0.0 <= c < math.inf
+                for c in counts
+            ):
+                raise ConfigError(f"{where}.counts: must be {_BINS} finite numbers >= 0")
+            checked.append(((kind.organization_id, kind.endpoint, kind.status), counts))
+        for key, counts in checked[-self._max_keys :]:
+            entry = self._entry(key, create=True)
+            assert entry is not None
+            entry.sketch.restore(counts)
+            entry.fresh = 0
+            entry.table = None
+            if entry.sketch.total >= self._min_samples:
+                entry.table = _StepTable(entry.sketch, min_survivors=self._min_samples / 3)
 
     def observe(self, payload: JobStatus, previous: Status | None) -> None:
         """Learn from a transition to ``payload.status`` (from ``previous``)."""

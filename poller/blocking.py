@@ -15,6 +15,7 @@ import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._callbacks import CallbackHandle, EventCallback, TransitionCallback
+from ._learn import LearnedDurations
 from .engine import Poller
 from .errors import PollerClosedError
 from .events import Event, Stats
@@ -172,6 +173,11 @@ class BlockingPoller:
         """See :meth:`poller.Poller.stats`."""
         portal, poller = self._open()
         return portal.call(_sync, poller.stats)
+
+    def learned_durations(self) -> LearnedDurations | None:
+        """See :meth:`poller.Poller.learned_durations`."""
+        portal, poller = self._open()
+        return portal.call(_sync, poller.learned_durations)
 
 
 async def _sync(function: Callable[[], T]) -> T:

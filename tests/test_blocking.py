@@ -60,6 +60,7 @@ def test_wait_and_wait_all_from_sync_code(served: tuple[JobsSimulator, str]) -> 
         }
         assert poller.status(two) is Status.FAILED
         assert poller.stats().tracked == 2
+        assert poller.learned_durations() is None  # FAST turns learning off
         full = poller.fetch(one, include_request=True)
         assert full.id == one and full.status is Status.COMPLETED
 

@@ -9,10 +9,12 @@ import msgspec
 import pytest
 
 from poller._core import ORG_IDLE_S, PENDING, Job, Scheduler
+from poller._learn import DurationModel, LearnedDurations
 from poller.auth import Credential
 from poller.backoff import Backoff
 from poller.errors import (
     AuthenticationError,
+    ConfigError,
     ConnectionLostError,
     DecodeError,
     JobNotFoundError,
@@ -607,3 +609,60 @@ def test_jobs_not_watched_through_validating_teach_nothing_of_it(kwargs) -> None
     core = make(backoff=Backoff(jitter=0.0))
     _validate_jobs(core, 40, **kwargs)
     assert core._model is not None and len(core._model) == 0
+
+
+def _learned_in_progress() -> LearnedDurations:
+    """A snapshot that knows jobs of org_a's DOCUMENTS_EXTRACT run about 60 s."""
+    model = DurationModel()
+    for _ in range(100):
+        done = JobStatus(
+            id="job_x",
+            status=Status.COMPLETED,
+            endpoint=Endpoint.DOCUMENTS_EXTRACT,
+            created_at=int(T0),
+            expires_at=int(T0) + 86400,
+            organization_id="org_a",
+            started_at=int(T0),
+            completed_at=int(T0) + 60,
+        )
+        model.observe(done, Status.IN_PROGRESS)
+    return model.snapshot()
+
+
+def test_a_warm_started_core_polls_by_what_it_was_given_from_the_first_job() -> None:
+    running = msgspec.structs.replace(payload("job_1", Status.IN_PROGRESS), started_at=int(T0))
+    cold, warm = (
+        make(backoff=Backoff()),
+        Scheduler(
+            backoff=Backoff(),
+            budget_for=lambda org: AdaptiveBudget(),
+            rng=random.Random(7),
+            first_poll_rate_per_s=None,
+            learned=_learned_in_progress(),
+        ),
+    )
+    steps = []
+    for core in (cold, warm):
+        core.track("job_1", KEY, T0 + 5)
+        job = core.next_due(T0 + 5)
+        assert job is not None
+        core.on_success(job, running, T0 + 5)
+        steps.append(core.next_wakeup(T0 + 5) - (T0 + 5))
+    # Cold: the geometric backoff (1 s + 0.5 x its 5 s of age, jittered). Warm: a job
+    # of a kind that runs ~60 s, seen 5 s in, is left alone far longer.
+    assert steps[0] < 5.0 and steps[1] > 4 * steps[0]
+    learned = warm.learned()
+    assert learned is not None
+    # What it was given, and the queued time it just learned from the job's timestamps.
+    assert sorted(k.status for k in learned.kinds) == ["in_progress", "queued"]
+
+
+def test_learned_durations_need_learning_on() -> None:
+    with pytest.raises(ConfigError, match="learn"):
+        Scheduler(
+            backoff=Backoff(learn=False),
+            budget_for=lambda org: AdaptiveBudget(),
+            rng=random.Random(7),
+            learned=_learned_in_progress(),
+        )
+    assert make(backoff=Backoff(learn=False)).learned() is None

@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import msgspec
 import pytest
 from _helpers import FAST
 
@@ -22,6 +23,7 @@ from poller import (
     Event,
     JobNotFoundError,
     JobsFailedError,
+    LearnedDurations,
     Poller,
     PollerClosedError,
     Status,
@@ -462,3 +464,29 @@ async def test_request_latency_is_timed_on_the_monotonic_clock(retab_sim: SimSer
         await p.wait(job_id, timeout_s=10)
         latency = p.stats().request_latency
     assert latency.count >= 2 and latency.sum < 5.0
+
+
+async def test_learned_durations_carry_over_to_a_new_engine(retab_sim: SimServer) -> None:
+    job_ids = [
+        scripted(retab_sim.sim, ("queued", 0.0), ("in_progress", 0.01), ("completed", 0.03))
+        for _ in range(5)
+    ]
+    async with engine(retab_sim) as poller:
+        for job_id in job_ids:
+            poller.track(job_id)
+        await poller.wait_all(job_ids, timeout_s=10)
+        learned = poller.learned_durations()
+    assert learned is not None
+    assert {(k.organization_id, k.status) for k in learned.kinds} >= {
+        (TEST_ORG_ID, "queued"),
+        (TEST_ORG_ID, "in_progress"),
+    }
+    saved = msgspec.json.encode(learned)
+    restored = msgspec.json.decode(saved, type=LearnedDurations)
+    assert engine(retab_sim, learned_durations=restored).learned_durations() == learned
+    assert engine(retab_sim, backoff=Backoff(learn=False)).learned_durations() is None
+    with pytest.raises(poller_errors.ConfigError, match="learn"):
+        engine(retab_sim, backoff=Backoff(learn=False), learned_durations=restored)
+    broken = msgspec.json.decode(saved.replace(b"log-bins", b"lin-bins"), type=LearnedDurations)
+    with pytest.raises(poller_errors.ConfigError, match="layout"):
+        engine(retab_sim, learned_durations=broken)

@@ -6,18 +6,23 @@ import math
 import random
 from array import array
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poller._learn import (
+    LAYOUT,
     DurationModel,
     DurationSketch,
+    LearnedDurations,
+    LearnedKind,
     solve_step,
     status_age,
     steady_hazard_step,
     tail_step,
 )
+from poller.errors import ConfigError
 from poller.models import Endpoint, JobStatus, Status
 
 T0 = 1_800_000_000
@@ -251,3 +256,94 @@ def test_an_interval_from_a_clock_that_stepped_teaches_nothing(low: float, high:
     model = DurationModel(min_samples=1)
     model.observe_validating("org_a", Endpoint.DOCUMENTS_EXTRACT.value, low, high)
     assert len(model) == 0 and model.samples == 0
+
+
+# -- warm start: snapshot and load -------------------------------------------------
+
+
+def _taught() -> DurationModel:
+    """A model whose tables are up to date: built at 30 samples, then every 50."""
+    model = DurationModel(min_samples=30)
+    rng = random.Random(5)
+    teach(model, [rng.lognormvariate(math.log(60), 0.5) for _ in range(280)])
+    for _ in range(80):
+        model.observe(payload(Status.IN_PROGRESS, started=T0 + 3), Status.QUEUED)
+    return model
+
+
+def _steps(model: DurationModel) -> list[float]:
+    running = payload(Status.IN_PROGRESS, started=T0 + 10)
+    steps = []
+    for age in (1.0, 20.0, 55.0, 90.0):
+        row = model.row(running, T0 + 10 + age)
+        assert isinstance(row, array)
+        steps.append(solve_step(row, 0.125))
+    return steps
+
+
+def test_a_loaded_snapshot_polls_as_the_model_it_came_from() -> None:
+    source = _taught()
+    data = msgspec.json.encode(source.snapshot())  # as a user would save it
+    fresh = DurationModel(min_samples=30)
+    fresh.load(msgspec.json.decode(data, type=LearnedDurations))
+    assert len(fresh) == len(source) == 2
+    assert _steps(fresh) == pytest.approx(_steps(source))
+    assert fresh.snapshot() == source.snapshot()
+    # And it goes on learning from there.
+    teach(fresh, [60.0] * 10)
+    assert fresh.snapshot() != source.snapshot()
+
+
+def test_loading_replaces_a_kind_known_already() -> None:
+    model = DurationModel(min_samples=30)
+    teach(model, [500.0] * 100)
+    model.load(_taught().snapshot())
+    assert _steps(model) == pytest.approx(_steps(_taught()))
+
+
+def _kind(**changes: object) -> LearnedKind:
+    values: dict[str, object] = {
+        "organization_id": "org_a",
+        "endpoint": Endpoint.DOCUMENTS_EXTRACT.value,
+        "status": "in_progress",
+        "counts": [1.0] * 100,
+    }
+    values.update(changes)
+    return LearnedKind(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "names"),
+    [
+        (LearnedDurations(layout="log-bins/0.1/1.5/40", kinds=[]), "layout"),
+        (LearnedDurations(layout=LAYOUT, kinds=[_kind(status="completed")]), "status"),
+        (LearnedDurations(layout=LAYOUT, kinds=[_kind(counts=[1.0] * 99)]), "counts"),
+        (LearnedDurations(layout=LAYOUT, kinds=[_kind(counts=[-1.0] + [1.0] * 99)]), "counts"),
+        (LearnedDurations(layout=LAYOUT, kinds=[_kind(counts=[math.nan] * 100)]), "counts"),
+        (LearnedDurations(layout=LAYOUT, kinds=[_kind(counts=[math.inf] * 100)]), "counts"),
+        (LearnedDurations(layout=LAYOUT, kinds=[_kind(counts=[True] * 100)]), "counts"),
+        ("not a snapshot", "LearnedDurations"),
+    ],
+)
+def test_a_snapshot_this_version_cannot_use_is_refused_whole(snapshot: object, names: str) -> None:
+    model = DurationModel(min_samples=1)
+    good = _kind(organization_id="org_good")
+    if isinstance(snapshot, LearnedDurations):
+        snapshot = LearnedDurations(layout=snapshot.layout, kinds=[good, *snapshot.kinds])
+    with pytest.raises(ConfigError, match=names):
+        model.load(snapshot)  # type: ignore[arg-type]
+    assert len(model) == 0, "nothing loaded, not even the valid kinds before the bad one"
+
+
+def test_loading_keeps_the_most_recent_kinds_within_the_bound() -> None:
+    model = DurationModel(min_samples=1, max_keys=3)
+    kinds = [_kind(organization_id=f"org_{i}") for i in range(10)]
+    model.load(LearnedDurations(layout=LAYOUT, kinds=kinds))
+    assert [k.organization_id for k in model.snapshot().kinds] == ["org_7", "org_8", "org_9"]
+
+
+def test_restored_counts_past_the_weight_limit_fade_like_learned_ones() -> None:
+    sketch = DurationSketch(max_weight=100.0)
+    sketch.restore([10.0] * 100)  # 1000 samples' worth
+    assert sketch.total <= 100.0
+    assert sum(sketch.counts) == pytest.approx(sketch.total)
