@@ -11,9 +11,11 @@ import anyio
 import msgspec
 import pytest
 
+from poller import LearnedDurations
 from poller.daemon.config import Settings, load_settings
 from poller.daemon.records import EventRecord, decode_record
 from poller.daemon.run import running
+from poller.daemon.store import Store
 from poller.testing import Change, SimServer
 
 pytestmark = pytest.mark.anyio
@@ -360,3 +362,55 @@ async def test_hostile_input_gets_a_4xx_never_a_500(
             answer = await stream.receive()
         assert answer.startswith(b"HTTP/1.1 401")
     assert "Error handling request" not in caplog.text
+
+
+async def test_learned_durations_survive_a_restart(
+    retab_sim: SimServer, tmp_path: Path, http: aiohttp.ClientSession, caplog: Any
+) -> None:
+    settings = settings_for(retab_sim, tmp_path)
+    jobs = [retab_sim.sim.add_job(org_id="org_test", script=QUICK) for _ in range(3)]
+    async with running(settings) as url:
+        async with http.post(f"{url}/jobs", json={"job_ids": jobs}) as response:
+            assert response.status == 201
+
+        async def all_completed() -> bool:
+            _, listing = await get_json(http, f"{url}/jobs?status=completed")
+            return len(listing["jobs"]) == len(jobs)
+
+        await eventually(all_completed)
+    store = Store(settings.db)
+    try:
+        body = store.learned()
+    finally:
+        store.close()
+    assert body is not None, "saved at the graceful stop"
+    learned = msgspec.json.decode(body, type=LearnedDurations)
+    assert {(k.organization_id, k.status) for k in learned.kinds} >= {
+        ("org_test", "queued"),
+        ("org_test", "in_progress"),
+    }
+    with caplog.at_level("INFO", logger="poller.daemon"):
+        async with running(settings):
+            pass
+    assert f"loaded learned durations of {len(learned.kinds)} kind(s)" in caplog.text
+
+
+async def test_unreadable_learned_durations_are_set_aside(
+    retab_sim: SimServer, tmp_path: Path, caplog: Any
+) -> None:
+    settings = settings_for(retab_sim, tmp_path)
+    store = Store(settings.db)
+    store.save_learned(b'{"layout": "log-bins/9/9/9", "kinds": []}')  # another version's
+    store.close()
+    with caplog.at_level("INFO", logger="poller.daemon"):
+        async with running(settings):
+            pass
+    assert "not used" in caplog.text and "learning afresh" in caplog.text
+    store = Store(settings.db)
+    store.save_learned(b"\x00 not json")
+    store.close()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="poller.daemon"):
+        async with running(settings):
+            pass
+    assert "not readable" in caplog.text

@@ -248,3 +248,16 @@ async def test_a_removed_sinks_backlog_moves_to_the_dead_letter_file(tmp_path: P
     await _retire_orphans(after, str(dead), anyio.Event())  # nothing left: file untouched
     assert len(dead.read_bytes().splitlines()) == 2
     after.close()
+
+
+def test_learned_durations_are_kept_one_at_a_time_across_reopens(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.db")
+    first = Store(path)
+    assert first.learned() is None
+    first.save_learned(b'{"first": 1}')
+    first.save_learned(b'{"second": 2}')
+    first.close()
+    second = Store(path)
+    assert second.learned() == b'{"second": 2}'
+    assert second._db.execute("SELECT count(*) FROM learned").fetchone()[0] == 1
+    second.close()

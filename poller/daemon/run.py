@@ -1,7 +1,8 @@
 """``poller run``: the daemon wired together, and its graceful stop.
 
 Start: open the store, start the outbox writer and the push sinks (they first send
-whatever an earlier run left undelivered), open the engine, register the outbox as
+whatever an earlier run left undelivered), open the engine (with the job durations
+the last run learned, saved every minute and at the stop), register the outbox as
 a *synchronous* transition callback, resume every unfinished job from its last
 committed status and ``seq``, then start the control API and ``--jobs-from``.
 
@@ -25,7 +26,9 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import anyio
+import msgspec
 
+from .._learn import LearnedDurations
 from ..engine import Poller
 from ..errors import ConfigError
 from ..transport import Transport
@@ -50,12 +53,34 @@ _RESTART_MAX_S: Final = 30.0
 _ORPHAN_BATCH: Final = 1000
 
 
-def _engine(settings: Settings, transport: Transport | None) -> Poller:
-    return Poller(
+def _engine(
+    settings: Settings, transport: Transport | None, learned: LearnedDurations | None
+) -> Poller:
+    options = {
         **engine_options(settings),
-        terminal_retention_s=_TERMINAL_RETENTION_S,
-        transport=transport,
-    )
+        "terminal_retention_s": _TERMINAL_RETENTION_S,
+        "transport": transport,
+    }
+    if learned is not None:
+        try:
+            return Poller(**options, learned_durations=learned)
+        except ConfigError as exc:  # saved by another version, or learning is now off
+            log.warning("learned durations from the last run not used (%s); learning afresh", exc)
+    return Poller(**options)
+
+
+async def _load_learned(store: Store) -> LearnedDurations | None:
+    """The learned durations the last run saved, or None (none, or unreadable)."""
+    try:
+        body = await store.call(store.learned)
+        if body is None:
+            return None
+        learned = msgspec.json.decode(body, type=LearnedDurations)
+    except (sqlite3.Error, msgspec.DecodeError) as exc:
+        log.warning("learned durations from the last run not readable (%s); learning afresh", exc)
+        return None
+    log.info("loaded learned durations of %d kind(s) of job", len(learned.kinds))
+    return learned
 
 
 def _sinks(settings: Settings) -> tuple[list[Sink], DeadLetters | None]:
@@ -109,8 +134,9 @@ async def serve(
             return 1
         if stop.is_set():  # told to stop while at it: nothing else was started
             return 0
+        learned = await _load_learned(store)
         try:
-            daemon = _Daemon(settings, store, sinks, stop, on_ready, transport)
+            daemon = _Daemon(settings, store, sinks, stop, on_ready, transport, learned)
         except ConfigError as exc:  # a setting the engine refuses
             log.error("configuration error: %s", exc)
             return 2
@@ -165,6 +191,7 @@ class _Daemon:
         stop: anyio.Event,
         on_ready: Callable[[str], None] | None,
         transport: Transport | None,
+        learned: LearnedDurations | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -174,7 +201,7 @@ class _Daemon:
         self.changes = Changes()
         self.outbox = Outbox(store, self.changes)
         self.feeds = [Feed(store, self.changes, sink.name) for sink in sinks]
-        self.engine = _engine(settings, transport)
+        self.engine = _engine(settings, transport, learned)
         self.started_at = time.time()
         self.stopping = False
         self.events: EventStream | None = None
@@ -269,6 +296,7 @@ class _Daemon:
                 intake_tasks.cancel_scope.cancel()
                 events.close()
                 await server.stop()
+        await self._save_learned()
         return 0
 
     async def _jobs_from(self, intake: Intake) -> None:
@@ -284,6 +312,16 @@ class _Daemon:
             if pruned:
                 log.debug("pruned %d delivered event(s) from the history", pruned)
             await anyio.sleep(_PRUNE_EVERY_S)
+            await self._save_learned()  # so even a kill -9 loses at most a minute of it
+
+    async def _save_learned(self) -> None:
+        learned = self.engine.learned_durations()
+        if learned is None or not learned.kinds:
+            return
+        try:
+            await self.store.call(self.store.save_learned, msgspec.json.encode(learned))
+        except sqlite3.Error as exc:
+            log.warning("cannot save the learned durations: %s", exc)
 
     async def _metrics(self) -> str:
         counts = await self.store.call(self.store.counts)

@@ -13,6 +13,9 @@ Tables:
     every sink has them.
 ``deliveries``
     One row per (push sink, event) not yet delivered, with the attempts so far.
+``learned``
+    At most one row: the engine's learned job durations (JSON of
+    :class:`poller.LearnedDurations`), so a restarted daemon polls well at once.
 
 The invariant that makes ``kill -9`` harmless: an event row, its delivery rows and
 the job's new status and ``seq`` are written in **one transaction**
@@ -85,6 +88,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries (event);
 CREATE INDEX IF NOT EXISTS events_by_time ON events (created_at);
+CREATE TABLE IF NOT EXISTS learned (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    body BLOB NOT NULL,
+    saved_at REAL NOT NULL
+);
 """
 _JOB_COLUMNS: Final = (
     "job_id, credential, metadata, status, seq, organization_id, error, removed, "
@@ -374,6 +382,19 @@ class Store:
         else:
             row = self._db.execute("SELECT rowid FROM events WHERE id = ?", (event_id,)).fetchone()
         return row[0] if row is not None else None
+
+    def save_learned(self, body: bytes) -> None:
+        """Keep ``body`` (the engine's learned durations, encoded) in place of the last."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO learned (id, body, saved_at) VALUES (1, ?, ?)",
+                (body, self._clock()),
+            )
+
+    def learned(self) -> bytes | None:
+        """What :meth:`save_learned` kept last, or None."""
+        row = self._db.execute("SELECT body FROM learned WHERE id = 1").fetchone()
+        return bytes(row[0]) if row is not None else None
 
     def prune(self, *, older_than_s: float) -> int:
         """Forget events older than ``older_than_s`` that no sink still has to deliver."""
