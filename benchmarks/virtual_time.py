@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from poller._core import Scheduler
+from poller._learn import LearnedDurations
 from poller.auth import Credential
 from poller.backoff import Backoff
 from poller.events import Transition
@@ -130,15 +131,36 @@ def run_engine(
     backoff: Backoff,
     rate_limit: RateLimit | None = None,
     name: str = "poller",
+    learned: LearnedDurations | None = None,
 ) -> Result:
-    """The real scheduling core over ``jobs`` (arrival order), instant responses."""
-    core = Scheduler(
+    """The real scheduling core over ``jobs`` (arrival order), instant responses;
+    ``learned``: start from what an earlier engine learned (see :func:`learned_from`)."""
+    return _drive(jobs, _core(backoff, rate_limit, learned), name)
+
+
+def learned_from(jobs: Sequence[SimJob], *, backoff: Backoff) -> LearnedDurations:
+    """What the core learns about durations from a run over ``jobs``."""
+    core = _core(backoff, None, None)
+    _drive(jobs, core, "poller")
+    learned = core.learned()
+    assert learned is not None, "backoff.learn is off"
+    return learned
+
+
+def _core(
+    backoff: Backoff, rate_limit: RateLimit | None, learned: LearnedDurations | None
+) -> Scheduler:
+    return Scheduler(
         backoff=backoff,
         budget_for=lambda org: AdaptiveBudget(rate_limit),
         rng=random.Random(7),
         first_poll_rate_per_s=None,
         terminal_retention_s=60.0,
+        learned=learned,
     )
+
+
+def _drive(jobs: Sequence[SimJob], core: Scheduler, name: str) -> Result:
     by_id = {job.job_id: job for job in jobs}
     seen: dict[str, list[tuple[str, float]]] = {job.job_id: [] for job in jobs}
     arrivals = deque(sorted(jobs, key=lambda j: j.created_at))
