@@ -65,6 +65,7 @@ _MIN_S: Final = 0.05
 _RATIO: Final = 1.2
 _BINS: Final = 100  # 0.05 s to ~4 days at a 20% resolution
 _EDGES: Final = [_MIN_S * _RATIO**i for i in range(_BINS)]
+_LONGEST_S: Final = 1e12  # far past the last bin, far below any float overflow
 # Names the bin layout in a snapshot: counts kept under another layout mean nothing here.
 LAYOUT: Final = f"log-bins/{_MIN_S}/{_RATIO}/{_BINS}"
 _LEARNED_STATUSES: Final = frozenset(
@@ -78,6 +79,12 @@ _PLAIN_SHARE: Final = 0.1
 # The table: ages at which the step is solved, and candidate steps.
 _AGES: Final = [0.0] + [0.1 * 1.25**i for i in range(70)]  # up to ~6 days
 _STEPS: Final = [0.02 * 1.4**i for i in range(42)]  # 20 ms to ~10 days
+
+
+def _seconds(whole: int) -> float:
+    """A difference of whole-second timestamps as a float, clamped so that even an
+    absurd one (any int decodes) cannot overflow: it lands in the first or last bin."""
+    return float(max(-_LONGEST_S, min(whole, _LONGEST_S)))
 
 
 def _bin(value: float) -> int:
@@ -385,10 +392,10 @@ class DurationModel:
         org, endpoint = payload.organization_id, payload.endpoint.value
         started, current = payload.started_at, payload.status
         if started is not None and previous in (None, Status.VALIDATING, Status.QUEUED):
-            queued = started - payload.created_at
+            queued = _seconds(started - payload.created_at)
             self._add((org, endpoint, Status.QUEUED.value), queued, queued + 1.0)
         if current.is_terminal and started is not None and payload.completed_at is not None:
-            ran = payload.completed_at - started
+            ran = _seconds(payload.completed_at - started)
             self._add((org, endpoint, Status.IN_PROGRESS.value), ran, ran + 1.0)
 
     def observe_validating(

@@ -347,3 +347,22 @@ def test_restored_counts_past_the_weight_limit_fade_like_learned_ones() -> None:
     sketch.restore([10.0] * 100)  # 1000 samples' worth
     assert sketch.total <= 100.0
     assert sum(sketch.counts) == pytest.approx(sketch.total)
+
+
+def test_an_absurd_timestamp_costs_only_its_own_sample() -> None:
+    """Any int decodes (msgspec), so a created_at hundreds of digits long must not stop
+    the job's other, sane, duration from being learned."""
+    model = DurationModel(min_samples=1)
+    absurd = JobStatus(
+        id="job_1",
+        status=Status.COMPLETED,
+        endpoint=Endpoint.DOCUMENTS_EXTRACT,
+        created_at=-(10**320),
+        expires_at=T0 + 604_800,
+        organization_id="org_a",
+        started_at=T0,
+        completed_at=T0 + 20,
+    )
+    model.observe(absurd, None)
+    assert model.samples == 2
+    assert _learned_mean(model, Status.IN_PROGRESS) == pytest.approx(20.5, abs=1.0)
