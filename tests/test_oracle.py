@@ -13,7 +13,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks._oracle import PhaseSchedule, phase_samples, run_oracle  # noqa: E402
+from benchmarks._oracle import (  # noqa: E402
+    PhaseSchedule,
+    lognormal_survival,
+    phase_samples,
+    run_oracle,
+)
 from benchmarks.virtual_time import (  # noqa: E402
     equal_mix,
     population,
@@ -58,3 +63,24 @@ def test_the_oracle_beats_every_baseline_at_its_own_cost() -> None:
     for baseline in (fixed, exponential):
         assert baseline.requests_per_job == pytest.approx(target, rel=0.02)
         assert oracle.lag.mean_s < baseline.lag.mean_s
+
+
+def test_past_every_draw_it_polls_as_a_steady_hazard_would() -> None:
+    lam = 0.1
+    schedule = PhaseSchedule([10.0 + i / 100 for i in range(1000)], lam)
+    # A job older than every draw: no 10 ms polling, but sqrt(2 lam age) apart.
+    assert schedule.next_age(500.0) - 500.0 == pytest.approx(math.sqrt(2 * lam * 500.0))
+
+
+def test_the_far_tail_comes_from_the_distribution_not_from_the_last_draws() -> None:
+    lam, median, sigma = 0.093, 600.0, 1.0
+    schedules = []
+    for seed in (1, 2):
+        rng = random.Random(seed)
+        draws = [rng.lognormvariate(math.log(median), sigma) for _ in range(20_000)]
+        schedules.append(PhaseSchedule(draws, lam, tail=lognormal_survival(median, sigma)))
+    for schedule in schedules:
+        # At 14,600 s (beyond all but a handful of draws) the true hazard calls for a
+        # poll about every 28 s; draws alone would leave gaps of thousands of seconds.
+        assert 10.0 < schedule.next_age(14_600.0) - 14_600.0 < 80.0
+    assert schedules[0].cost == pytest.approx(schedules[1].cost, rel=0.03)
