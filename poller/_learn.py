@@ -333,8 +333,12 @@ class DurationModel:
             entry.sketch.add_between(duration_s, high_s)
         entry.fresh += 1
         self.samples += 1
-        ready = entry.sketch.total >= self._min_samples
-        if ready and (entry.table is None or entry.fresh >= self._rebuild_every):
+        if entry.table is None or entry.fresh >= self._rebuild_every:
+            self._rebuild(entry)
+
+    def _rebuild(self, entry: _Entry) -> None:
+        """Build the entry's table from its sketch, once it holds enough samples."""
+        if entry.sketch.total >= self._min_samples:
             entry.table = _StepTable(entry.sketch, min_survivors=self._min_samples / 3)
             entry.fresh = 0
 
@@ -382,10 +386,8 @@ class DurationModel:
             entry = self._entry(key, create=True)
             assert entry is not None
             entry.sketch.restore(counts)
-            entry.fresh = 0
-            entry.table = None
-            if entry.sketch.total >= self._min_samples:
-                entry.table = _StepTable(entry.sketch, min_survivors=self._min_samples / 3)
+            entry.fresh, entry.table = 0, None
+            self._rebuild(entry)
 
     def observe(self, payload: JobStatus, previous: Status | None) -> None:
         """Learn from a transition to ``payload.status`` (from ``previous``)."""

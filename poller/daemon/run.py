@@ -205,6 +205,7 @@ class _Daemon:
         self.started_at = time.time()
         self.stopping = False
         self.events: EventStream | None = None
+        self.saved_learned: bytes | None = None  # what _save_learned wrote last
 
     async def run(self) -> int:
         status = 0
@@ -318,10 +319,15 @@ class _Daemon:
         learned = self.engine.learned_durations()
         if learned is None or not learned.kinds:
             return
+        body = msgspec.json.encode(learned)
+        if body == self.saved_learned:  # nothing learned since: no write
+            return
         try:
-            await self.store.call(self.store.save_learned, msgspec.json.encode(learned))
+            await self.store.call(self.store.save_learned, body)
         except sqlite3.Error as exc:
             log.warning("cannot save the learned durations: %s", exc)
+            return
+        self.saved_learned = body
 
     async def _metrics(self) -> str:
         counts = await self.store.call(self.store.counts)
