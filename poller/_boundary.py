@@ -31,6 +31,7 @@ from .errors import (
     RequestError,
     RequestTimeoutError,
     ServerError,
+    TLSError,
     TransportError,
     UnexpectedStatusError,
 )
@@ -157,6 +158,7 @@ _STATUS_MESSAGES: Final[Mapping[type[APIError], str]] = {
 
 _MESSAGES: Final[Mapping[type[TransportError], str]] = {
     ConnectError: "could not connect",
+    TLSError: "TLS handshake failed",
     RequestTimeoutError: "request timed out",
     ConnectionLostError: "connection lost",
     TransportError: "transport error",
@@ -166,9 +168,9 @@ _MESSAGES: Final[Mapping[type[TransportError], str]] = {
 def _classify(exc: BaseException) -> type[TransportError] | None:
     # Order matters: aiohttp's connector errors are also OSErrors, and its
     # ServerTimeoutError is also a TimeoutError.
-    if isinstance(
-        exc, aiohttp.ClientConnectorError | aiohttp.ClientSSLError | ConnectionRefusedError
-    ):
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return TLSError
+    if isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError):
         return ConnectError
     if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
         return RequestTimeoutError

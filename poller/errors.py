@@ -17,6 +17,7 @@ the original's text would carry a secret::
         ├── DecodeError              the body was not a valid payload (carries an excerpt)
         ├── TransportError           no usable HTTP response
         │   ├── ConnectError         could not connect
+        │   │   └── TLSError         the TLS handshake failed (certificate not verified, ...)
         │   ├── ConnectionLostError  connection reset or closed mid-request
         │   └── RequestTimeoutError  no complete response within the request timeout
         └── APIError                 the server answered with an error status
@@ -50,6 +51,7 @@ __all__ = [
     "RequestTimeoutError",
     "ServerError",
     "SubscriberOverflowError",
+    "TLSError",
     "TrackingExpiredError",
     "TransportError",
     "UnexpectedStatusError",
@@ -182,6 +184,14 @@ class TransportError(RequestError):
 
 class ConnectError(TransportError):
     """The connection could not be established."""
+
+
+class TLSError(ConnectError):
+    """The TLS handshake failed: the server's certificate could not be verified, or the
+    two sides share no TLS settings. Not an outage: retrying will not help until the
+    certificate or the settings change."""
+
+    retryable = False
 
 
 class ConnectionLostError(TransportError):

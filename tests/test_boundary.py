@@ -38,6 +38,7 @@ from poller.errors import (
     RateLimitedError,
     RequestTimeoutError,
     ServerError,
+    TLSError,
     TransportError,
     UnexpectedStatusError,
 )
@@ -345,7 +346,7 @@ MAPPED: dict[str, tuple[BaseException, type[TransportError]]] = {
     ),
     "connector SSL": (
         aiohttp.ClientConnectorSSLError(connection_key(), OSError(errno.EPROTO, "handshake")),
-        ConnectError,
+        TLSError,
     ),
     "server disconnected": (aiohttp.ServerDisconnectedError(), ConnectionLostError),
     "client OS error": (
@@ -381,7 +382,7 @@ def test_client_errors_map_to_transport_errors_chained(
     assert error.job_id == JOB_ID
     assert error.status is None
     assert error.request_id is None
-    assert error.retryable is True
+    assert error.retryable is (kind is not TLSError)  # a TLS failure needs a fix, not a retry
     assert type(original).__name__ in str(error)
 
 
