@@ -37,12 +37,13 @@ from .errors import (
     RequestTimeoutError,
     ServerError,
     SubscriberOverflowError,
+    TLSError,
     TrackingExpiredError,
     TransportError,
     UnexpectedStatusError,
     UntrackedError,
 )
-from .events import Event, Histogram, OrgStats, Stats, TrackingFailure, Transition
+from .events import Event, HealthStats, Histogram, OrgStats, Stats, TrackingFailure, Transition
 from .models import Endpoint, Job, JobError, JobResponse, JobStatus, JobWarning, Status
 from .ratelimit import RateLimit
 from .subscription import Subscription, SubscriptionStatistics
@@ -63,6 +64,7 @@ __all__ = [
     "DecodeError",
     "Endpoint",
     "Event",
+    "HealthStats",
     "Histogram",
     "InvalidJobIdError",
     "Job",
@@ -89,6 +91,7 @@ __all__ = [
     "SubscriberOverflowError",
     "Subscription",
     "SubscriptionStatistics",
+    "TLSError",
     "TrackingExpiredError",
     "TrackingFailure",
     "Transition",

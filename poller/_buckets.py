@@ -23,6 +23,10 @@ idle re-enters at the current virtual time, so it gets its share from then on bu
 banks nothing for the time it did not need. Under a global cap
 (``max_rate_per_s``, or every connection busy) busy organisations share by weight
 and none can starve another; an idle one's share goes to the rest.
+
+**Outages.** A bucket whose API scope is down (``poller._health``) has a *gate*:
+its breaker, asked before its budget, lets one probe out at a time, then ramps the
+rate back up. Its due jobs wait meanwhile, ordered by the lag they pile up.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
+from ._health import Health
 from .ratelimit import Budget, TokenBucket
 
 if TYPE_CHECKING:
@@ -58,6 +63,8 @@ class Bucket:
         "_high",
         "budget",
         "emptied_at",
+        "gate",
+        "health",
         "in_fair",
         "key",
         "levels",
@@ -84,6 +91,10 @@ class Bucket:
         self.in_fair = False
         self.members = 0  # jobs in the scheduler's table that belong here
         self.emptied_at: float | None = None  # when members was first seen at 0
+        self.health = Health(org_id or key.replace("key:", "key ", 1))
+        # The health while its breaker is not closed (down or recovering), else None:
+        # the one check the hot path makes.
+        self.gate: Health | None = None
 
     def __repr__(self) -> str:
         return f"<Bucket {self.key} jobs={len(self)}>"
@@ -260,6 +271,15 @@ class FairQueue:
             if due is None or due > now:
                 self._leave_fair(bucket, due)
                 continue
+            gate = bucket.gate
+            if gate is not None:
+                wait = gate.wait_s(now)
+                if wait > 0.0:
+                    bucket.refused_at = now
+                    self._leave_fair(bucket, max(now + wait, math.nextafter(now, math.inf)))
+                    continue
+                if gate.closed:  # the ramp after an outage is over
+                    bucket.gate = gate = None
             wait = bucket.budget.try_acquire(now)
             if wait > 0.0:
                 bucket.refused_at = now
@@ -275,6 +295,8 @@ class FairQueue:
                 job = popped
             else:  # pop_best(), for the common case: the live top of level 0 is due
                 job = heapq.heappop(levels0)[1]
+            if gate is not None:
+                gate.sent(job)
             self._vclock = vtime
             bucket.vtime = vtime + 1.0 / bucket.weight
             if not bucket._high and levels0 and levels0[0][1].phase == _SCHEDULED:

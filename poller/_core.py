@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import Final
 
 from ._buckets import LEVEL_GROWTH, Bucket, FairQueue
+from ._health import TRIP_STREAK, Health, HealthState, Notice
 from ._learn import (
     DurationModel,
     LearnedDurations,
@@ -42,15 +43,18 @@ from .backoff import Backoff
 from .errors import (
     AuthenticationError,
     ConfigError,
+    DecodeError,
     JobNotFoundError,
     PermissionDeniedError,
     PollerError,
     RateLimitedError,
     RequestError,
     ServerError,
+    TLSError,
     TrackingExpiredError,
+    TransportError,
 )
-from .events import Event, TrackingFailure, Transition
+from .events import Event, HealthStats, TrackingFailure, Transition
 from .models import TERMINAL, JobStatus, Status
 from .ratelimit import Budget, ProbeBudget, TokenBucket
 
@@ -69,6 +73,11 @@ _REFUSAL_S: Final = 300.0
 # many organisations over weeks must not keep them all.
 ORG_IDLE_S: Final = 3600.0
 _SWEEP_S: Final = 300.0  # how often refusals and idle organisations are looked at
+_HEALTH_CHECK_S: Final = 1.0  # how often every scope's state is looked at, for notices
+# The whole API is down when every request failed, with no answer from anywhere, for
+# this long (and TRIP_STREAK requests at least): one quiet organisation's answer is
+# enough to tell an organisation's outage from the API's.
+_API_DOWN_S: Final = 2.0
 # A job first seen validating less than this after its created_at (whole seconds) was
 # seen from its creation, near enough to time its validating phase by our own polls.
 _FRESH_S: Final = 1.0
@@ -194,6 +203,9 @@ class Scheduler:
         self._users: dict[Credential, int] = {}  # jobs in the table, per credential
         self._retired: deque[tuple[float, Job]] = deque()
         self._next_sweep = 0.0
+        self._api = Health("api", breaker=False)
+        self._next_check = 0.0
+        self.new_notices: list[Notice] = []  # drained by take_notices
         # Drained by take_events / take_finished; the driver may test them for emptiness.
         self.new_events: list[Event] = []
         self.new_finished: list[Job] = []
@@ -231,6 +243,20 @@ class Scheduler:
         """The current rate of an organisation's budget (None: uncapped or unknown)."""
         bucket = self._buckets.get(f"org:{org_id}")
         return bucket.budget.rate_per_s if bucket is not None else None
+
+    def org_health(self, org_id: str, now: float) -> HealthStats | None:
+        """How an organisation's requests fare (None: not known)."""
+        bucket = self._buckets.get(f"org:{org_id}")
+        return bucket.health.stats(now) if bucket is not None else None
+
+    def api_health(self, now: float) -> HealthStats:
+        """How every request together fares (the base URL)."""
+        return self._api.stats(now)
+
+    def take_notices(self) -> list[Notice]:
+        """Changes of health worth telling a person, since the last call, in order."""
+        notices, self.new_notices = self.new_notices, []
+        return notices
 
     def learned(self) -> LearnedDurations | None:
         """What has been learned about job durations (None: ``Backoff.learn`` is off)."""
@@ -322,6 +348,8 @@ class Scheduler:
         is reported."""
         if (self._retired and self._retired[0][0] <= now) or now >= self._next_sweep:
             self._retire(now)
+        if now >= self._next_check:
+            self._check_health(now)
         job = self._queue.take(now)
         if job is not None:
             job.phase = _IN_FLIGHT
@@ -339,6 +367,10 @@ class Scheduler:
         job.errors = 0
         bucket = job.bucket
         bucket.budget.on_accepted(now)
+        bucket.health.answered(now)
+        self._api.answered(now)
+        if bucket.gate is not None:
+            self._landed_gated(job, bucket, now, answered=True)
         if bucket.org_id is None:
             self._learn_org(job, payload.organization_id, now)
         current = payload.status
@@ -395,36 +427,75 @@ class Scheduler:
             self._queue.push(job.bucket, job, due)
 
     def on_failure(self, job: Job, error: RequestError, now: float) -> None:
-        """Record a failed request for a job returned by :meth:`next_due`."""
+        """Record a failed request for a job returned by :meth:`next_due`.
+
+        A 429 is a rate signal: the organisation pauses and slows down. A fault (5xx,
+        transport error, garbage body) is the request's own: the job retries it after
+        its backoff (never before a ``Retry-After``), unless 503s track load or the
+        organisation is down (``poller._health``)."""
         if not self._landed(job):
             return
-        if error.status is not None and not isinstance(error, RateLimitedError):
-            job.bucket.budget.on_accepted(now)  # answered, so it counted at the server
-        budget = job.bucket.budget
-        if isinstance(budget, ProbeBudget) and not isinstance(error, RateLimitedError):
+        bucket = job.bucket
+        health = bucket.health
+        status = error.status
+        throttled = isinstance(error, RateLimitedError)
+        if status is not None and not throttled:
+            bucket.budget.on_accepted(now)  # answered, so it counted at the server
+        budget = bucket.budget
+        if isinstance(budget, ProbeBudget) and not throttled:
             budget.settled(now)  # the probe is over, answered or not: the next may go
-            self._queue.poke(job.bucket, now)
+            self._queue.poke(bucket, now)
+        # A TLS failure is neither: no answer, and no sign of an outage (a setting or a
+        # certificate is wrong); it counts against its job like any error.
+        fault = isinstance(error, ServerError | TransportError | DecodeError) and not isinstance(
+            error, TLSError
+        )
+        if fault:
+            kind = type(error).__name__
+            self._api.fault(now, kind, status, str(error))
+            if health.fault(now, kind, status, str(error)):
+                bucket.gate = health
+                self._health_changed(bucket, now)
+        elif not isinstance(error, TLSError):
+            health.answered(now)
+            self._api.answered(now)
+        if bucket.gate is not None:
+            self._landed_gated(job, bucket, now, answered=not fault)
+        if fault and self._api.state is not HealthState.DOWN:
+            self._check_api_down(now)
         if isinstance(error, AuthenticationError | PermissionDeniedError):
             self._refuse(job.credential, error, now)
             return
         if isinstance(error, JobNotFoundError):
             self._fail(job, error, now)
             return
-        if isinstance(error, RateLimitedError | ServerError) and (
-            isinstance(error, RateLimitedError) or error.retry_after_s is not None
-        ):
+        if throttled or (status == 503 and health.load_signal(now)):
             # The server speaks for the whole organisation: pause its budget, not just
-            # this job. A 429 does not count against the job.
-            pause_s = self.throttled(job.bucket, error.retry_after_s, now)
-            if isinstance(error, RateLimitedError):
-                self._retry_at(job, now, max(pause_s, self._backoff.min_interval_s))
-                return
+            # this job, and count it against no job.
+            health.throttled(now)
+            pause_s = self.throttled(bucket, getattr(error, "retry_after_s", None), now)
+            self._retry_at(job, now, max(pause_s, self._backoff.min_interval_s))
+            return
+        if fault and health.state is HealthState.DOWN:
+            # An outage: the job waits behind the probes, keeps the lag it piled up, and
+            # counts no error (a long outage must not end the tracking of every job).
+            job.seen_at = 0.0
+            self._push(job, now)
+            return
         job.errors += 1
         limit = self._backoff.max_consecutive_errors
         if limit is not None and job.errors >= limit:
-            self._fail(job, error, now)
-            return
+            if health.streak < job.errors:
+                self._fail(job, error, now)  # its organisation answered others meanwhile
+                return
+            # Every request of its organisation failed since this job's first error: no
+            # sign that the job, rather than the API, is at fault. Hold on (the breaker
+            # trips soon if it is the API).
+            job.errors = limit - 1
         retry_after_s = getattr(error, "retry_after_s", None)
+        if retry_after_s is not None:
+            # One request's Retry-After: honoured, within reason.
+            retry_after_s = min(retry_after_s, self._backoff.error_max_s)
         self._retry_at(job, now, self._backoff.error_delay_s(job.errors, retry_after_s, self._rng))
 
     def abandon(self, job: Job, error: PollerError, now: float) -> None:
@@ -452,6 +523,53 @@ class Scheduler:
         return bucket.budget.on_throttled(now, retry_after_s)
 
     # -- internals ---------------------------------------------------------------
+
+    def _landed_gated(self, job: Job, bucket: Bucket, now: float, *, answered: bool) -> None:
+        """An outcome for a bucket whose breaker is not closed: the probe ended, or the
+        scope came back."""
+        health = bucket.health
+        was_down = health.state is HealthState.DOWN
+        if health.landed(job, now, answered):
+            self._queue.poke(bucket, now)
+        if was_down and health.state is not HealthState.DOWN:
+            self._health_changed(bucket, now)
+            if self._api.state is HealthState.DOWN:
+                # The API answers again: every organisation down with it probes now,
+                # rather than at its own next probe.
+                self._api.set_down(False, now)
+                self._note(self._api, now)
+                for other in self._buckets.values():
+                    if other.gate is not None and other is not bucket:
+                        other.gate.probe_now(now)
+                        self._queue.poke(other, now)
+
+    def _check_api_down(self, now: float) -> None:
+        api = self._api
+        if api.streak >= TRIP_STREAK and now - api.streak_since >= _API_DOWN_S:
+            api.set_down(True, now)
+            self._note(api, now)
+
+    def _health_changed(self, bucket: Bucket, now: float) -> None:
+        """A bucket's breaker tripped or closed: tell, unless the whole API is down (then
+        the API's own notice says it all)."""
+        if self._api.state is not HealthState.DOWN:
+            self._note(bucket.health, now)
+
+    def _note(self, health: Health, now: float) -> None:
+        notice = health.notice(now)
+        if notice is not None:
+            self.new_notices.append(notice)
+
+    def _check_health(self, now: float) -> None:
+        """Look at every scope's state: notices of degraded, throttled and their end."""
+        self._next_check = now + _HEALTH_CHECK_S
+        api_down = self._api.state is HealthState.DOWN
+        self._api.notice(now)  # the API's own notices are down and back (elsewhere) only
+        for bucket in self._buckets.values():
+            if api_down:
+                bucket.health.notice(now)  # keeps its state; the API's notice tells it
+            else:
+                self._note(bucket.health, now)
 
     def _landed(self, job: Job) -> bool:
         """Account for a returning request; False if the job left the table meanwhile (or

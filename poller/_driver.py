@@ -24,6 +24,7 @@ from time import monotonic
 from ._boundary import detached, scrub
 from ._callbacks import CallbackRunner
 from ._core import Job, Scheduler
+from ._health_log import log_notice
 from ._metrics import Recorder
 from .auth import Credential
 from .errors import PollerError, RequestError, TransportError
@@ -82,6 +83,9 @@ class Driver:
             for job in core.take_finished():
                 assert job.final is not None
                 self.settle(job.job_id, job.final)
+        if core.new_notices:
+            for notice in core.take_notices():
+                log_notice(notice, self.clock())
 
     def _publish(self, event: Event) -> None:
         for subscription in self.subscriptions:
@@ -142,7 +146,7 @@ class Driver:
                 log.exception("recording the outcome for job %s failed", job.job_id)
                 cause = PollerError(f"internal error recording an outcome: {type(exc).__name__}")
                 core.abandon(job, cause, now)
-            if core.new_events or core.new_finished:
+            if core.new_events or core.new_finished or core.new_notices:
                 self.deliver()
                 now = clock()  # callbacks run in there, and may take a while
             if self.idle:  # only idle workers need the dispatcher to know

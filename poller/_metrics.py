@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from .errors import RateLimitedError, RequestError
-from .events import Event, Histogram, OrgStats, Transition
+from .events import Event, HealthStats, Histogram, OrgStats, Transition
 
 __all__ = ["Recorder"]
 
@@ -102,14 +102,20 @@ class Recorder:
             if changed_at is not None:
                 self.lag.observe(max(0.0, event.observed_at - changed_at))
 
-    def by_org(self, rate_of: Callable[[str], float | None]) -> dict[str, OrgStats]:
-        """Per-organisation counters; ``rate_of`` gives each one's current budget rate."""
+    def by_org(
+        self,
+        rate_of: Callable[[str], float | None],
+        health_of: Callable[[str], HealthStats | None],
+    ) -> dict[str, OrgStats]:
+        """Per-organisation counters; ``rate_of`` gives each one's current budget rate,
+        ``health_of`` how its requests fare (None: not known)."""
         return {
             org_id: OrgStats(
                 polls=org.polls,
                 errors=org.errors,
                 throttled=org.throttled,
                 rate_per_s=rate_of(org_id),
+                health=health_of(org_id) or HealthStats(),
             )
             for org_id, org in self._orgs.items()
         }

@@ -9,16 +9,21 @@ behind.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Final
 
 import anyio
 
 from ._core import Job
 from ._driver import Settle
+from ._health_log import describe_errors
 from .errors import PollerClosedError, PollerError
 from .models import JobStatus
 
-__all__ = ["wait_for_jobs"]
+__all__ = ["timeout_message", "wait_for_jobs"]
+
+_NAMED: Final = 3  # jobs and organisations named in a timeout's message, at most
 
 
 async def wait_for_jobs(
@@ -28,12 +33,14 @@ async def wait_for_jobs(
     tracking.
 
     Raises:
-        TimeoutError: ``timeout_s`` passed first.
+        TimeoutError: ``timeout_s`` passed first; the message says where the jobs stand
+            and what failed meanwhile.
         PollerClosedError: the engine closed meanwhile.
     """
     results: dict[str, JobStatus | PollerError] = {}
     pending: set[str] = set()
-    for job in jobs:
+    waiting_jobs = list(jobs)
+    for job in waiting_jobs:
         if job.done:
             assert job.final is not None
             results[job.job_id] = job.final
@@ -61,6 +68,9 @@ async def wait_for_jobs(
     try:
         with anyio.fail_after(timeout_s):
             await done
+    except TimeoutError:
+        jobs_left = [job for job in waiting_jobs if job.job_id in pending]
+        raise TimeoutError(timeout_message(jobs_left, len(waiting_jobs), timeout_s)) from None
     finally:
         for job_id, settle in settles.items():
             waiting = waiters.get(job_id)
@@ -71,3 +81,37 @@ async def wait_for_jobs(
     if closed:
         raise closed[0]
     return results
+
+
+def timeout_message(jobs: Sequence[Job], waited_for: int, timeout_s: float | None) -> str:
+    """What a timed-out wait says: where its unfinished jobs stand, and whether their
+    requests fail (``still in_progress after 6 s; organisation org_a: last 4 requests
+    failed: ConnectError x4 since 12:03:11``)."""
+    statuses = Counter(
+        job.status.value if job.status is not None else "not seen yet" for job in jobs
+    )
+    where = ", ".join(f"{count} {status}" for status, count in statuses.most_common())
+    names = ", ".join(job.job_id for job in jobs[:_NAMED]) + (", ..." if len(jobs) > _NAMED else "")
+    after = f"after {timeout_s:g} s" if timeout_s is not None else ""
+    if waited_for == 1 and len(jobs) == 1:
+        head = f"job {jobs[0].job_id} still {next(iter(statuses))} {after}"
+    else:
+        head = f"{len(jobs)} of {waited_for} jobs not finished {after}: {where} ({names})"
+    troubles = []
+    for bucket in dict.fromkeys(job.bucket for job in jobs):
+        health = bucket.health
+        errors = health.recent_errors()
+        if health.streak or errors:
+            scope = f"organisation {bucket.org_id}" if bucket.org_id else "its key"
+            state = f" ({health.state.value})" if not health.closed else ""
+            what = describe_errors(errors, health.trouble_since)
+            if health.streak:
+                troubles.append(
+                    f"{scope}{state}: the last {health.streak} requests failed ({what}; "
+                    f"the last: {health.last_error})"
+                )
+            else:
+                troubles.append(f"{scope}{state}: failed requests: {what}")
+        if len(troubles) == _NAMED:
+            break
+    return "; ".join([head.strip(), *troubles])

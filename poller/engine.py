@@ -505,6 +505,7 @@ class Poller:
     def stats(self) -> Stats:
         """A snapshot of the counters (see :class:`~poller.events.Stats`)."""
         core = self._core
+        now = self._clock()
         return Stats(
             tracked=len(core),
             by_status=core.counts(),
@@ -519,9 +520,12 @@ class Poller:
             subscribers=len(self._subscriptions),
             subscriber_overflows=self._metrics.overflows,
             errors_by_kind=dict(self._metrics.errors_by_kind),
-            by_org=self._metrics.by_org(self._core.org_rate),
+            by_org=self._metrics.by_org(
+                self._core.org_rate, lambda org_id: core.org_health(org_id, now)
+            ),
             request_latency=self._metrics.latency.snapshot(),
             detection_lag=self._metrics.lag.snapshot(),
+            api=core.api_health(now),
         )
 
     def learned_durations(self) -> LearnedDurations | None:

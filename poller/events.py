@@ -9,7 +9,15 @@ import msgspec
 from .errors import PollerError
 from .models import JobStatus, Status
 
-__all__ = ["Event", "Histogram", "OrgStats", "Stats", "TrackingFailure", "Transition"]
+__all__ = [
+    "Event",
+    "HealthStats",
+    "Histogram",
+    "OrgStats",
+    "Stats",
+    "TrackingFailure",
+    "Transition",
+]
 
 
 class Transition(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,14 +77,39 @@ class Histogram(msgspec.Struct, frozen=True, kw_only=True):
     count: int
 
 
+class HealthStats(msgspec.Struct, frozen=True, kw_only=True):
+    """How an organisation's requests (or all of them: the API) are faring.
+
+    Attributes:
+        state: ``"ok"``; ``"throttled"`` (the server asked to slow down in the last 10 s);
+            ``"degraded"`` (10% or more of the requests of the last 10 s failed, 5 at
+            least); ``"down"`` (most requests fail: one probe at a time until one is
+            answered); ``"recovering"`` (answered again: the rate is ramping back up).
+        since: when the current trouble began (its first failed request, Unix seconds);
+            None when there is none.
+        error_share: the share of requests that failed over the last 10 s.
+        recent_errors: failed requests by error class name since ``since``.
+        streak: requests failed in a row, up to now.
+        last_error: the message of the last failed request since ``since``.
+    """
+
+    state: str = "ok"
+    since: float | None = None
+    error_share: float = 0.0
+    recent_errors: dict[str, int] = msgspec.field(default_factory=dict)
+    streak: int = 0
+    last_error: str | None = None
+
+
 class OrgStats(msgspec.Struct, frozen=True, kw_only=True):
     """One organisation's counters. ``rate_per_s`` is its budget's current rate (None:
-    uncapped); ``throttled`` counts 429s."""
+    uncapped); ``throttled`` counts 429s; ``health`` says how its requests fare."""
 
     polls: int
     errors: int
     throttled: int
     rate_per_s: float | None
+    health: HealthStats = msgspec.field(default_factory=HealthStats)
 
 
 class Stats(msgspec.Struct, frozen=True, kw_only=True):
@@ -97,6 +130,8 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
         subscriber_overflows: subscriptions ended by an overflow.
         errors_by_kind: failed requests by error class name.
         by_org: counters per organisation ID (``"unknown"`` before the first answer).
+        api: how every request together fares (the base URL): ``"down"`` when every
+            request failed for a while, with no answer from any organisation.
         request_latency: seconds per status request, sent to answered.
         detection_lag: seconds from a change to its transition, as far as the payload's
             own timestamps tell (``started_at`` for ``in_progress``, ``completed_at`` for
@@ -119,6 +154,7 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     by_org: dict[str, OrgStats]
     request_latency: Histogram
     detection_lag: Histogram
+    api: HealthStats = msgspec.field(default_factory=HealthStats)
 
     def to_dict(self) -> dict[str, Any]:
         """The counters as plain builtins (for JSON or metrics)."""

@@ -81,7 +81,7 @@ class Budget(Protocol):
         ...
 
     def on_throttled(self, now: float, retry_after_s: float | None) -> float:
-        """The server answered 429 (or 503 with ``Retry-After``): send nothing for a while and
+        """The server answered 429 (or 503s that track load): send nothing for a while and
         slow down. Returns the pause in seconds."""
         ...
 

@@ -321,28 +321,62 @@ def test_authentication_failure_stops_every_job_of_that_key_only() -> None:
     ],
 )
 def test_errors_back_off_exponentially_then_give_up(error) -> None:
+    """A job whose requests fail while its organisation answers others' (another job's
+    answers come between its tries) ends after ``max_consecutive_errors``."""
     backoff = Backoff(
         error_base_s=1.0, error_max_s=8.0, max_consecutive_errors=6, jitter=0.0, learn=False
     )
     core = make(backoff=backoff)
     core.track("job_1", KEY, T0)
-    now, delays = T0, []
-    for _ in range(5):
+    core.track("job_ok", KEY, T0)
+    now, tries = T0, []
+    while len(tries) < 6:
         job = core.next_due(now)
-        assert job is not None
-        core.on_failure(job, error, now)
-        wake = core.next_wakeup(now)
-        assert wake is not None
-        delays.append(wake - now)
-        now = wake
+        if job is None:
+            wake = core.next_wakeup(now)
+            assert wake is not None
+            now = wake
+        elif job.job_id == "job_ok":
+            core.on_success(job, payload("job_ok", Status.QUEUED), now)
+        else:
+            tries.append(now)
+            core.on_failure(job, error, now)
+    delays = [b - a for a, b in itertools.pairwise(tries)]
     for attempt, delay in enumerate(delays, start=1):
-        assert backoff.min_interval_s <= delay <= min(8.0, 2.0 ** (attempt - 1))
-    job = core.next_due(now)
-    assert job is not None
-    core.on_failure(job, error, now)
-    (event,) = core.take_events()
-    assert isinstance(event, TrackingFailure) and event.error is error
-    assert core.next_due(now + 10_000) is None
+        assert backoff.min_interval_s <= delay <= min(8.0, 2.0 ** (attempt - 1)) + 1e-9
+    failures = [e for e in core.take_events() if isinstance(e, TrackingFailure)]
+    assert [f.job_id for f in failures] == ["job_1"] and failures[0].error is error
+    job_1 = core.get("job_1")
+    assert job_1 is not None and job_1.done
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionLostError("connection lost"),
+        DecodeError("bad", excerpt="x"),
+        ServerError("server error", status=500),
+    ],
+)
+def test_a_job_alone_with_its_failing_organisation_is_not_given_up(error) -> None:
+    """With no answer from its organisation at all, a job's errors are no sign that the
+    job is at fault: it is tracked on (the organisation goes down: one probe at a time)."""
+    backoff = Backoff(error_base_s=1.0, error_max_s=8.0, max_consecutive_errors=3, learn=False)
+    core = make(backoff=backoff)
+    core.track("job_1", KEY, T0)
+    now = T0
+    for _ in range(400):  # an hour and more of failures
+        job = core.next_due(now)
+        if job is None:
+            wake = core.next_wakeup(now)
+            assert wake is not None, "never dropped"
+            now = wake
+            continue
+        core.on_failure(job, error, now)
+    assert core.take_events() == []
+    assert now - T0 > 1000
+    health = core.org_health("org_a", now)
+    assert health is not None and health.state == "down"
 
 
 def test_success_resets_the_error_count() -> None:

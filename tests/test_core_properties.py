@@ -10,7 +10,9 @@ payloads, 429 / 503 with and without ``Retry-After``, 5xx, resets, malformed bod
   ``next_due`` would hand out;
 - no job is polled sooner than ``Backoff.min_interval_s`` after its last answer;
 - an organisation never sends more than ``per_s + burst`` requests in any 1-second window,
-  and nothing of it goes out while a ``Retry-After`` it was given is running;
+  and nothing of it goes out while a ``Retry-After`` it was given is running (a 429's, or
+  a 503's when 503s track load); a job answered 503 with ``Retry-After`` is not retried
+  before it ends;
 - untracked and finished jobs are never polled again; the counters add up; transitions
   come in order, one terminal event per job;
 - and, at the end, every job still tracked is polled again (none is lost).
@@ -151,6 +153,7 @@ class Harness:
     sent: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     # (key, its organisation was known then, from, until)
     pauses: list[tuple[int, bool, float, float]] = field(default_factory=list)
+    not_before: dict[int, float] = field(default_factory=dict)
     events: dict[int, list[Transition | TrackingFailure]] = field(
         default_factory=lambda: defaultdict(list)
     )
@@ -227,9 +230,14 @@ class Harness:
             error = _error(kind, arg, job.job_id)
             org_known = KEYS[key] in self.core._key_orgs
             self.core.on_failure(job, error, self.now)
-            if tracked_before and kind in ("429", "503") and (kind == "429" or arg is not None):
+            # A 503 pauses the organisation only when 503s track load (poller._health);
+            # else it holds back its own job only, for its Retry-After.
+            load = kind == "503" and job.bucket.health.load_signal(self.now)
+            if tracked_before and (kind == "429" or (load and arg is not None)):
                 pause = arg if arg is not None else 1.0  # AdaptiveBudget.default_pause_s
                 self.pauses.append((key, org_known, self.now, self.now + pause))
+            elif tracked_before and kind == "503" and arg is not None:
+                self.not_before[id(job)] = self.now + arg
         self.answered_at[id(job)] = self.now
         self.collect()
 
@@ -284,6 +292,10 @@ class Harness:
                 f"{job.job_id} polled {self.now - last:.4f} s after its last answer, "
                 f"under the floor of {self.backoff.min_interval_s} s"
             )
+        held = self.not_before.pop(id(job), None)
+        assert held is None or self.now >= held - EPS, (
+            f"{job.job_id} retried {held - self.now:.3f} s before its Retry-After ended"
+        )
         org = ORG_OF_KEY[key]
         times = self.sent[org]
         times.append(self.now)

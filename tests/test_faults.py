@@ -236,46 +236,61 @@ async def test_fault_matrix_5000_jobs_each_end_once_in_their_true_status(
     assert elapsed < 75
 
 
-# -- a server that never gets better: bounded retries ------------------------------------
+# -- a job the server always fails: bounded retries --------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("faults", "kind"),
-    [
-        (Faults(server_error=1.0), "ServerError"),
-        (Faults(garbage=1.0), "DecodeError"),
-        (Faults(truncated=1.0), "DecodeError"),
-        (Faults(slow=1.0, slow_delay_s=0.5), "RequestTimeoutError"),
-    ],
-    ids=["5xx", "garbage", "truncated", "slow"],
+    "kind",
+    ["ServerError", "DecodeError", "RequestTimeoutError"],
 )
-async def test_a_server_that_never_recovers_gets_exactly_max_consecutive_errors_tries(
-    faults: Faults, kind: str
+async def test_a_job_the_server_always_fails_gets_exactly_max_consecutive_errors_tries(
+    kind: str,
 ) -> None:
-    sim = JobsSimulator(seed=5, faults=faults)
-    sim.add_org("org_a", api_keys=[KEY_A])
-    job_ids = [sim.add_job(org_id="org_a", script=[Change("queued", 0.0)]) for _ in range(20)]
-    async with SimServer(sim) as server:
-        # Only the slow case needs a short timeout; elsewhere one must never fire.
+    """A fault of one job, while its organisation answers: its own errors count, and it
+    ends after ``max_consecutive_errors`` tries (an outage is another story, below)."""
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        job_id = request.path.split("/")[3]
+        if job_id.startswith("good"):
+            return web.json_response(status_body(job_id, status="in_progress", completed_at=None))
+        if kind == "ServerError":
+            return web.json_response({"detail": "boom"}, status=500)
+        if kind == "DecodeError":
+            return web.Response(body=b"<html>gateway</html>", content_type="text/html")
+        await asyncio.sleep(0.5)
+        return web.json_response(status_body(job_id))
+
+    bad = [f"bad_{i}" for i in range(4)]
+    good = [f"good_{i}" for i in range(40)]
+    async with LocalServer(handler) as server:
         timeout_s = 0.1 if kind == "RequestTimeoutError" else 5.0
         counting = CountingTransport(AiohttpTransport(server.base_url, request_timeout_s=timeout_s))
         backoff = Backoff(
-            min_interval_s=0.01, error_base_s=0.01, error_max_s=0.05, max_consecutive_errors=4
+            min_interval_s=0.01,
+            max_interval_s=0.02,
+            error_base_s=0.01,
+            error_max_s=0.05,
+            max_consecutive_errors=4,
+            learn=False,
         )
         async with Poller(
             api_key=KEY_A, transport=counting, backoff=backoff, first_poll_rate_per_s=None
         ) as poller:
+            for job_id in good:
+                poller.track(job_id)
             with pytest.raises(JobsFailedError) as caught:
-                await poller.wait_all(job_ids, timeout_s=20)
-            calls = len(counting.calls)
-            await anyio.sleep(0.3)
-            assert len(counting.calls) == calls, "no request after giving up"
+                await poller.wait_all(bad, timeout_s=20)
             stats = poller.stats()
+            calls = {job_id: counting.per_job[job_id] for job_id in bad}
+            await anyio.sleep(0.3)
+            assert {job_id: counting.per_job[job_id] for job_id in bad} == calls, (
+                "no request after giving up"
+            )
     assert caught.value.results == {}
     assert {type(e).__name__ for e in caught.value.errors.values()} == {kind}
-    assert counting.per_job == dict.fromkeys(job_ids, 4)
-    assert stats.errors_by_kind == {kind: 80} and stats.failures == 20
-    assert stats.by_status == {"error": 20}
+    assert calls == dict.fromkeys(bad, 4)
+    assert stats.errors_by_kind == {kind: 16} and stats.failures == 4
+    assert stats.by_org["org_local"].health.state != "down"
 
 
 # -- hostile payloads through the whole engine -------------------------------------------
@@ -431,3 +446,62 @@ async def test_mutated_bytes_through_the_transport_only_ever_raise_request_error
         await server.wait_closed()
     assert sum(outcomes.values()) == 300
     assert outcomes["ok"] >= 10 and outcomes["DecodeError"] >= 50, outcomes
+
+
+# -- an API that stops answering: probed, no job ends, and back at once --------------------
+
+
+@pytest.mark.parametrize(
+    ("outage", "kind"),
+    [
+        (Faults(server_error=1.0), "ServerError"),
+        (Faults(garbage=1.0), "DecodeError"),
+        (Faults(reset=1.0), "ConnectionLostError"),
+    ],
+    ids=["5xx", "garbage", "reset"],
+)
+async def test_an_api_that_stops_answering_is_probed_and_no_job_ends(
+    outage: Faults, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = JobsSimulator(seed=5)
+    sim.add_org("org_a", api_keys=[KEY_A])
+    job_ids = [sim.add_job(org_id="org_a", script=[Change("queued", 0.0)]) for _ in range(30)]
+    backoff = Backoff(
+        min_interval_s=0.05,
+        max_interval_s=0.2,
+        error_base_s=0.05,
+        error_max_s=0.2,
+        max_consecutive_errors=3,
+        learn=False,
+    )
+    async with SimServer(sim) as server:
+        counting = CountingTransport(AiohttpTransport(server.base_url, request_timeout_s=2.0))
+        async with Poller(
+            api_key=KEY_A, transport=counting, backoff=backoff, first_poll_rate_per_s=None
+        ) as poller:
+            for job_id in job_ids:
+                poller.track(job_id)
+            await anyio.sleep(1.0)
+            sim.faults = outage
+            down_at = time.time()
+            await anyio.sleep(5.0)
+            stats = poller.stats()
+            assert stats.failures == 0, "an outage ends no job"
+            assert stats.by_org["org_a"].health.state == "down"
+            assert stats.api.state == "down"
+            assert stats.api.recent_errors.get(kind, 0) >= 8
+            late = [c for c in counting.calls if c.sent_at >= down_at + 2.5]
+            assert 1 <= len(late) <= 4, f"{len(late)} requests in 2.5 s: one probe at a time"
+            assert all(a.done_at <= b.sent_at for a, b in itertools.pairwise(late))
+            sim.faults = Faults()
+            back_at = time.time()
+            for job_id in job_ids:  # the jobs move on while the API is back
+                sim.cancel(job_id)
+            await poller.wait_all(job_ids, timeout_s=15)
+            recovered_in = time.time() - back_at
+            stats = poller.stats()
+    assert recovered_in < 12.0  # the next probe (<= 10 s) and a second or so
+    assert stats.by_org["org_a"].health.state in ("recovering", "ok")
+    texts = [r.getMessage() for r in caplog.records if r.name == "poller"]
+    assert any("is down" in t or "API unreachable" in t for t in texts), texts
+    assert any("answers again" in t for t in texts), texts
