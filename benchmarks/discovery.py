@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 
 from poller import Backoff, Poller, RateLimit
-from poller.testing import Change, JobsSimulator, SimServer
+from poller.testing import Change, Faults, JobsSimulator, SimServer
 
 from .rate_discovery import run_discovery
 
@@ -24,8 +24,11 @@ _LIMIT = 50
 _WARMUP_S = 10.0
 
 
-async def _over_http(duration_s: float, configured: RateLimit | None) -> dict[str, Any]:
-    sim = JobsSimulator(seed=2)
+async def over_http(
+    duration_s: float, configured: RateLimit | None, faults: Faults | None = None
+) -> dict[str, Any]:
+    """The whole engine against an undisclosed limit over HTTP (``faults`` on top)."""
+    sim = JobsSimulator(seed=2, faults=faults)
     key = sim.add_org("org_hidden", rate_limit_per_s=_LIMIT).api_keys[0]
     forever = [Change("queued", 0.0), Change("in_progress", 0.1)]
     job_ids = [sim.add_job(org_id="org_hidden", script=forever) for _ in range(400)]
@@ -84,7 +87,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     table = []
     for configured in (None, RateLimit(per_s=200.0)):
         table.append(_virtual(60.0 if quick else 300.0, configured))
-        table.append(anyio.run(_over_http, 20.0 if quick else 60.0, configured))
+        table.append(anyio.run(over_http, 20.0 if quick else 60.0, configured))
     goals = [
         {
             "goal": f"{row['run']}, configured {row['configured_per_s']}: >= 90% of the "

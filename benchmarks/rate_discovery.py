@@ -23,7 +23,7 @@ from poller.auth import Credential
 from poller.backoff import Backoff
 from poller.errors import RequestError
 from poller.ratelimit import AdaptiveBudget, RateLimit
-from poller.testing import Change, JobsSimulator
+from poller.testing import Change, Faults, JobsSimulator
 
 ORG = "org_limited"
 KEY = "rt_test_limited"
@@ -56,9 +56,11 @@ def run_discovery(
     warmup_s: float = 10.0,
     jobs: int = 400,
     seed: int = 1,
+    faults: Faults | None = None,
 ) -> DiscoveryResult:
-    """Run the core against a simulator that enforces ``server_limit_per_s`` undisclosed."""
-    sim = JobsSimulator(seed=seed, retry_after="seconds", clock=lambda: T0)
+    """Run the core against a simulator that enforces ``server_limit_per_s`` undisclosed
+    (with ``faults`` answered as error statuses: 5xx, not resets or stalls)."""
+    sim = JobsSimulator(seed=seed, retry_after="seconds", clock=lambda: T0, faults=faults)
     sim.add_org(ORG, api_keys=[KEY], rate_limit_per_s=server_limit_per_s)
     forever = [Change("queued", 0.0), Change("in_progress", 0.5)]
     job_ids = [sim.add_job(org_id=ORG, script=forever, now=T0) for _ in range(jobs)]
