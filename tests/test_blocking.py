@@ -138,7 +138,7 @@ def test_closed_blocking_poller_refuses_calls(served: tuple[JobsSimulator, str])
 def test_a_callback_added_after_track_misses_nothing(
     manual: tuple[JobsSimulator, str, Callable[[float], None]],
 ) -> None:
-    """The README's order (track, then on_transition) with the engine in another thread:
+    """The order of the report (track, then on_transition), the engine in another thread:
     the first sighting is delivered before the callback exists. It reaches the callback
     anyway, replayed at registration, then the later transitions live, each once."""
     sim, base_url, advance = manual
