@@ -10,6 +10,12 @@ invocations; beyond that an invocation is dropped and counted
 logged at ERROR: the first drop, then a summary at most once a minute.
 A callback that raises is logged and counted (``callback_errors``); it never
 stops the engine or the other callbacks.
+
+A callback gets the events delivered after it is registered. One registered late
+can first be handed earlier events (``replay``), delivered to it alone within
+the registration, so none can slip in between: :class:`LatestTransitions` keeps
+the latest transition of every job for that (``BlockingPoller`` uses it, its
+callbacks being registered from another thread while the engine runs).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import asyncio
 import inspect
 import logging
 import math
+import threading
 import time
 import zlib
 from collections import deque
@@ -31,10 +38,17 @@ from .errors import ConfigError
 from .events import Event, Transition
 from .models import Status
 
-__all__ = ["CallbackHandle", "CallbackRunner", "EventCallback", "TransitionCallback"]
+__all__ = [
+    "CallbackHandle",
+    "CallbackRunner",
+    "EventCallback",
+    "LatestTransitions",
+    "TransitionCallback",
+]
 
 log = logging.getLogger("poller.callbacks")
 _DROP_LOG_EVERY_S = 60.0
+_SWEEP_AT_LEAST = 1024  # LatestTransitions: fewer jobs than this are never swept
 
 TransitionCallback = Callable[[Transition], None] | Callable[[Transition], Awaitable[None]]
 """A callback for transitions: sync, or async."""
@@ -113,8 +127,10 @@ class CallbackRunner:
         if lane_capacity < 1:
             raise ConfigError("callback_queue_size: must be >= 1")
         # Replaced, never changed in place: a callback that adds or removes one while
-        # dispatch() runs must not make it skip (or repeat) another.
+        # dispatch() runs must not make it skip (or repeat) another. The lock is for
+        # BlockingPoller, whose handles may be removed from another thread.
         self._handles: tuple[CallbackHandle, ...] = ()
+        self._handles_lock = threading.Lock()
         self._lanes = [_Lane() for _ in range(lanes)]
         self._lane_capacity = lane_capacity
         self._pending = 0  # queued or running async invocations
@@ -130,19 +146,32 @@ class CallbackRunner:
         callback: TransitionCallback | EventCallback,
         statuses: Iterable[Status | str] | None,
         include_failures: bool = False,
+        *,
+        replay: Iterable[Event] = (),
     ) -> CallbackHandle:
         """Register ``callback`` for transitions to ``statuses`` (all when None), and for
-        tracking failures too when ``include_failures``."""
+        tracking failures too when ``include_failures``.
+
+        ``replay``: events delivered before, to hand to this callback alone (those it
+        wants, in order) before any later one: a sync callback gets them before this
+        returns, an async one has them queued first on their jobs' lanes. Call this in
+        the engine's thread, between two deliveries, so no event is missed or repeated.
+        """
         if not callable(callback):
             raise TypeError("callback must be callable")
         wanted = frozenset(Status(s) for s in statuses) if statuses is not None else None
         handle = CallbackHandle(self, callback, wanted, include_failures)
-        self._handles = (*self._handles, handle)
+        with self._handles_lock:
+            self._handles = (*self._handles, handle)
+        for event in replay:
+            if handle.wants(event):
+                self._deliver(handle, event)
         return handle
 
     def remove(self, handle: CallbackHandle) -> None:
-        """Unregister ``handle`` (idempotent)."""
-        self._handles = tuple(h for h in self._handles if h is not handle)
+        """Unregister ``handle`` (idempotent; from any thread)."""
+        with self._handles_lock:
+            self._handles = tuple(h for h in self._handles if h is not handle)
 
     def __len__(self) -> int:
         return len(self._handles)
@@ -159,16 +188,28 @@ class CallbackRunner:
                 self._run_sync(handle, event)
                 continue
             if lane is None:
-                index = zlib.crc32(event.job_id.encode()) % len(self._lanes)
-                lane = self._lanes[index]
-            if len(lane.queue) >= self._lane_capacity:
-                self._drop(handle, event)
-                continue
-            lane.queue.append((handle, event))
-            self._pending += 1
-            self._idle.clear()
-            if lane.waiter is not None and not lane.waiter.done():
-                lane.waiter.set_result(None)
+                lane = self._lane_of(event)
+            self._queue(lane, handle, event)
+
+    def _deliver(self, handle: CallbackHandle, event: Event) -> None:
+        """Deliver one event to one callback: run it now, or queue it on the job's lane."""
+        if handle.is_async:
+            self._queue(self._lane_of(event), handle, event)
+        else:
+            self._run_sync(handle, event)
+
+    def _lane_of(self, event: Event) -> _Lane:
+        return self._lanes[zlib.crc32(event.job_id.encode()) % len(self._lanes)]
+
+    def _queue(self, lane: _Lane, handle: CallbackHandle, event: Event) -> None:
+        if len(lane.queue) >= self._lane_capacity:
+            self._drop(handle, event)
+            return
+        lane.queue.append((handle, event))
+        self._pending += 1
+        self._idle.clear()
+        if lane.waiter is not None and not lane.waiter.done():
+            lane.waiter.set_result(None)
 
     def _drop(self, handle: CallbackHandle, event: Event) -> None:
         """Count a dropped invocation; log the first of an episode, then at most one summary
@@ -237,3 +278,45 @@ class CallbackRunner:
     async def drain(self) -> None:
         """Wait until every queued async invocation has run."""
         await self._idle.wait()
+
+
+class LatestTransitions:
+    """The latest transition of every tracked job, to replay to a callback registered late.
+
+    Register it as the engine's first callback, before any job is tracked: it is a sync
+    callback that keeps one transition per job (with its payload: most of a kilobyte),
+    the job's latest, and :meth:`snapshot` returns them in the order they were delivered.
+    Jobs the engine no longer tracks (untracked, or finished and past their retention)
+    are dropped, by asking ``is_tracked(job_id)``: for every job at each snapshot, and
+    whenever the record has doubled since it was last swept, so it stays proportional to
+    the tracked jobs. A job tracked again counts from its new sighting.
+    """
+
+    def __init__(self, is_tracked: Callable[[str], bool]) -> None:
+        self._is_tracked = is_tracked
+        self._latest: dict[str, Transition] = {}
+        self._sweep_at = _SWEEP_AT_LEAST
+
+    def __call__(self, transition: Transition) -> None:
+        latest = self._latest
+        latest.pop(transition.job_id, None)  # to the end: the order of delivery
+        latest[transition.job_id] = transition
+        if len(latest) >= self._sweep_at:
+            self._sweep()
+
+    def __len__(self) -> int:
+        return len(self._latest)
+
+    def forget(self, job_id: str) -> None:
+        """Drop a job's transition (it was untracked)."""
+        self._latest.pop(job_id, None)
+
+    def snapshot(self) -> list[Transition]:
+        """The latest transition of each job still tracked, oldest delivery first."""
+        self._sweep()
+        return list(self._latest.values())
+
+    def _sweep(self) -> None:
+        tracked = self._is_tracked
+        self._latest = {k: t for k, t in self._latest.items() if tracked(k)}
+        self._sweep_at = max(_SWEEP_AT_LEAST, 2 * len(self._latest))

@@ -461,6 +461,9 @@ class Poller:
         the callback also gets a :class:`~poller.events.TrackingFailure` whenever tracking of
         a job ends in an error (a sync callback sees every event, it cannot overflow).
         Returns a handle whose ``remove()`` unregisters it.
+
+        A callback gets the events delivered after it is registered: register it before
+        tracking the jobs it is for (it may be registered before the engine is entered).
         """
         return self._callbacks.add(callback, statuses, include_failures)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -33,6 +34,27 @@ def served() -> Iterator[tuple[JobsSimulator, str]]:
         server = SimServer(sim)
         with portal.wrap_async_context_manager(server):
             yield sim, server.base_url
+        portal.call(anyio.sleep, 0)
+
+
+@pytest.fixture
+def manual() -> Iterator[tuple[JobsSimulator, str, Callable[[float], None]]]:
+    """A served simulator whose jobs change only when the test moves its clock on (the
+    third item: seconds to add), so what the engine sees is not a matter of timing."""
+    import anyio
+    from anyio.from_thread import start_blocking_portal
+
+    now = [time.time()]
+    sim = JobsSimulator(seed=4, clock=lambda: now[0])
+    sim.add_org(TEST_ORG_ID, api_keys=[TEST_API_KEY])
+
+    def advance(seconds: float) -> None:
+        now[0] += seconds
+
+    with start_blocking_portal() as portal:
+        server = SimServer(sim)
+        with portal.wrap_async_context_manager(server):
+            yield sim, server.base_url, advance
         portal.call(anyio.sleep, 0)
 
 
@@ -111,3 +133,64 @@ def test_closed_blocking_poller_refuses_calls(served: tuple[JobsSimulator, str])
         poller.stats()
     with pytest.raises(RuntimeError):
         poller.__enter__()
+
+
+def test_a_callback_added_after_track_misses_nothing(
+    manual: tuple[JobsSimulator, str, Callable[[float], None]],
+) -> None:
+    """The order of the report (track, then on_transition), the engine in another thread:
+    the first sighting is delivered before the callback exists. It reaches the callback
+    anyway, replayed at registration, then the later transitions live, each once."""
+    sim, base_url, advance = manual
+    job_id = scripted(sim, ("validating", 0.0), ("queued", 10.0), ("completed", 20.0))
+    seen: list[Transition] = []
+    with engine(base_url) as poller, poller.subscribe(job_ids=[job_id]) as events:
+        poller.track(job_id)
+        first = next(events)  # delivered: callbacks registered now come too late for it
+        assert isinstance(first, Transition) and first.current is Status.VALIDATING
+        poller.on_transition(seen.append)
+        for _ in range(2):
+            advance(10.0)
+            next(events)
+    assert [(t.seq, t.previous, t.current) for t in seen] == [
+        (1, None, Status.VALIDATING),
+        (2, Status.VALIDATING, Status.QUEUED),
+        (3, Status.QUEUED, Status.COMPLETED),
+    ]
+
+
+def test_late_callbacks_replay_as_asked(
+    manual: tuple[JobsSimulator, str, Callable[[float], None]],
+) -> None:
+    """Replay honours the status filter, reaches async callbacks first on their lane, and
+    is skipped with ``replay=False``; jobs untracked meanwhile are not replayed."""
+    sim, base_url, advance = manual
+    job_id = scripted(sim, ("validating", 0.0), ("queued", 10.0), ("completed", 20.0))
+    gone = scripted(sim, ("queued", 0.0), ("completed", 30.0))
+    async_seen: list[int] = []
+    done = threading.Event()
+
+    async def slow(t: Transition) -> None:
+        async_seen.append(t.seq)
+        if t.current.is_terminal:
+            done.set()
+
+    with engine(base_url) as poller, poller.subscribe(job_ids=[job_id, gone]) as events:
+        poller.track(gone)
+        assert next(events).job_id == gone
+        poller.track(job_id)
+        next(events)
+        advance(10.0)
+        next(events)  # queued: two transitions before any callback but the engine's
+        poller.untrack(gone)
+        queued_only: list[Transition] = []
+        fresh: list[Transition] = []
+        poller.on_transition(queued_only.append, statuses=["queued"])
+        poller.on_transition(fresh.append, replay=False)
+        poller.on_transition(slow)
+        advance(10.0)
+        next(events)
+        assert done.wait(10)
+    assert [(t.job_id, t.seq) for t in queued_only] == [(job_id, 2)]
+    assert [t.seq for t in fresh] == [3]
+    assert async_seen == [2, 3]  # the latest transition, then the live one
