@@ -98,6 +98,37 @@ def test_run_bad_config_file_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "webhook_secret: required" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["demo", "job_abc"], {}, "poller demo: error: api_key: set RETAB_API_KEY"),
+        (["demo", "../x"], {"RETAB_API_KEY": KEY}, "poller demo: error: job ID '../x'"),
+        (["demo", "--jobs", "0"], {}, "poller demo: error: --jobs must be >= 1"),
+        (
+            ["demo", "job_abc"],
+            {"RETAB_API_KEY": KEY, "RETAB_API_BASE_URL": "ftp://example.com"},
+            "poller demo: error: base_url",
+        ),
+    ],
+)
+def test_demo_usage_errors_are_one_line_and_exit_2(
+    argv: list[str],
+    env: dict[str, str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name in ("RETAB_API_KEY", "RETAB_API_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.startswith(message), captured.err
+    assert KEY not in captured.err
+
+
 # -- watch -------------------------------------------------------------------------
 
 
