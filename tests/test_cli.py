@@ -361,3 +361,14 @@ def test_run_unwritable_sink_exit_2(
     argv = ["run", "--db", str(tmp_path / "p.db"), "--jsonl", str(tmp_path / "no" / "x.jsonl")]
     assert main(argv) == 2
     assert "jsonl: cannot write to" in capsys.readouterr().err
+
+
+def test_watch_plain_http_error_gives_the_command_line_fix(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RETAB_API_KEY", KEY)
+    assert main(["watch", "--base-url", "http://api.example.com", "job_a"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("poller watch: error: base_url: plain http://")
+    assert "--base-url https://" in err and err.count("\n") == 1
+    assert "insecure_skip_tls_verify" not in err and KEY not in err

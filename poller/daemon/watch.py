@@ -279,8 +279,7 @@ def run(args: argparse.Namespace) -> int:
         if args.timeout is not None and not args.timeout > 0:
             raise ConfigError("timeout: must be > 0")
     except (ConfigError, InvalidJobIdError, OSError) as exc:
-        print(f"poller watch: error: {exc}", file=sys.stderr)
-        return 2
+        return _usage_error(exc)
     configure_logging(level=args.log_level, secrets=settings.secrets())
     view = make_view(json_lines=args.json)
     try:
@@ -288,6 +287,14 @@ def run(args: argparse.Namespace) -> int:
             lambda: watch(job_ids, view, settings=settings, timeout_s=args.timeout, sim=sim)
         )
     except ConfigError as exc:
-        print(f"poller watch: error: {exc}", file=sys.stderr)
-        return 2
+        return _usage_error(exc)
     return status
+
+
+def _usage_error(exc: Exception) -> int:
+    message = str(exc)
+    if message.startswith("base_url:"):
+        # The engine's message serves library users too; say where the CLI takes it.
+        message += "; here: --base-url https://... (or RETAB_API_BASE_URL, or --config)"
+    print(f"poller watch: error: {message}", file=sys.stderr)
+    return 2
