@@ -16,7 +16,7 @@ from poller.cli import main
 from poller.daemon.config import Settings, engine_options, load_settings
 from poller.daemon.options import Secret
 from poller.daemon.watch import Outcome, Tally, watch
-from poller.daemon.watch_view import JsonView, PlainView, RichView, make_view
+from poller.daemon.watch_view import JsonView, PlainView, RichView, describe, make_view
 from poller.models import JobError, JobStatus
 from poller.testing import Change, SimServer
 
@@ -38,7 +38,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     [
         ([], ["run", "watch", "sim", "demo"]),
         (["run"], ["--jobs-from", "--webhook", "--jsonl", "POLLER_PORT", "RETAB_API_KEY"]),
-        (["watch"], ["--from", "--json", "--sim", "Exit status"]),
+        (["watch"], ["--from", "--json", "not_found", "Exit status"]),
         (["sim"], ["--port", "--time-scale"]),
         (["demo"], ["--jobs", "--duration"]),
     ],
@@ -132,13 +132,16 @@ def test_demo_usage_errors_are_one_line_and_exit_2(
 # -- watch -------------------------------------------------------------------------
 
 
-def sample_transition(job_id: str, status: str, *, error: JobError | None = None) -> Transition:
+def sample_transition(
+    job_id: str, status: str, *, error: JobError | None = None, completed_at: int | None = None
+) -> Transition:
     job = JobStatus(
         id=job_id,
         status=Status(status),
         endpoint="/v1/documents/extract",  # type: ignore[arg-type]
-        created_at=1,
-        expires_at=2,
+        created_at=100,
+        completed_at=completed_at,
+        expires_at=200,
         organization_id="org_a",
         error=error,
     )
@@ -156,9 +159,9 @@ def sample_transition(job_id: str, status: str, *, error: JobError | None = None
 def test_tally_exit_status_and_counts() -> None:
     tally = Tally(["a", "b", "c"], started_at=10.0)
     assert tally.observe(sample_transition("a", "in_progress")) is None
-    outcome = tally.observe(sample_transition("a", "completed"))
+    outcome = tally.observe(sample_transition("a", "completed", completed_at=142))
     assert outcome == Outcome(
-        job_id="a", status="completed", elapsed_s=2.5, organization_id="org_a"
+        job_id="a", status="completed", watched_s=2.5, duration_s=42, organization_id="org_a"
     )
     assert tally.observe(sample_transition("zzz", "completed")) is None  # not watched
     error = JobError(code="model_timeout", message="slow")
@@ -169,8 +172,39 @@ def test_tally_exit_status_and_counts() -> None:
     gone = TrackingFailure(
         job_id="c", organization_id=None, error=JobNotFoundError("no"), observed_at=11.0
     )
-    assert (tally.observe(gone) or Outcome(job_id="", status="", elapsed_s=0)).status == "not_found"
+    ended = tally.observe(gone)
+    assert ended is not None and ended.status == "error"  # the daemon's word for it
+    assert ended.error == {
+        "code": "not_found",
+        "kind": "JobNotFoundError",
+        "message": "no",
+        "status": None,
+        "retryable": False,
+    }
+    assert tally.counts() == {"completed": 1, "failed": 1, "error": 1}
     assert tally.done and tally.exit_status == 1
+
+
+def test_a_finished_job_shows_its_own_duration_else_the_watch_time() -> None:
+    tally = Tally(["a", "b", "c"], started_at=10.0)
+    done = tally.observe(sample_transition("a", "completed", completed_at=142))
+    quick = tally.observe(sample_transition("b", "completed", completed_at=100))
+    gone = tally.observe(
+        TrackingFailure(
+            job_id="c", organization_id=None, error=JobNotFoundError("no"), observed_at=11.25
+        )
+    )
+    assert done is not None and describe(done) == "a  completed  (took 42 s)"
+    assert quick is not None and describe(quick) == "b  completed  (took < 1 s)"
+    assert gone is not None
+    assert describe(gone) == "c  error  not_found: no  (1.2 s into the watch)"
+    assert msgspec.json.decode(msgspec.json.encode(done)) == {
+        "job_id": "a",
+        "status": "completed",
+        "watched_s": 2.5,
+        "duration_s": 42,
+        "organization_id": "org_a",
+    }
 
 
 def test_tally_all_completed_exits_0_and_timeouts_exit_1() -> None:
@@ -210,8 +244,11 @@ async def test_watch_exit_status(
     assert sorted(p["job_id"] for p in printed) == sorted(job_ids)
     statuses = {p["job_id"]: p["status"] for p in printed}
     for job_id in job_ids:
-        want = "not_found" if job_id == "job_not_there" else retab_sim.sim.status(job_id)
+        want = "error" if job_id == "job_not_there" else retab_sim.sim.status(job_id)
         assert statuses[job_id] == want
+    for p in printed:
+        if p["job_id"] == "job_not_there":
+            assert (p["error"]["code"], p["error"]["status"]) == ("not_found", 404)
 
 
 @pytest.mark.anyio

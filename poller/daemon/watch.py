@@ -2,14 +2,19 @@
 
 Tracks the jobs (the real API with RETAB_API_KEY, or --sim for the built-in
 simulator), shows a live progress bar with counts by status, and prints one line
-per finished job. --json prints one JSON object per finished job instead, for
-scripts. The engine's settings (key, base URL, auth scheme, connections, rate limit,
-intervals) come from flags, the environment and the --config file, as for
-``poller run``.
+per finished job with its own duration (completed_at - created_at). --json prints
+one JSON object per finished job instead, for scripts. The engine's settings (key,
+base URL, auth scheme, connections, rate limit, intervals) come from flags, the
+environment and the --config file, as for ``poller run``.
+
+A job ends with its terminal status (completed, failed, cancelled, expired), or
+with "error" when it could not be tracked, as ``poller run`` reports it: the error's
+code tells why (not_found for a 404, authentication_failed, tracking_expired, ...);
+or with "timed_out" at --timeout.
 
 Exit status: 0 when every job completed; 1 when any failed, was cancelled, expired,
-was not found, could not be tracked, or was still running at --timeout; 2 for bad
-arguments or settings; 130 when interrupted.
+ended in error, or was still running at --timeout; 2 for bad arguments or
+settings; 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -17,46 +22,74 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 import anyio
 import msgspec
 
 from .._ids import validate_job_id
 from ..engine import Poller
-from ..errors import ConfigError, InvalidJobIdError, JobNotFoundError
+from ..errors import ConfigError, InvalidJobIdError, PollerError
 from ..events import TrackingFailure, Transition
 from ..testing import JobsSimulator, SimServer
 from .config import Settings, engine_options, load_settings
 from .logs import configure_logging
+from .records import error_info
+from .store import ERROR
 from .watch_view import View, make_view
 
 __all__ = ["Outcome", "Tally", "add_arguments", "run", "watch"]
 
 COMPLETED: Final = "completed"
-NOT_FOUND: Final = "not_found"
-ERROR: Final = "error"
 TIMED_OUT: Final = "timed_out"
 PENDING: Final = "pending"
 _SIM_ORG: Final = "org_sim"
 _SIM_KEY: Final = "rt_test_watch"
 
+# The ``code`` of a tracking failure's error: short, stable words for scripts. Other
+# errors get their class name in snake case.
+_FAILURE_CODES: Final = {
+    "JobNotFoundError": "not_found",
+    "AuthenticationError": "authentication_failed",
+    "PermissionDeniedError": "permission_denied",
+    "TrackingExpiredError": "tracking_expired",
+    "RateLimitedError": "rate_limited",
+    "ServerError": "server_error",
+    "ConnectError": "connect_error",
+    "ConnectionLostError": "connection_lost",
+    "RequestTimeoutError": "request_timeout",
+    "DecodeError": "decode_error",
+    "UnexpectedStatusError": "unexpected_status",
+}
+
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """How one job ended, as ``--json`` prints it.
 
-    ``status`` is the terminal status, or ``not_found``, ``error`` (tracking failed)
-    or ``timed_out``; ``error`` holds ``code`` and ``message`` when there is one.
+    Attributes:
+        job_id: the job.
+        status: its terminal status; ``error`` when it could not be tracked (the word
+            ``poller run``'s ``GET /jobs/ID`` uses); ``timed_out`` at ``--timeout``.
+        watched_s: seconds from the start of the watch until the end was seen.
+        duration_s: the job's own duration, ``completed_at - created_at`` from its
+            timestamps (whole seconds), when both are known.
+        organization_id: the owning organisation, when known.
+        error: a failed job's ``{code, message}`` from the API; for ``error``, why
+            tracking ended: ``code`` (``not_found`` for a 404, ...) and, as ``poller
+            run`` records it, ``kind`` (the exception class), ``message``, ``status``
+            (HTTP, or null) and ``retryable``.
     """
 
     job_id: str
     status: str
-    elapsed_s: float
+    watched_s: float
+    duration_s: int | None = None
     organization_id: str | None = None
-    error: dict[str, str] | None = None
+    error: dict[str, Any] | None = None
 
 
 class Tally:
@@ -103,39 +136,43 @@ class Tally:
             self.status[job_id] = event.current.value
             if not event.current.is_terminal:
                 return None
-            error = event.job.error
+            job, error = event.job, event.job.error
             detail = {"code": error.code, "message": error.message} if error else None
-            return self._end(job_id, event.current.value, event.observed_at, event, detail)
-        status = NOT_FOUND if isinstance(event.error, JobNotFoundError) else ERROR
-        self.status[job_id] = status
-        detail = {"code": type(event.error).__name__, "message": str(event.error)}
-        return self._end(job_id, status, event.observed_at, event, detail)
+            duration_s = None
+            if job.completed_at is not None:
+                duration_s = max(0, job.completed_at - job.created_at)
+            return self._end(event, event.current.value, detail, duration_s)
+        self.status[job_id] = ERROR
+        return self._end(event, ERROR, failure_detail(event.error), None)
 
     def _end(
         self,
-        job_id: str,
-        status: str,
-        at: float,
         event: Transition | TrackingFailure,
-        error: dict[str, str] | None,
+        status: str,
+        error: dict[str, Any] | None,
+        duration_s: int | None,
     ) -> Outcome:
         outcome = Outcome(
-            job_id=job_id,
+            job_id=event.job_id,
             status=status,
-            elapsed_s=round(max(0.0, at - self._started_at), 3),
+            watched_s=self._watched_s(event.observed_at),
+            duration_s=duration_s,
             organization_id=event.organization_id,
             error=error,
         )
-        self.outcomes[job_id] = outcome
+        self.outcomes[event.job_id] = outcome
         return outcome
+
+    def _watched_s(self, at: float) -> float:
+        return round(max(0.0, at - self._started_at), 3)
 
     def time_out(self, now: float) -> list[Outcome]:
         """End every unfinished job as ``timed_out``."""
-        elapsed_s = round(max(0.0, now - self._started_at), 3)
+        watched_s = self._watched_s(now)
         ended = []
         for job_id in self.status:
             if job_id not in self.outcomes:
-                outcome = Outcome(job_id=job_id, status=TIMED_OUT, elapsed_s=elapsed_s)
+                outcome = Outcome(job_id=job_id, status=TIMED_OUT, watched_s=watched_s)
                 self.outcomes[job_id] = outcome
                 self.status[job_id] = TIMED_OUT
                 ended.append(outcome)
@@ -148,7 +185,16 @@ class Tally:
         return 0 if ok else 1
 
 
-_ORDER: Final = (COMPLETED, "failed", "cancelled", "expired", NOT_FOUND, ERROR, TIMED_OUT)
+def failure_detail(error: PollerError) -> dict[str, Any]:
+    """The ``error`` of an outcome whose tracking ended with ``error``: a ``code`` for
+    scripts, then the fields ``poller run`` records for it (``kind``, ``message``,
+    ``status``, ``retryable``)."""
+    kind = type(error).__name__
+    code = _FAILURE_CODES.get(kind) or re.sub(r"(?<!^)(?=[A-Z])", "_", kind).lower()
+    return {"code": code, **msgspec.structs.asdict(error_info(error))}
+
+
+_ORDER: Final = (COMPLETED, "failed", "cancelled", "expired", ERROR, TIMED_OUT)
 
 
 def _rank(status: str) -> int:
@@ -228,7 +274,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SCALE",
         help="multiplies simulated durations (default %(default)s: 50x faster)",
     )
-    sim.add_argument("--seed", type=int, default=0, help="seed of the simulator")
+    sim.add_argument(
+        "--seed", type=int, default=0, help="seed of the simulator (default %(default)s)"
+    )
     parser.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
