@@ -38,7 +38,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     [
         ([], ["run", "watch", "sim", "demo"]),
         (["run"], ["--jobs-from", "--webhook", "--jsonl", "POLLER_PORT", "RETAB_API_KEY"]),
-        (["watch"], ["--from", "--json", "not_found", "Exit status"]),
+        (["watch"], ["--from", "--json", "--sim-create", "not_found", "Exit status"]),
         (["sim"], ["--port", "--time-scale"]),
         (["demo"], ["--jobs", "--duration"]),
     ],
@@ -358,6 +358,7 @@ def test_watch_reads_ids_from_a_file(tmp_path: Path, capsys: pytest.CaptureFixtu
     argv = [
         "watch",
         "--sim",
+        "--sim-create",
         "--json",
         "--from",
         str(ids),
@@ -369,6 +370,20 @@ def test_watch_reads_ids_from_a_file(tmp_path: Path, capsys: pytest.CaptureFixtu
     main([*argv, "--timeout", "30"])
     printed = [msgspec.json.decode(line) for line in capsys.readouterr().out.splitlines()]
     assert sorted(p["job_id"] for p in printed) == ["job_one", "job_two"]
+    assert all(p["status"] != "error" for p in printed)
+
+
+def test_watch_sim_knows_only_the_jobs_it_made(capsys: pytest.CaptureFixture[str]) -> None:
+    fast = ["--sim-time-scale", "0.002", "--poll-interval", "0.05", "--timeout", "30"]
+    status = main(["watch", "--sim", "--json", "--sim-jobs", "2", "job_nope", *fast])
+    printed = {
+        p["job_id"]: p for p in map(msgspec.json.decode, capsys.readouterr().out.splitlines())
+    }
+    assert status == 1 and len(printed) == 3
+    assert printed["job_nope"]["status"] == "error"
+    assert printed["job_nope"]["error"]["code"] == "not_found"
+    made = [p for job_id, p in printed.items() if job_id != "job_nope"]
+    assert all(p["status"] in {"completed", "failed", "cancelled"} for p in made)
 
 
 @pytest.mark.parametrize(
@@ -378,6 +393,8 @@ def test_watch_reads_ids_from_a_file(tmp_path: Path, capsys: pytest.CaptureFixtu
         (["watch"], "give job IDs"),
         (["watch", "--sim", "../etc"], "not allowed"),
         (["watch", "--sim", "--timeout", "0"], "timeout: must be > 0"),
+        (["watch", "--sim-create", "job_a"], "need --sim"),
+        (["watch", "--sim", "--sim-jobs", "0"], "--sim-jobs >= 1"),
     ],
 )
 def test_watch_usage_errors_exit_2(

@@ -12,6 +12,11 @@ with "error" when it could not be tracked, as ``poller run`` reports it: the err
 code tells why (not_found for a 404, authentication_failed, tracking_expired, ...);
 or with "timed_out" at --timeout.
 
+--sim serves a simulator on 127.0.0.1 that knows only the jobs it made: with no
+job ID it makes --sim-jobs jobs (default 20) and watches them; job IDs given are
+unknown to it (they end as error, not_found) unless --sim-create makes them first;
+--sim-jobs N with job IDs adds N made jobs to those.
+
 Exit status: 0 when every job completed; 1 when any failed, was cancelled, expired,
 ended in error, or was still running at --timeout; 2 for bad arguments or
 settings; 130 when interrupted.
@@ -49,6 +54,7 @@ TIMED_OUT: Final = "timed_out"
 PENDING: Final = "pending"
 _SIM_ORG: Final = "org_sim"
 _SIM_KEY: Final = "rt_test_watch"
+_SIM_JOBS: Final = 20
 
 # The ``code`` of a tracking failure's error: short, stable words for scripts. Other
 # errors get their class name in snake case.
@@ -265,8 +271,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="first polling interval of every status (default: the engine's)",
     )
     sim = parser.add_argument_group("simulation")
-    sim.add_argument("--sim", action="store_true", help="watch jobs of the built-in simulator")
-    sim.add_argument("--sim-jobs", type=int, default=20, metavar="N", help="jobs made if no ID")
+    sim.add_argument(
+        "--sim",
+        action="store_true",
+        help="watch jobs of a built-in simulator on 127.0.0.1; it knows only the jobs it made",
+    )
+    sim.add_argument(
+        "--sim-jobs",
+        type=int,
+        metavar="N",
+        help=f"jobs the simulator makes and watches (default {_SIM_JOBS} with no job ID, else 0)",
+    )
+    sim.add_argument(
+        "--sim-create",
+        action="store_true",
+        help="make the job IDs given in the simulator (drawn lifecycles), so they exist",
+    )
     sim.add_argument(
         "--sim-time-scale",
         type=float,
@@ -298,15 +318,16 @@ def _read_ids(args: argparse.Namespace) -> list[str]:
 
 
 def _simulator(args: argparse.Namespace, job_ids: list[str]) -> tuple[JobsSimulator, list[str]]:
-    if not args.sim_time_scale > 0 or args.sim_jobs < 1:
+    """The simulator ``--sim`` asks for, and the jobs to watch (see the module docstring)."""
+    made = args.sim_jobs if args.sim_jobs is not None else (0 if job_ids else _SIM_JOBS)
+    if not args.sim_time_scale > 0 or made < 0 or (made == 0 and not job_ids):
         raise ConfigError("sim: --sim-time-scale must be > 0 and --sim-jobs >= 1")
     sim = JobsSimulator(seed=args.seed, time_scale=args.sim_time_scale)
     sim.add_org(_SIM_ORG, api_keys=[_SIM_KEY])
-    if not job_ids:
-        return sim, sim.add_jobs(args.sim_jobs)
-    for job_id in job_ids:
-        sim.add_job(org_id=_SIM_ORG, job_id=job_id)
-    return sim, job_ids
+    if args.sim_create:
+        for job_id in job_ids:
+            sim.add_job(org_id=_SIM_ORG, job_id=job_id)
+    return sim, [*job_ids, *sim.add_jobs(made)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -318,6 +339,8 @@ def run(args: argparse.Namespace) -> int:
         sim: JobsSimulator | None = None
         if args.sim:
             sim, job_ids = _simulator(args, job_ids)
+        elif args.sim_create or args.sim_jobs is not None:
+            raise ConfigError("sim: --sim-create and --sim-jobs need --sim")
         elif not job_ids:
             raise ConfigError("job_ids: give job IDs, --from FILE, or --sim")
         elif settings.api_key is None:
