@@ -39,7 +39,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         ([], ["run", "watch", "sim", "demo"]),
         (["run"], ["--jobs-from", "--webhook", "--jsonl", "POLLER_PORT", "RETAB_API_KEY"]),
         (["watch"], ["--from", "--json", "--sim-create", "not_found", "Exit status"]),
-        (["sim"], ["--port", "--time-scale"]),
+        (["sim"], ["GET  /v1/jobs ", "--time-scale SCALE", "100x faster", "(default 8080)"]),
         (["demo"], ["--jobs", "--duration"]),
     ],
 )
