@@ -40,9 +40,9 @@ sim: $(STAMP)
 	$(BIN)/python -m poller sim --port 8080
 
 # BENCH_ARGS: benchmark names and/or --quick, e.g. make bench BENCH_ARGS="decode --quick".
-# The bench extra (httpx, pydantic, uvloop, matplotlib) is installed only when missing.
+# The bench extra (numpy, httpx, pydantic, uvloop, matplotlib) is installed only when missing.
 bench: $(STAMP)
-	$(BIN)/python -c 'import httpx, pydantic, uvloop, matplotlib' 2>/dev/null \
+	$(BIN)/python -c 'import numpy, httpx, pydantic, uvloop, matplotlib' 2>/dev/null \
 		|| $(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,21 @@ def test_installed_command_and_module() -> None:
     for process in started:
         out, _ = process.communicate(timeout=30)
         assert (process.returncode, out.strip()) == (0, f"poller {__version__}")
+
+
+def test_extras_hold_what_is_used() -> None:
+    root = Path(__file__).resolve().parent.parent
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    # uvloop: only the benchmarks run on it, so it is in bench alone, not an extra of its own.
+    assert "uvloop" not in extras and any(r.startswith("uvloop") for r in extras["bench"])
+    assert not any("uvloop" in path.read_text() for path in (root / "poller").rglob("*.py"))
+    # numpy: the benchmarks' oracle, declared once; dev has it so that tests/test_oracle.py
+    # runs under make test (CI installs dev only) rather than failing or skipping.
+    assert extras["oracle"] == ["numpy>=1.26"] and "poller[oracle]" in extras["bench"]
+    assert not any(r.startswith("numpy") for r in extras["dev"] + extras["bench"])
+    assert any(r.startswith("poller[") and "oracle" in r for r in extras["dev"])
 
 
 @pytest.mark.parametrize(
