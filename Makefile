@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+ACTIVATE_HINT := the poller command is in $(BIN): run $(BIN)/poller --help, or 'source $(BIN)/activate' first to type poller
 
 .PHONY: help install test lint typecheck pytest demo sim bench clean
 
@@ -20,6 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+	@echo "$(ACTIVATE_HINT)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check poller tests benchmarks
@@ -35,6 +37,7 @@ test: lint typecheck pytest
 
 demo: $(STAMP)
 	$(BIN)/python -m poller demo
+	@echo "$(ACTIVATE_HINT)"
 
 sim: $(STAMP)
 	$(BIN)/python -m poller sim --port 8080

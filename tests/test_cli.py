@@ -66,6 +66,23 @@ def test_installed_command_and_module() -> None:
         assert (process.returncode, out.strip()) == (0, f"poller {__version__}")
 
 
+def test_make_and_readme_say_where_the_command_is() -> None:
+    root = Path(__file__).resolve().parent.parent
+    hint = "the poller command is in .venv/bin: run .venv/bin/poller --help, or 'source "
+    for target in ("install", "demo"):  # -n: print the recipe, run nothing
+        made = subprocess.run(
+            ["make", "-n", "--no-print-directory", target],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert [line for line in made.stdout.splitlines() if hint in line], made.stdout
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("## The `poller` command") :]
+    assert "`.venv/bin/poller`" in section[:400] and "source .venv/bin/activate" in section[:400]
+
+
 def test_extras_hold_what_is_used() -> None:
     root = Path(__file__).resolve().parent.parent
     extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
