@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+ACTIVATE_HINT := the poller command is in $(BIN): run $(BIN)/poller --help, or 'source $(BIN)/activate' first to type poller
 
 .PHONY: help install test lint typecheck pytest demo sim bench clean
 
@@ -20,6 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+	@echo "$(ACTIVATE_HINT)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check poller tests benchmarks
@@ -35,14 +37,15 @@ test: lint typecheck pytest
 
 demo: $(STAMP)
 	$(BIN)/python -m poller demo
+	@echo "$(ACTIVATE_HINT)"
 
 sim: $(STAMP)
 	$(BIN)/python -m poller sim --port 8080
 
 # BENCH_ARGS: benchmark names and/or --quick, e.g. make bench BENCH_ARGS="decode --quick".
-# The bench extra (httpx, pydantic, uvloop, matplotlib) is installed only when missing.
+# The bench extra (numpy, httpx, pydantic, uvloop, matplotlib) is installed only when missing.
 bench: $(STAMP)
-	$(BIN)/python -c 'import httpx, pydantic, uvloop, matplotlib' 2>/dev/null \
+	$(BIN)/python -c 'import numpy, httpx, pydantic, uvloop, matplotlib' 2>/dev/null \
 		|| $(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 

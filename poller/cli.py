@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch_command.add_arguments(watch_parser)
     watch_parser.set_defaults(handler=watch_command.run)
     sim_parser = _add_command(
-        commands, "sim", "serve the jobs-API simulator on 127.0.0.1", sim_cli.__doc__
+        commands, "sim", "serve the jobs-API simulator on 127.0.0.1", sim_cli.DESCRIPTION
     )
     sim_cli.add_arguments(sim_parser)
     sim_parser.set_defaults(handler=sim_cli.run)

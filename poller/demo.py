@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 from collections import Counter, defaultdict
@@ -21,8 +22,10 @@ from typing import TextIO
 
 import anyio
 
+from ._ids import validate_job_id
+from .auth import API_KEY_ENV
 from .engine import Poller
-from .errors import JobsFailedError, PollerError
+from .errors import ConfigError, JobsFailedError, PollerError
 from .events import Event, Stats, TrackingFailure, Transition
 from .subscription import Subscription
 from .testing import Faults, JobsSimulator, SimServer
@@ -50,11 +53,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit status."""
     if args.job_ids:
-        return anyio.run(_track_real, args.job_ids, args.quiet, sys.stdout)
+        # Checked here, before the engine starts: inside it these errors would surface
+        # as an exception group from the task group, not as a usage error.
+        try:
+            job_ids = [validate_job_id(job_id) for job_id in args.job_ids]
+            if not os.environ.get(API_KEY_ENV):
+                raise ConfigError(
+                    f"api_key: set {API_KEY_ENV} to track real jobs "
+                    "(or give no job ID to run against the simulator)"
+                )
+        except PollerError as exc:
+            return _usage_error(exc)
+        return anyio.run(_track_real, job_ids, args.quiet, sys.stdout)
     if args.jobs < 1 or args.duration <= 0:
-        print("error: --jobs must be >= 1 and --duration > 0", file=sys.stderr)
-        return 2
+        return _usage_error("--jobs must be >= 1 and --duration > 0")
     return anyio.run(_simulate, args.jobs, args.orgs, args.duration, args.seed, args.quiet)
+
+
+def _usage_error(message: object) -> int:
+    print(f"poller demo: error: {message}", file=sys.stderr)
+    return 2
 
 
 def _line(event: Event, start: float) -> str:
@@ -179,8 +197,7 @@ async def _track_real(job_ids: Sequence[str], quiet: bool, out: TextIO) -> int:
     try:
         poller = Poller()
     except PollerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _usage_error(exc)
     seen: dict[str, list[tuple[str, float]]] = defaultdict(list)
     async with poller:
         start = time.time()

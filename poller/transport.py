@@ -174,7 +174,8 @@ class AiohttpTransport:
         if remote_plain and not insecure_skip_tls_verify:
             raise ConfigError(
                 "base_url: plain http:// to a remote host would send the API key in clear "
-                "text; use https:// (or insecure_skip_tls_verify=True, never in production)"
+                "text; use an https:// URL (http:// is for loopback hosts only, such as a "
+                "local simulator on 127.0.0.1)"
             )
         return resolved
 

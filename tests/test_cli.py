@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from poller.cli import main
 from poller.daemon.config import Settings, engine_options, load_settings
 from poller.daemon.options import Secret
 from poller.daemon.watch import Outcome, Tally, watch
-from poller.daemon.watch_view import JsonView, PlainView, RichView, make_view
+from poller.daemon.watch_view import JsonView, PlainView, RichView, describe, make_view
 from poller.models import JobError, JobStatus
 from poller.testing import Change, SimServer
 
@@ -38,8 +39,8 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     [
         ([], ["run", "watch", "sim", "demo"]),
         (["run"], ["--jobs-from", "--webhook", "--jsonl", "POLLER_PORT", "RETAB_API_KEY"]),
-        (["watch"], ["--from", "--json", "--sim", "Exit status"]),
-        (["sim"], ["--port", "--time-scale"]),
+        (["watch"], ["--from", "--json", "--sim-create", "not_found", "Exit status"]),
+        (["sim"], ["GET  /v1/jobs ", "--time-scale SCALE", "100x faster", "(default 8080)"]),
         (["demo"], ["--jobs", "--duration"]),
     ],
 )
@@ -63,6 +64,38 @@ def test_installed_command_and_module() -> None:
     for process in started:
         out, _ = process.communicate(timeout=30)
         assert (process.returncode, out.strip()) == (0, f"poller {__version__}")
+
+
+def test_make_and_readme_say_where_the_command_is() -> None:
+    root = Path(__file__).resolve().parent.parent
+    hint = "the poller command is in .venv/bin: run .venv/bin/poller --help, or 'source "
+    for target in ("install", "demo"):  # -n: print the recipe, run nothing
+        made = subprocess.run(
+            ["make", "-n", "--no-print-directory", target],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert [line for line in made.stdout.splitlines() if hint in line], made.stdout
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("## The `poller` command") :]
+    assert "`.venv/bin/poller`" in section[:400] and "source .venv/bin/activate" in section[:400]
+
+
+def test_extras_hold_what_is_used() -> None:
+    root = Path(__file__).resolve().parent.parent
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    # uvloop: only the benchmarks run on it, so it is in bench alone, not an extra of its own.
+    assert "uvloop" not in extras and any(r.startswith("uvloop") for r in extras["bench"])
+    assert not any("uvloop" in path.read_text() for path in (root / "poller").rglob("*.py"))
+    # numpy: the benchmarks' oracle, declared once; dev has it so that tests/test_oracle.py
+    # runs under make test (CI installs dev only) rather than failing or skipping.
+    assert extras["oracle"] == ["numpy>=1.26"] and "poller[oracle]" in extras["bench"]
+    assert not any(r.startswith("numpy") for r in extras["dev"] + extras["bench"])
+    assert any(r.startswith("poller[") and "oracle" in r for r in extras["dev"])
 
 
 @pytest.mark.parametrize(
@@ -98,16 +131,50 @@ def test_run_bad_config_file_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "webhook_secret: required" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["demo", "job_abc"], {}, "poller demo: error: api_key: set RETAB_API_KEY"),
+        (["demo", "../x"], {"RETAB_API_KEY": KEY}, "poller demo: error: job ID '../x'"),
+        (["demo", "--jobs", "0"], {}, "poller demo: error: --jobs must be >= 1"),
+        (
+            ["demo", "job_abc"],
+            {"RETAB_API_KEY": KEY, "RETAB_API_BASE_URL": "ftp://example.com"},
+            "poller demo: error: base_url",
+        ),
+    ],
+)
+def test_demo_usage_errors_are_one_line_and_exit_2(
+    argv: list[str],
+    env: dict[str, str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name in ("RETAB_API_KEY", "RETAB_API_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.startswith(message), captured.err
+    assert KEY not in captured.err
+
+
 # -- watch -------------------------------------------------------------------------
 
 
-def sample_transition(job_id: str, status: str, *, error: JobError | None = None) -> Transition:
+def sample_transition(
+    job_id: str, status: str, *, error: JobError | None = None, completed_at: int | None = None
+) -> Transition:
     job = JobStatus(
         id=job_id,
         status=Status(status),
         endpoint="/v1/documents/extract",  # type: ignore[arg-type]
-        created_at=1,
-        expires_at=2,
+        created_at=100,
+        completed_at=completed_at,
+        expires_at=200,
         organization_id="org_a",
         error=error,
     )
@@ -125,9 +192,9 @@ def sample_transition(job_id: str, status: str, *, error: JobError | None = None
 def test_tally_exit_status_and_counts() -> None:
     tally = Tally(["a", "b", "c"], started_at=10.0)
     assert tally.observe(sample_transition("a", "in_progress")) is None
-    outcome = tally.observe(sample_transition("a", "completed"))
+    outcome = tally.observe(sample_transition("a", "completed", completed_at=142))
     assert outcome == Outcome(
-        job_id="a", status="completed", elapsed_s=2.5, organization_id="org_a"
+        job_id="a", status="completed", watched_s=2.5, duration_s=42, organization_id="org_a"
     )
     assert tally.observe(sample_transition("zzz", "completed")) is None  # not watched
     error = JobError(code="model_timeout", message="slow")
@@ -138,8 +205,39 @@ def test_tally_exit_status_and_counts() -> None:
     gone = TrackingFailure(
         job_id="c", organization_id=None, error=JobNotFoundError("no"), observed_at=11.0
     )
-    assert (tally.observe(gone) or Outcome(job_id="", status="", elapsed_s=0)).status == "not_found"
+    ended = tally.observe(gone)
+    assert ended is not None and ended.status == "error"  # the daemon's word for it
+    assert ended.error == {
+        "code": "not_found",
+        "kind": "JobNotFoundError",
+        "message": "no",
+        "status": None,
+        "retryable": False,
+    }
+    assert tally.counts() == {"completed": 1, "failed": 1, "error": 1}
     assert tally.done and tally.exit_status == 1
+
+
+def test_a_finished_job_shows_its_own_duration_else_the_watch_time() -> None:
+    tally = Tally(["a", "b", "c"], started_at=10.0)
+    done = tally.observe(sample_transition("a", "completed", completed_at=142))
+    quick = tally.observe(sample_transition("b", "completed", completed_at=100))
+    gone = tally.observe(
+        TrackingFailure(
+            job_id="c", organization_id=None, error=JobNotFoundError("no"), observed_at=11.25
+        )
+    )
+    assert done is not None and describe(done) == "a  completed  (took 42 s)"
+    assert quick is not None and describe(quick) == "b  completed  (took < 1 s)"
+    assert gone is not None
+    assert describe(gone) == "c  error  not_found: no  (1.2 s into the watch)"
+    assert msgspec.json.decode(msgspec.json.encode(done)) == {
+        "job_id": "a",
+        "status": "completed",
+        "watched_s": 2.5,
+        "duration_s": 42,
+        "organization_id": "org_a",
+    }
 
 
 def test_tally_all_completed_exits_0_and_timeouts_exit_1() -> None:
@@ -179,8 +277,11 @@ async def test_watch_exit_status(
     assert sorted(p["job_id"] for p in printed) == sorted(job_ids)
     statuses = {p["job_id"]: p["status"] for p in printed}
     for job_id in job_ids:
-        want = "not_found" if job_id == "job_not_there" else retab_sim.sim.status(job_id)
+        want = "error" if job_id == "job_not_there" else retab_sim.sim.status(job_id)
         assert statuses[job_id] == want
+    for p in printed:
+        if p["job_id"] == "job_not_there":
+            assert (p["error"]["code"], p["error"]["status"]) == ("not_found", 404)
 
 
 @pytest.mark.anyio
@@ -290,6 +391,7 @@ def test_watch_reads_ids_from_a_file(tmp_path: Path, capsys: pytest.CaptureFixtu
     argv = [
         "watch",
         "--sim",
+        "--sim-create",
         "--json",
         "--from",
         str(ids),
@@ -301,6 +403,20 @@ def test_watch_reads_ids_from_a_file(tmp_path: Path, capsys: pytest.CaptureFixtu
     main([*argv, "--timeout", "30"])
     printed = [msgspec.json.decode(line) for line in capsys.readouterr().out.splitlines()]
     assert sorted(p["job_id"] for p in printed) == ["job_one", "job_two"]
+    assert all(p["status"] != "error" for p in printed)
+
+
+def test_watch_sim_knows_only_the_jobs_it_made(capsys: pytest.CaptureFixture[str]) -> None:
+    fast = ["--sim-time-scale", "0.002", "--poll-interval", "0.05", "--timeout", "30"]
+    status = main(["watch", "--sim", "--json", "--sim-jobs", "2", "job_nope", *fast])
+    printed = {
+        p["job_id"]: p for p in map(msgspec.json.decode, capsys.readouterr().out.splitlines())
+    }
+    assert status == 1 and len(printed) == 3
+    assert printed["job_nope"]["status"] == "error"
+    assert printed["job_nope"]["error"]["code"] == "not_found"
+    made = [p for job_id, p in printed.items() if job_id != "job_nope"]
+    assert all(p["status"] in {"completed", "failed", "cancelled"} for p in made)
 
 
 @pytest.mark.parametrize(
@@ -310,6 +426,8 @@ def test_watch_reads_ids_from_a_file(tmp_path: Path, capsys: pytest.CaptureFixtu
         (["watch"], "give job IDs"),
         (["watch", "--sim", "../etc"], "not allowed"),
         (["watch", "--sim", "--timeout", "0"], "timeout: must be > 0"),
+        (["watch", "--sim-create", "job_a"], "need --sim"),
+        (["watch", "--sim", "--sim-jobs", "0"], "--sim-jobs >= 1"),
     ],
 )
 def test_watch_usage_errors_exit_2(
@@ -330,3 +448,14 @@ def test_run_unwritable_sink_exit_2(
     argv = ["run", "--db", str(tmp_path / "p.db"), "--jsonl", str(tmp_path / "no" / "x.jsonl")]
     assert main(argv) == 2
     assert "jsonl: cannot write to" in capsys.readouterr().err
+
+
+def test_watch_plain_http_error_gives_the_command_line_fix(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RETAB_API_KEY", KEY)
+    assert main(["watch", "--base-url", "http://api.example.com", "job_a"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("poller watch: error: base_url: plain http://")
+    assert "--base-url https://" in err and err.count("\n") == 1
+    assert "insecure_skip_tls_verify" not in err and KEY not in err

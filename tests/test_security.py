@@ -451,9 +451,13 @@ async def test_insecure_skip_tls_verify_accepts_only_a_real_bool(value: object) 
 
 
 async def test_plain_http_to_a_remote_host_is_not_silent() -> None:
-    with pytest.raises(ConfigError, match=r"^base_url: plain http:// to a remote host"):
+    with pytest.raises(ConfigError, match=r"^base_url: plain http:// to a remote host") as caught:
         async with Poller(api_key=KEY, base_url="http://api.retab.com"):
             pass
+    # The fix it suggests is the one that applies: https, or a loopback host. Not the
+    # TLS switch, which is about certificates and has no command-line flag.
+    assert "use an https:// URL" in str(caught.value) and "loopback" in str(caught.value)
+    assert "insecure_skip_tls_verify" not in str(caught.value)
 
 
 async def test_a_non_verifying_ssl_context_is_warned_too(tls_server: LocalServer) -> None:

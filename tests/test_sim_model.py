@@ -374,7 +374,7 @@ def test_weird_job_ids_are_unknown_jobs(sim: JobsSimulator, segment: str) -> Non
         ("DELETE", "/v1/jobs/a", 405),
         ("POST", "/v1/jobs/a/status", 405),
         ("GET", "/v1/jobs/a/cancel", 405),
-        ("GET", "/v1/jobs", 405),
+        ("DELETE", "/v1/jobs", 405),
     ],
 )
 def test_unknown_routes_and_methods(
@@ -405,6 +405,63 @@ def test_create_a_job_over_the_api(sim: JobsSimulator) -> None:
     )
     assert (job["request"], job["metadata"]) == ({"doc": 1}, {"k": "v"})
     assert sim.job_ids("org_b") == [job["id"]]
+
+
+def _page(sim: JobsSimulator, query: str, headers: dict[str, str] = KEY_A) -> dict[str, Any]:
+    response = get(sim, f"/v1/jobs{query}", headers)
+    assert response.status == 200, response.body
+    page: dict[str, Any] = response.json()
+    return page
+
+
+def test_list_pages_through_the_callers_jobs_newest_first(sim: JobsSimulator) -> None:
+    mine = sim.add_jobs(25, org_ids=["org_a"])
+    theirs = sim.add_jobs(3, org_ids=["org_b"])
+    first = _page(sim, "")
+    assert len(first["data"]) == 10  # the default limit
+    assert [job["id"] for job in first["data"]] == mine[::-1][:10]
+    assert first["list_metadata"] == {"before": None, "after": mine[-10]}
+    assert set(first["data"][0]) >= {"id", "status", "created_at", "organization_id"}
+    seen, cursor = [], None
+    while True:
+        page = _page(sim, "?limit=7" + (f"&after={cursor}" if cursor else ""))
+        seen += [job["id"] for job in page["data"]]
+        if (cursor := page["list_metadata"]["after"]) is None:
+            break
+    assert seen == mine[::-1]  # each job once, none of org_b's
+    second = _page(sim, f"?limit=7&after={mine[-7]}")
+    back = _page(sim, f"?limit=7&before={second['list_metadata']['before']}")
+    assert [job["id"] for job in back["data"]] == mine[::-1][:7]
+    assert back["list_metadata"] == {"before": None, "after": mine[-7]}
+    oldest = _page(sim, "?order=asc&limit=100")
+    assert [job["id"] for job in oldest["data"]] == mine
+    assert oldest["list_metadata"] == {"before": None, "after": None}
+    assert [job["id"] for job in _page(sim, "", KEY_B)["data"]] == theirs[::-1]
+
+
+def test_list_filters_by_status(sim: JobsSimulator, clock: FakeClock) -> None:
+    done = sim.add_job(org_id="org_a", script=SCRIPT)
+    waiting = sim.add_job(org_id="org_a", script=[Change("queued", 0.0)])
+    clock.now += 60
+    assert [j["id"] for j in _page(sim, "?status=completed")["data"]] == [done]
+    assert [j["id"] for j in _page(sim, "?status=queued")["data"]] == [waiting]
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["?limit=0", "?limit=101", "?limit=ten", "?order=up", "?before=x&after=y", "?status=done"],
+)
+def test_list_refuses_bad_parameters(sim: JobsSimulator, query: str) -> None:
+    response = get(sim, f"/v1/jobs{query}")
+    assert response.status == 422 and response.json()["detail"][0]["msg"]
+
+
+def test_list_cursors_must_be_the_callers_jobs(sim: JobsSimulator) -> None:
+    theirs = sim.add_job(org_id="org_b")
+    for query in (f"?after={theirs}", "?before=job_nope"):
+        response = get(sim, f"/v1/jobs{query}")
+        assert response.status == 422 and b"to page from" in response.body
+    assert get(sim, "/v1/jobs", {}).status == 401
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import re
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -246,9 +248,11 @@ def _parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_cli_defaults_and_options() -> None:
+def test_cli_defaults_and_options(monkeypatch: pytest.MonkeyPatch) -> None:
     args = _parse()
     assert (args.host, args.port, args.orgs, args.timestamps) == ("127.0.0.1", 8080, 1, "unix")
+    monkeypatch.setattr(random, "randrange", lambda stop: 123_456)
+    assert args.seed is None and build_simulator(args).seed == 123_456  # a new seed a run
     args = _parse(
         "--orgs=3", "--jobs=9", "--seed=4", "--rate-limit=20", "--time-scale=0.01",
         "--fault-5xx=0.1", "--fault-503=0.05", "--fault-reset=0.01", "--fault-slow=0.02",
@@ -285,14 +289,22 @@ def test_cli_serves_until_a_signal(signum: signal.Signals) -> None:
         while not banner[-1].startswith("Press Ctrl+C"):
             banner.append(process.stdout.readline())
         base_url = re.search(r"http://127\.0\.0\.1:\d+", banner[0])
-        curl = next(line for line in banner if "curl -H" in line)
-        key = re.search(r"rt_test_\w+", curl)
-        job_id = re.search(r"job_[\w-]{21}", curl)
-        assert base_url and key and job_id
-        request = urllib.request.Request(
-            f"{base_url[0]}/v1/jobs/{job_id[0]}/status", headers={"Api-Key": key[0]}
-        )
-        with urllib.request.urlopen(request, timeout=5) as response:
-            assert orjson.loads(response.read())["id"] == job_id[0]
+        assert banner[1].startswith("Seed 1 (--seed 1 repeats this run)")
+        assert any(re.fullmatch(r"  org_1  rt_test_\w+  3 jobs\n", line) for line in banner)
+        # The banner's curl lines work as printed: first the list, then a job's status.
+        curls = [line.split() for line in banner if "curl -H" in line]
+        key = re.search(r"rt_test_\w+", curls[0][3])
+        assert base_url and key and curls[0][-1] == f"'{base_url[0]}/v1/jobs?limit=100'"
+        listed = _get(f"{base_url[0]}/v1/jobs?limit=100", key[0])
+        assert len(listed["data"]) == 3 and listed["list_metadata"]["after"] is None
+        job_id = listed["data"][-1]["id"]  # the oldest: the banner's first job
+        assert curls[1][-1] == f"{base_url[0]}/v1/jobs/{job_id}/status"
+        assert _get(curls[1][-1], key[0])["id"] == job_id
         process.send_signal(signum)
         assert process.wait(timeout=10) == 0
+
+
+def _get(url: str, key: str) -> Any:
+    request = urllib.request.Request(url, headers={"Api-Key": key})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return orjson.loads(response.read())

@@ -2,14 +2,24 @@
 
 Tracks the jobs (the real API with RETAB_API_KEY, or --sim for the built-in
 simulator), shows a live progress bar with counts by status, and prints one line
-per finished job. --json prints one JSON object per finished job instead, for
-scripts. The engine's settings (key, base URL, auth scheme, connections, rate limit,
-intervals) come from flags, the environment and the --config file, as for
-``poller run``.
+per finished job with its own duration (completed_at - created_at). --json prints
+one JSON object per finished job instead, for scripts. The engine's settings (key,
+base URL, auth scheme, connections, rate limit, intervals) come from flags, the
+environment and the --config file, as for ``poller run``.
+
+A job ends with its terminal status (completed, failed, cancelled, expired), or
+with "error" when it could not be tracked, as ``poller run`` reports it: the error's
+code tells why (not_found for a 404, authentication_failed, tracking_expired, ...);
+or with "timed_out" at --timeout.
+
+--sim serves a simulator on 127.0.0.1 that knows only the jobs it made: with no
+job ID it makes --sim-jobs jobs (default 20) and watches them; job IDs given are
+unknown to it (they end as error, not_found) unless --sim-create makes them first;
+--sim-jobs N with job IDs adds N made jobs to those.
 
 Exit status: 0 when every job completed; 1 when any failed, was cancelled, expired,
-was not found, could not be tracked, or was still running at --timeout; 2 for bad
-arguments or settings; 130 when interrupted.
+ended in error, or was still running at --timeout; 2 for bad arguments or
+settings; 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -17,46 +27,75 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 import anyio
 import msgspec
 
 from .._ids import validate_job_id
 from ..engine import Poller
-from ..errors import ConfigError, InvalidJobIdError, JobNotFoundError
+from ..errors import ConfigError, InvalidJobIdError, PollerError
 from ..events import TrackingFailure, Transition
 from ..testing import JobsSimulator, SimServer
 from .config import Settings, engine_options, load_settings
 from .logs import configure_logging
+from .records import error_info
+from .store import ERROR
 from .watch_view import View, make_view
 
 __all__ = ["Outcome", "Tally", "add_arguments", "run", "watch"]
 
 COMPLETED: Final = "completed"
-NOT_FOUND: Final = "not_found"
-ERROR: Final = "error"
 TIMED_OUT: Final = "timed_out"
 PENDING: Final = "pending"
 _SIM_ORG: Final = "org_sim"
 _SIM_KEY: Final = "rt_test_watch"
+_SIM_JOBS: Final = 20
+
+# The ``code`` of a tracking failure's error: short, stable words for scripts. Other
+# errors get their class name in snake case.
+_FAILURE_CODES: Final = {
+    "JobNotFoundError": "not_found",
+    "AuthenticationError": "authentication_failed",
+    "PermissionDeniedError": "permission_denied",
+    "TrackingExpiredError": "tracking_expired",
+    "RateLimitedError": "rate_limited",
+    "ServerError": "server_error",
+    "ConnectError": "connect_error",
+    "ConnectionLostError": "connection_lost",
+    "RequestTimeoutError": "request_timeout",
+    "DecodeError": "decode_error",
+    "UnexpectedStatusError": "unexpected_status",
+}
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """How one job ended, as ``--json`` prints it.
 
-    ``status`` is the terminal status, or ``not_found``, ``error`` (tracking failed)
-    or ``timed_out``; ``error`` holds ``code`` and ``message`` when there is one.
+    Attributes:
+        job_id: the job.
+        status: its terminal status; ``error`` when it could not be tracked (the word
+            ``poller run``'s ``GET /jobs/ID`` uses); ``timed_out`` at ``--timeout``.
+        watched_s: seconds from the start of the watch until the end was seen.
+        duration_s: the job's own duration, ``completed_at - created_at`` from its
+            timestamps (whole seconds), when both are known.
+        organization_id: the owning organisation, when known.
+        error: a failed job's ``{code, message}`` from the API; for ``error``, why
+            tracking ended: ``code`` (``not_found`` for a 404, ...) and, as ``poller
+            run`` records it, ``kind`` (the exception class), ``message``, ``status``
+            (HTTP, or null) and ``retryable``.
     """
 
     job_id: str
     status: str
-    elapsed_s: float
+    watched_s: float
+    duration_s: int | None = None
     organization_id: str | None = None
-    error: dict[str, str] | None = None
+    error: dict[str, Any] | None = None
 
 
 class Tally:
@@ -103,39 +142,43 @@ class Tally:
             self.status[job_id] = event.current.value
             if not event.current.is_terminal:
                 return None
-            error = event.job.error
+            job, error = event.job, event.job.error
             detail = {"code": error.code, "message": error.message} if error else None
-            return self._end(job_id, event.current.value, event.observed_at, event, detail)
-        status = NOT_FOUND if isinstance(event.error, JobNotFoundError) else ERROR
-        self.status[job_id] = status
-        detail = {"code": type(event.error).__name__, "message": str(event.error)}
-        return self._end(job_id, status, event.observed_at, event, detail)
+            duration_s = None
+            if job.completed_at is not None:
+                duration_s = max(0, job.completed_at - job.created_at)
+            return self._end(event, event.current.value, detail, duration_s)
+        self.status[job_id] = ERROR
+        return self._end(event, ERROR, failure_detail(event.error), None)
 
     def _end(
         self,
-        job_id: str,
-        status: str,
-        at: float,
         event: Transition | TrackingFailure,
-        error: dict[str, str] | None,
+        status: str,
+        error: dict[str, Any] | None,
+        duration_s: int | None,
     ) -> Outcome:
         outcome = Outcome(
-            job_id=job_id,
+            job_id=event.job_id,
             status=status,
-            elapsed_s=round(max(0.0, at - self._started_at), 3),
+            watched_s=self._watched_s(event.observed_at),
+            duration_s=duration_s,
             organization_id=event.organization_id,
             error=error,
         )
-        self.outcomes[job_id] = outcome
+        self.outcomes[event.job_id] = outcome
         return outcome
+
+    def _watched_s(self, at: float) -> float:
+        return round(max(0.0, at - self._started_at), 3)
 
     def time_out(self, now: float) -> list[Outcome]:
         """End every unfinished job as ``timed_out``."""
-        elapsed_s = round(max(0.0, now - self._started_at), 3)
+        watched_s = self._watched_s(now)
         ended = []
         for job_id in self.status:
             if job_id not in self.outcomes:
-                outcome = Outcome(job_id=job_id, status=TIMED_OUT, elapsed_s=elapsed_s)
+                outcome = Outcome(job_id=job_id, status=TIMED_OUT, watched_s=watched_s)
                 self.outcomes[job_id] = outcome
                 self.status[job_id] = TIMED_OUT
                 ended.append(outcome)
@@ -148,7 +191,16 @@ class Tally:
         return 0 if ok else 1
 
 
-_ORDER: Final = (COMPLETED, "failed", "cancelled", "expired", NOT_FOUND, ERROR, TIMED_OUT)
+def failure_detail(error: PollerError) -> dict[str, Any]:
+    """The ``error`` of an outcome whose tracking ended with ``error``: a ``code`` for
+    scripts, then the fields ``poller run`` records for it (``kind``, ``message``,
+    ``status``, ``retryable``)."""
+    kind = type(error).__name__
+    code = _FAILURE_CODES.get(kind) or re.sub(r"(?<!^)(?=[A-Z])", "_", kind).lower()
+    return {"code": code, **msgspec.structs.asdict(error_info(error))}
+
+
+_ORDER: Final = (COMPLETED, "failed", "cancelled", "expired", ERROR, TIMED_OUT)
 
 
 def _rank(status: str) -> int:
@@ -219,8 +271,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="first polling interval of every status (default: the engine's)",
     )
     sim = parser.add_argument_group("simulation")
-    sim.add_argument("--sim", action="store_true", help="watch jobs of the built-in simulator")
-    sim.add_argument("--sim-jobs", type=int, default=20, metavar="N", help="jobs made if no ID")
+    sim.add_argument(
+        "--sim",
+        action="store_true",
+        help="watch jobs of a built-in simulator on 127.0.0.1; it knows only the jobs it made",
+    )
+    sim.add_argument(
+        "--sim-jobs",
+        type=int,
+        metavar="N",
+        help=f"jobs the simulator makes and watches (default {_SIM_JOBS} with no job ID, else 0)",
+    )
+    sim.add_argument(
+        "--sim-create",
+        action="store_true",
+        help="make the job IDs given in the simulator (drawn lifecycles), so they exist",
+    )
     sim.add_argument(
         "--sim-time-scale",
         type=float,
@@ -228,7 +294,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SCALE",
         help="multiplies simulated durations (default %(default)s: 50x faster)",
     )
-    sim.add_argument("--seed", type=int, default=0, help="seed of the simulator")
+    sim.add_argument(
+        "--seed", type=int, default=0, help="seed of the simulator (default %(default)s)"
+    )
     parser.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
@@ -250,15 +318,16 @@ def _read_ids(args: argparse.Namespace) -> list[str]:
 
 
 def _simulator(args: argparse.Namespace, job_ids: list[str]) -> tuple[JobsSimulator, list[str]]:
-    if not args.sim_time_scale > 0 or args.sim_jobs < 1:
+    """The simulator ``--sim`` asks for, and the jobs to watch (see the module docstring)."""
+    made = args.sim_jobs if args.sim_jobs is not None else (0 if job_ids else _SIM_JOBS)
+    if not args.sim_time_scale > 0 or made < 0 or (made == 0 and not job_ids):
         raise ConfigError("sim: --sim-time-scale must be > 0 and --sim-jobs >= 1")
     sim = JobsSimulator(seed=args.seed, time_scale=args.sim_time_scale)
     sim.add_org(_SIM_ORG, api_keys=[_SIM_KEY])
-    if not job_ids:
-        return sim, sim.add_jobs(args.sim_jobs)
-    for job_id in job_ids:
-        sim.add_job(org_id=_SIM_ORG, job_id=job_id)
-    return sim, job_ids
+    if args.sim_create:
+        for job_id in job_ids:
+            sim.add_job(org_id=_SIM_ORG, job_id=job_id)
+    return sim, [*job_ids, *sim.add_jobs(made)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -270,6 +339,8 @@ def run(args: argparse.Namespace) -> int:
         sim: JobsSimulator | None = None
         if args.sim:
             sim, job_ids = _simulator(args, job_ids)
+        elif args.sim_create or args.sim_jobs is not None:
+            raise ConfigError("sim: --sim-create and --sim-jobs need --sim")
         elif not job_ids:
             raise ConfigError("job_ids: give job IDs, --from FILE, or --sim")
         elif settings.api_key is None:
@@ -279,8 +350,7 @@ def run(args: argparse.Namespace) -> int:
         if args.timeout is not None and not args.timeout > 0:
             raise ConfigError("timeout: must be > 0")
     except (ConfigError, InvalidJobIdError, OSError) as exc:
-        print(f"poller watch: error: {exc}", file=sys.stderr)
-        return 2
+        return _usage_error(exc)
     configure_logging(level=args.log_level, secrets=settings.secrets())
     view = make_view(json_lines=args.json)
     try:
@@ -288,6 +358,14 @@ def run(args: argparse.Namespace) -> int:
             lambda: watch(job_ids, view, settings=settings, timeout_s=args.timeout, sim=sim)
         )
     except ConfigError as exc:
-        print(f"poller watch: error: {exc}", file=sys.stderr)
-        return 2
+        return _usage_error(exc)
     return status
+
+
+def _usage_error(exc: Exception) -> int:
+    message = str(exc)
+    if message.startswith("base_url:"):
+        # The engine's message serves library users too; say where the CLI takes it.
+        message += "; here: --base-url https://... (or RETAB_API_BASE_URL, or --config)"
+    print(f"poller watch: error: {message}", file=sys.stderr)
+    return 2

@@ -40,11 +40,19 @@ class View(Protocol):
 
 
 def describe(outcome: Outcome) -> str:
-    """One human line: ``job_abc  failed  model_timeout: ...  (12.3 s)``."""
+    """One human line: ``job_abc  failed  model_timeout: ...  (took 42 s)``.
+
+    The time is the job's own duration from its timestamps when known (whole
+    seconds, so under 1 s reads ``< 1 s``), else how long the watch had run.
+    """
     parts = [outcome.job_id, outcome.status]
     if outcome.error is not None:
         parts.append(f"{outcome.error['code']}: {outcome.error['message']}")
-    parts.append(f"({outcome.elapsed_s:.1f} s)")
+    if outcome.duration_s is not None:
+        took = f"{outcome.duration_s} s" if outcome.duration_s >= 1 else "< 1 s"
+        parts.append(f"(took {took})")
+    else:
+        parts.append(f"({outcome.watched_s:.1f} s into the watch)")
     return "  ".join(parts)
 
 

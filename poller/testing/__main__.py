@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import add_arguments, run
+from .cli import DESCRIPTION, add_arguments, run
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and serve until interrupted; return the exit status."""
     parser = argparse.ArgumentParser(
-        prog="python -m poller.testing", description="Serve a simulated Retab jobs API."
+        prog="python -m poller.testing",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))

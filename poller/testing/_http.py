@@ -8,6 +8,7 @@ aiohttp shell (or a test) delivers.
 from __future__ import annotations
 
 __all__ = [
+    "ListQuery",
     "Route",
     "SimResponse",
     "credential",
@@ -16,6 +17,7 @@ __all__ = [
     "match_route",
     "parse_create_body",
     "parse_flag",
+    "parse_list_query",
     "split_target",
 ]
 
@@ -26,10 +28,13 @@ from typing import Any, Final
 import msgspec
 import orjson
 
-from ._lifecycle import ENDPOINTS
+from ._lifecycle import ENDPOINTS, TERMINAL_STATUSES
 
 _JSON: Final = "application/json"
 _MAX_METADATA_PAIRS: Final = 16
+_LIST_LIMIT_DEFAULT: Final = 10
+_LIST_LIMIT_MAX: Final = 100
+_LIST_STATUSES: Final = frozenset({"validating", "queued", "in_progress", *TERMINAL_STATUSES})
 _TRUE: Final = frozenset({"true", "1", "yes", "on"})
 _FALSE: Final = frozenset({"false", "0", "no", "off"})
 _ACTIONS: Final = {"status": "GET", "cancel": "POST", "retry": "POST"}
@@ -56,11 +61,22 @@ class SimResponse(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Route(msgspec.Struct, frozen=True):
-    """A matched route: its name (``status``, ``job``, ``create``, ``cancel``, ``retry``) and
-    the decoded job ID of the path (None for ``create``)."""
+    """A matched route: its name (``status``, ``job``, ``list``, ``create``, ``cancel``,
+    ``retry``) and the decoded job ID of the path (None for ``list`` and ``create``)."""
 
     name: str
     job_id: str | None
+
+
+class ListQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """The parameters of ``GET /v1/jobs``: at most ``limit`` jobs, newest first unless
+    ``order`` is ``asc``, after (or before) the job ID of a cursor, of one ``status``."""
+
+    limit: int = _LIST_LIMIT_DEFAULT
+    order: str = "desc"
+    before: str | None = None
+    after: str | None = None
+    status: str | None = None
 
 
 def json_response(
@@ -102,8 +118,10 @@ def match_route(method: str, path: str) -> Route | SimResponse:
         return error_response(404, "Not Found")
     job_id = urllib.parse.unquote(parts[3]) if len(parts) > 3 else None
     if len(parts) == 3:
-        name, allowed = "create", "POST"
-    elif len(parts) == 4:
+        if method not in ("GET", "POST"):
+            return error_response(405, "Method Not Allowed", {"allow": "GET, POST"})
+        return Route("list" if method == "GET" else "create", None)
+    if len(parts) == 4:
         name, allowed = "job", "GET"
     elif parts[4] in _ACTIONS:
         name, allowed = parts[4], _ACTIONS[parts[4]]
@@ -136,6 +154,27 @@ def parse_flag(query: Mapping[str, str], name: str) -> bool | None:
     if value in _TRUE:
         return True
     return False if value in _FALSE else None
+
+
+def parse_list_query(query: Mapping[str, str]) -> ListQuery | str:
+    """The parameters of ``GET /v1/jobs`` (other query parameters are ignored), or why
+    they are invalid."""
+    try:
+        limit = int(query.get("limit", _LIST_LIMIT_DEFAULT))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= _LIST_LIMIT_MAX:
+        return f"limit must be an integer from 1 to {_LIST_LIMIT_MAX}"
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        return "order must be asc or desc"
+    before, after = query.get("before") or None, query.get("after") or None
+    if before is not None and after is not None:
+        return "give before or after, not both"
+    status = query.get("status") or None
+    if status is not None and status not in _LIST_STATUSES:
+        return f"status must be one of {', '.join(sorted(_LIST_STATUSES))}"
+    return ListQuery(limit=limit, order=order, before=before, after=after, status=status)
 
 
 def parse_create_body(body: bytes) -> tuple[str, dict[str, Any], dict[str, str] | None] | str:

@@ -9,12 +9,19 @@ A request goes through routing (404/405), authentication (401), the caller's
 organisation's rate limit (429), then its route. Job GETs are where faults are
 injected: the n-th GET of a job draws its faults from ``(seed, job_id, n)`` alone,
 so which request of a job misbehaves does not depend on concurrency.
+
+``GET /v1/jobs`` lists the caller's organisation's jobs as Retab's list endpoints
+page them: ``{"data": [...], "list_metadata": {"before", "after"}}``, newest first
+(creation order breaks ties), ``limit`` 1-100 (default 10). Pass ``list_metadata.after``
+back as ``after`` for the next page, ``list_metadata.before`` as ``before`` for the
+previous one; each is null at its end.
 """
 
 from __future__ import annotations
 
 __all__ = ["JobsSimulator"]
 
+import bisect
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -32,6 +39,7 @@ from ._http import (
     match_route,
     parse_create_body,
     parse_flag,
+    parse_list_query,
     split_target,
 )
 from ._job import TIMESTAMP_FORMATS, JobView, SimJob, TimestampFormat
@@ -167,9 +175,11 @@ class JobsSimulator(JobStore):
     def _dispatch(
         self, route: Route, org_id: str, query: Mapping[str, str], body: bytes, now: float
     ) -> SimResponse:
-        if route.job_id is None:
+        if route.name == "create":
             return self._create(org_id, body, now)
-        job = self._jobs.get(route.job_id)
+        if route.name == "list":
+            return self._list(org_id, query, now)
+        job = self._jobs.get(route.job_id or "")
         if job is None or job.org_id != org_id:
             # Another org's job is "not found" too: the answer never leaks that it exists.
             return error_response(404, "Job not found")
@@ -242,6 +252,50 @@ class JobsSimulator(JobStore):
             job.view(now), self._timestamp, include_request=True, include_response=False
         )
         return json_response(200, payload)
+
+    def _list(self, org_id: str, query: Mapping[str, str], now: float) -> SimResponse:
+        parsed = parse_list_query(query)
+        if isinstance(parsed, str):
+            return error_response(422, [{"loc": ["query"], "msg": parsed, "type": "value_error"}])
+        ordered = [job for job in self._jobs.values() if job.org_id == org_id]
+        if parsed.order == "desc":
+            ordered.reverse()
+        position = {job.id: i for i, job in enumerate(ordered)}
+        cursor = parsed.after or parsed.before
+        if cursor is not None and cursor not in position:
+            # Another org's job is no cursor either: the answer never leaks that it exists.
+            detail = {
+                "loc": ["query"],
+                "msg": f"no job {cursor!r} to page from",
+                "type": "value_error",
+            }
+            return error_response(422, [detail])
+        # Positions (in ``ordered``) of the jobs the filter keeps, ascending.
+        kept = [
+            i
+            for i, job in enumerate(ordered)
+            if parsed.status is None or job.view(now).status == parsed.status
+        ]
+        if parsed.after is not None:
+            start = bisect.bisect_right(kept, position[parsed.after])
+            end = min(start + parsed.limit, len(kept))
+        elif parsed.before is not None:
+            end = bisect.bisect_left(kept, position[parsed.before])
+            start = max(0, end - parsed.limit)
+        else:
+            start, end = 0, min(parsed.limit, len(kept))
+        page = [ordered[i] for i in kept[start:end]]
+        data = [
+            job.full_payload(
+                job.view(now), self._timestamp, include_request=False, include_response=False
+            )
+            for job in page
+        ]
+        metadata = {
+            "before": page[0].id if page and start > 0 else None,
+            "after": page[-1].id if page and end < len(kept) else None,
+        }
+        return json_response(200, {"data": data, "list_metadata": metadata})
 
     # Helpers
 

@@ -2,25 +2,50 @@
 
 ``add_arguments`` declares the options on a parser and ``run`` serves; the main
 CLI wires them into a subcommand, and ``python -m poller.testing`` runs them alone.
+:data:`DESCRIPTION` is their help text.
 """
 
 from __future__ import annotations
 
-__all__ = ["add_arguments", "build_simulator", "run"]
+__all__ = ["DESCRIPTION", "add_arguments", "build_simulator", "run"]
 
 import argparse
 import asyncio
+import random
 import shlex
 import signal
 import sys
 from collections.abc import Callable
+from typing import Final
 
 from ._faults import Faults
 from ._model import JobsSimulator
 from ._ratelimit import RETRY_AFTER_STYLES
 from ._server import SimServer
 
+DESCRIPTION: Final = """\
+Serve a simulated Retab jobs API, to try poller, curl or your own code offline.
+
+It prints its URL, the organisations' API keys, how many jobs it made and how to
+list them, then answers until Ctrl+C:
+
+  GET  /v1/jobs/ID/status     the job's status (what poller polls)
+  GET  /v1/jobs/ID            the full job (?include_request=, ?include_response=)
+  GET  /v1/jobs               the caller's jobs, newest first: ?limit= (1-100,
+                              default 10), ?after= / ?before= (the list_metadata
+                              cursors of the previous answer), ?order=asc, ?status=
+  POST /v1/jobs               create a job; POST /v1/jobs/ID/cancel and /retry too
+
+Jobs go validating, queued, in_progress, then completed, failed or cancelled, with
+durations drawn per endpoint: in progress for a median of 4 s (classify), 25 s
+(extract, parse), 60 s (split) or 10 min (evals). --time-scale multiplies them
+all: 0.01 runs 100x faster. Every random choice (job IDs, keys, lifecycles,
+faults) follows the seed: a new one each run unless --seed is given, printed at
+start so that a run can be repeated.
+"""
+
 _SHOWN_JOBS = 3
+_SEED_RANGE = 1_000_000
 
 # (option, Faults field, help)
 _FAULT_OPTIONS = (
@@ -37,43 +62,96 @@ _FAULT_OPTIONS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare the simulator's options on ``parser``."""
-    parser.add_argument("--host", default="127.0.0.1", help="interface (default: %(default)s)")
-    parser.add_argument("--port", type=_number(int, 0), default=8080, help="0 picks a free port")
-    parser.add_argument("--orgs", type=_number(int, 1), default=1, help="organisations")
-    parser.add_argument("--jobs", type=_number(int, 0), default=100, help="jobs made at start")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    """Declare the simulator's options on ``parser`` (see :data:`DESCRIPTION`)."""
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="interface to listen on (default %(default)s)"
+    )
+    parser.add_argument(
+        "--port",
+        type=_number(int, 0),
+        default=8080,
+        help="port to listen on; 0 picks a free one (default %(default)s)",
+    )
+    parser.add_argument(
+        "--orgs",
+        type=_number(int, 1),
+        default=1,
+        metavar="N",
+        help="organisations, org_1 to org_N, one API key each (default %(default)s)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=_number(int, 0),
+        default=100,
+        metavar="N",
+        help="jobs made at start, dealt over the organisations (default %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="seed of every random choice, to repeat a run (default: a new one, printed)",
+    )
     parser.add_argument(
         "--time-scale",
         type=_number(float, 0.0, exclusive=True),
         default=1.0,
-        help="multiplies job durations (0.01 is 100x faster; default: real time)",
+        metavar="SCALE",
+        help="multiplies every job duration: 0.01 runs 100x faster, 10 runs 10x slower "
+        "(default %(default)s: real time)",
     )
     parser.add_argument(
-        "--rate-limit", type=_number(int, 1), metavar="PER_S", help="per-org requests/s"
+        "--rate-limit",
+        type=_number(int, 1),
+        metavar="PER_S",
+        help="requests per second each organisation may make; more get 429 (default: no limit)",
     )
     parser.add_argument(
-        "--disclose-rate-limit", action="store_true", help="send x-ratelimit-* headers"
+        "--disclose-rate-limit",
+        action="store_true",
+        help="send x-ratelimit-limit/-remaining headers and name the limit in 429s "
+        "(default: the limit stays hidden, as Retab's)",
     )
-    parser.add_argument("--retry-after", choices=RETRY_AFTER_STYLES, default="seconds")
-    parser.add_argument("--timestamps", choices=("unix", "iso"), default="unix")
-    faults = parser.add_argument_group("faults (rates between 0 and 1)")
+    parser.add_argument(
+        "--retry-after",
+        choices=RETRY_AFTER_STYLES,
+        default="seconds",
+        help="the Retry-After header of 429s (default %(default)s)",
+    )
+    parser.add_argument(
+        "--timestamps",
+        choices=("unix", "iso"),
+        default="unix",
+        help="unix: integer seconds, as documented; iso: ISO-8601 strings, as some SDKs "
+        "(default %(default)s)",
+    )
+    faults = parser.add_argument_group(
+        "faults",
+        "each RATE is a share from 0 to 1 (default 0: none): of job GETs that misbehave "
+        "this way, or for the unknown-* ones, of jobs made",
+    )
     for option, field, description in _FAULT_OPTIONS:
         faults.add_argument(
             option, dest=f"fault_{field}", type=_rate, default=0.0, metavar="RATE", help=description
         )
-    faults.add_argument("--slow-delay", type=_number(float, 0.0), default=2.0, metavar="SECONDS")
+    faults.add_argument(
+        "--slow-delay",
+        type=_number(float, 0.0),
+        default=2.0,
+        metavar="SECONDS",
+        help="delay of --fault-slow answers (default %(default)s)",
+    )
 
 
 def build_simulator(args: argparse.Namespace) -> JobsSimulator:
-    """The simulator ``args`` describe, with its orgs and jobs.
-    Raises ``ValueError`` for fault rates that sum above 1."""
+    """The simulator ``args`` describe, with its orgs and jobs; a random seed when
+    ``args.seed`` is None. Raises ``ValueError`` for fault rates that sum above 1."""
     faults = Faults(
         slow_delay_s=args.slow_delay,
         **{field: getattr(args, f"fault_{field}") for _, field, _ in _FAULT_OPTIONS},
     )
+    seed = args.seed if args.seed is not None else random.randrange(_SEED_RANGE)
     sim = JobsSimulator(
-        seed=args.seed,
+        seed=seed,
         time_scale=args.time_scale,
         faults=faults,
         timestamp_format=args.timestamps,
@@ -117,13 +195,26 @@ async def _serve(server: SimServer) -> None:
 
 
 def _banner(server: SimServer) -> str:
-    """What a person needs to try the server: its URL (first line), keys, jobs, curls."""
+    """What a person needs to try the server: its URL (first line), seed, keys, jobs, curls."""
     sim, url = server.sim, server.base_url
-    lines = [f"Retab jobs API simulator listening on {url}", "", "Organisations and API keys:"]
-    lines += [f"  {org.org_id}  {org.api_keys[0]}" for org in sim.orgs]
+    lines = [
+        f"Retab jobs API simulator listening on {url}",
+        f"Seed {sim.seed} (--seed {sim.seed} repeats this run); time scale {sim.time_scale:g}",
+        "",
+        "Organisations, API keys and jobs:",
+    ]
+    lines += [
+        f"  {org.org_id}  {org.api_keys[0]}  {len(sim.job_ids(org.org_id))} jobs"
+        for org in sim.orgs
+    ]
     first = sim.orgs[0]
     key = shlex.quote(f"Api-Key: {first.api_keys[0]}")
     job_ids = sim.job_ids(first.org_id)[:_SHOWN_JOBS]
+    lines += [
+        "",
+        f"List {first.org_id}'s jobs, newest first (then ?after=<list_metadata.after>):",
+        f"  curl -H {key} '{url}/v1/jobs?limit=100'",
+    ]
     if job_ids:
         lines += ["", f"Some jobs of {first.org_id}:", *(f"  {j}" for j in job_ids)]
         lines += ["", "Try:", f"  curl -H {key} {url}/v1/jobs/{job_ids[0]}/status"]
