@@ -9,7 +9,8 @@ GET      /jobs                list: ``?status=&after=&limit=`` (paged by job ID)
 GET      /jobs/{id}           one job: last status, seq, payload, error
 DELETE   /jobs/{id}           stop tracking it
 GET      /events              server-sent events (see ``poller.daemon.sse``)
-GET      /healthz             ``{"status": "ok"}``; 503 while shutting down
+GET      /healthz             ``{"status": "ok"|"degraded"|"stopping", ...}`` (see
+                              ``poller.daemon.health``); 503 while shutting down
 GET      /metrics             Prometheus text format
 =======  ===================  ================================================
 
@@ -26,6 +27,8 @@ Errors are ``{"error": {"code", "message", "field"?}}`` with a 4xx/5xx status.
 from __future__ import annotations
 
 import hmac
+import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -33,12 +36,15 @@ import msgspec
 from aiohttp import web
 
 from .config import is_loopback
+from .health import Health, http_status
 from .intake import Intake, IntakeError
 from .metrics import CONTENT_TYPE
 from .sse import EventStream
 from .store import Store
 
 __all__ = ["ControlServer", "build_app"]
+
+log = logging.getLogger("poller.daemon.api")
 
 _MAX_BODY: Final = 8 * 1024 * 1024
 _LIST_DEFAULT: Final = 1000
@@ -76,7 +82,7 @@ class _Handlers:
         intake: Intake,
         store: Store,
         metrics: Callable[[], Awaitable[str]],
-        health: Callable[[], dict[str, Any]],
+        health: Callable[[], Awaitable[Health]],
     ) -> None:
         self.intake, self.store, self.metrics, self.health = intake, store, metrics, health
 
@@ -136,12 +142,25 @@ class _Handlers:
         return _json({"jobs": rows, "next": following})
 
     async def healthz(self, request: web.Request) -> web.Response:
-        health = self.health()
-        return _json(health, status=200 if health.get("status") == "ok" else 503)
+        health = await self.health()
+        return _json(health, status=http_status(health))
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         text = await self.metrics()
         return web.Response(text=text, headers={"Content-Type": CONTENT_TYPE})
+
+
+@web.middleware
+async def _errors(
+    request: web.Request,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
+    """What a handler did not answer itself, answered in the JSON error format."""
+    try:
+        return await handler(request)
+    except sqlite3.Error as exc:  # a full disk, say
+        log.error("%s %s: the database failed: %s", request.method, request.path, exc)
+        return _error(503, "store_unavailable", f"the database cannot be used ({exc})")
 
 
 def _hostname(header: str) -> str:
@@ -181,12 +200,12 @@ def build_app(
     store: Store,
     events: EventStream,
     metrics: Callable[[], Awaitable[str]],
-    health: Callable[[], dict[str, Any]],
+    health: Callable[[], Awaitable[Health]],
     token: str | None,
 ) -> web.Application:
     """The aiohttp application (see the module docstring for the routes)."""
     handlers = _Handlers(intake, store, metrics, health)
-    app = web.Application(client_max_size=_MAX_BODY, middlewares=[_guard(token)])
+    app = web.Application(client_max_size=_MAX_BODY, middlewares=[_errors, _guard(token)])
     app.router.add_post("/jobs", handlers.add)
     app.router.add_get("/jobs", handlers.list)
     app.router.add_get("/jobs/{job_id}", handlers.get)

@@ -18,7 +18,11 @@ Control API (127.0.0.1:8787 by default; a bearer token is required elsewhere):
   GET /jobs?status=completed   GET /jobs/ID   DELETE /jobs/ID
   GET /events (server-sent events, Last-Event-ID)   GET /healthz   GET /metrics
 
-SIGTERM or SIGINT: stop intake, finish requests, flush the sinks, exit 0.
+GET /healthz: {"status": "ok"}, or "degraded" (HTTP 200) with "reasons" and the
+"backlog" when the database cannot be written or a sink fails; 503 while stopping.
+
+SIGTERM or SIGINT: stop intake, finish requests, flush the sinks, exit 0 (1 if the
+database cannot be checkpointed, a full disk: nothing committed is lost).
 """
 
 from __future__ import annotations

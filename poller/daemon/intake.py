@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -101,7 +102,8 @@ class Intake:
 
         Raises:
             IntakeError: an invalid ID (400, naming its index), an unknown credential (400),
-                too many IDs or too much metadata (413), or the daemon is stopping (503).
+                too many IDs or too much metadata (413), the daemon is stopping or the
+                database cannot be written, its disk full, say (503).
         """
         if not self.accepting:
             raise IntakeError(503, "shutting_down", "the daemon is shutting down")
@@ -125,9 +127,12 @@ class Intake:
             raise IntakeError(
                 413, "metadata_too_large", f"metadata is over {MAX_METADATA_BYTES} bytes of JSON"
             )
-        to_track, existing = await self._store.call(
-            self._store.add_jobs, job_ids, credential=credential, metadata=encoded
-        )
+        try:
+            to_track, existing = await self._store.call(
+                self._store.add_jobs, job_ids, credential=credential, metadata=encoded
+            )
+        except sqlite3.Error as exc:
+            raise _store_unavailable(exc) from None
         for job in to_track:
             # A revived job whose tracking failed is still in the engine's table for a
             # while (finished), and track() leaves a job it has alone: drop it first.
@@ -140,8 +145,15 @@ class Intake:
         return AddResult(added=[r.job_id for r in to_track], existing=existing)
 
     async def remove(self, job_id: str) -> bool:
-        """Stop tracking a job and hide it from listings. False if it was not there."""
-        removed = await self._store.call(self._store.remove_job, job_id)
+        """Stop tracking a job and hide it from listings. False if it was not there.
+
+        Raises:
+            IntakeError: the database cannot be written (503).
+        """
+        try:
+            removed = await self._store.call(self._store.remove_job, job_id)
+        except sqlite3.Error as exc:
+            raise _store_unavailable(exc) from None
         if removed:
             self._engine.untrack(job_id)
         return removed
@@ -196,6 +208,13 @@ class Intake:
             if line is None:
                 log.info("%s read: %d job(s) added, %d known already", source, added, known)
                 return
+
+
+def _store_unavailable(exc: sqlite3.Error) -> IntakeError:
+    log.error("cannot commit a change of the jobs: %s", exc)
+    return IntakeError(
+        503, "store_unavailable", f"the database cannot be written ({exc}); try again later"
+    )
 
 
 def _lines_in_background(path: str) -> asyncio.Queue[str | None]:

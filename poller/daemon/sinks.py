@@ -47,6 +47,9 @@ class Sink(Protocol):
     delivered: int
     dead_lettered: int
     errors: int
+    failing: str | None
+    """Why the last delivery attempt failed (for ``/healthz``: no path, URL or secret);
+    None once one succeeds."""
 
     async def run(self, feed: Feed) -> None:
         """Deliver the feed's events until it ends."""
@@ -186,6 +189,7 @@ class JsonlSink:
         self.delivered = 0
         self.dead_lettered = 0
         self.errors = 0
+        self.failing: str | None = None
 
     async def run(self, feed: Feed) -> None:
         """Write page by page; a failed write is retried (the page stays undelivered)."""
@@ -202,9 +206,11 @@ class JsonlSink:
                         # What the failed write left is cut off before the retry (see
                         # AppendFile), and the page is written again whole.
                         self.errors += 1
+                        self.failing = f"write failed: {exc.strerror or exc}"
                         log.error("cannot write to %s: %s; retrying", self.file.path, exc)
                         await anyio.sleep(delay_s)
                         delay_s = min(self._retry_max_s, delay_s * 2)
+                self.failing = None
                 await feed.done([row.rowid for row in rows])
                 self.delivered += len(rows)
         finally:

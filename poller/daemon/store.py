@@ -33,7 +33,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Final, ParamSpec, TypeVar
 
 import anyio
@@ -129,6 +129,9 @@ class Store:
         self.sinks = tuple(sinks)
         self._clock = clock
         self._limiter = anyio.CapacityLimiter(1)
+        self.write_error: str | None = None
+        """Why the last write transaction failed (``database or disk is full``, ...);
+        None once one succeeds."""
         # One connection, used by one thread at a time (the limiter).
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
@@ -159,13 +162,23 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        """A write transaction; ``write_error`` says whether the last one failed."""
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                # A COMMIT that fails (a full disk cannot take the WAL's frames) may leave
+                # the transaction open: roll it back, or every later BEGIN would fail.
+                if self._db.in_transaction:
+                    with suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            self.write_error = str(exc)
             raise
-        self._db.execute("COMMIT")
+        self.write_error = None
 
     # -- jobs ----------------------------------------------------------------------
 

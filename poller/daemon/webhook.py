@@ -165,6 +165,7 @@ class WebhookSink:
         self.delivered = 0
         self.dead_lettered = 0
         self.errors = 0
+        self.failing: str | None = None
 
     async def run(self, feed: Feed) -> None:
         """Deliver the feed's events until it ends; acknowledgements are batched."""
@@ -229,8 +230,10 @@ class WebhookSink:
             status, retry_after_s, reason = await self._post(session, row, attempts)
             if status is not None and 200 <= status < 300:
                 self.delivered += 1
+                self.failing = None
                 return
             self.errors += 1
+            self.failing = f"delivery failed: {reason}"
             permanent = status is not None and not _is_retryable(status)
             if permanent or attempts >= self._max_attempts:
                 await self._dead_letters.write(self.name, row, attempts, reason)
