@@ -52,8 +52,10 @@ class Disk:
 
     def __init__(self) -> None:
         self.connections: list[FullDiskConnection] = []
+        self.full = False  # for the stores opened from now on
 
     def fill(self, full: bool = True) -> None:
+        self.full = full
         for connection in self.connections:
             connection.full = full
 
@@ -66,6 +68,7 @@ def disk(monkeypatch: pytest.MonkeyPatch) -> Disk:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             connection = FullDiskConnection(self._db)
+            connection.full = disk.full
             self._db = connection  # type: ignore[assignment]
             disk.connections.append(connection)
 
@@ -242,3 +245,28 @@ async def test_disk_full_at_the_stop_ends_with_one_line_and_loses_nothing(
     mine = [r for r in records(tmp_path / "events.jsonl") if r.job_id == job]
     assert mine[-1].current == "completed" and mine[-1].final
     assert [r.seq for r in mine] == list(range(1, len(mine) + 1))
+
+
+async def test_jobs_from_a_file_wait_for_the_database_to_take_them(
+    retab_sim: SimServer,
+    tmp_path: Path,
+    disk: Disk,
+    http: aiohttp.ClientSession,
+    daemon_log: pytest.LogCaptureFixture,
+) -> None:
+    jobs = [retab_sim.sim.add_job(org_id="org_test", script=SLOW) for _ in range(3)]
+    (tmp_path / "ids.txt").write_text("\n".join(jobs) + "\n")
+    disk.fill()  # from the start
+    async with running(
+        settings_for(retab_sim, tmp_path, jobs_from=str(tmp_path / "ids.txt"))
+    ) as url:
+        with anyio.fail_after(10):
+            while "not added yet; retrying" not in daemon_log.text:  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+        disk.fill(False)
+
+        async def all_completed() -> bool:
+            _, listing = await get_json(http, f"{url}/jobs?status=completed")
+            return len(listing["jobs"]) == len(jobs)
+
+        await eventually(all_completed)

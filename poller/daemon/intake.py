@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any, Final
 
+import anyio
 import msgspec
 
 from .._ids import validate_job_id
@@ -33,6 +34,9 @@ log = logging.getLogger("poller.daemon.intake")
 MAX_JOBS_PER_REQUEST: Final = 10_000
 MAX_METADATA_BYTES: Final = 16_384
 _FILE_BATCH: Final = 1000
+_STORE_UNAVAILABLE: Final = "store_unavailable"
+_RETRY_MIN_S: Final = 0.5
+_RETRY_MAX_S: Final = 10.0
 
 
 class IntakeError(Exception):
@@ -183,7 +187,7 @@ class Intake:
     async def read_lines(self, path: str, *, credential: str | None) -> None:
         """Add the job IDs read from the file ``path`` (``-``: standard input), one per
         line (blank lines and ``#`` comments skipped; invalid IDs reported and skipped),
-        until its end."""
+        until its end. While the database cannot be written, a batch is retried."""
         source = "stdin" if path == "-" else path
         lines = _lines_in_background(path)
         number = added = known = 0
@@ -201,7 +205,7 @@ class Intake:
             # Commit when the reader paused or the batch is full: a pipe fed slowly
             # gets its jobs tracked as they come, a big file in large transactions.
             if batch and (line is None or lines.empty() or len(batch) >= _FILE_BATCH):
-                result = await self.add(batch, credential=credential)
+                result = await self._add_until_committed(batch, credential, source)
                 added += len(result.added)
                 known += len(result.existing)
                 batch = []
@@ -209,11 +213,28 @@ class Intake:
                 log.info("%s read: %d job(s) added, %d known already", source, added, known)
                 return
 
+    async def _add_until_committed(
+        self, batch: list[str], credential: str | None, source: str
+    ) -> AddResult:
+        """:meth:`add`, retried while the database cannot be written (a full disk)."""
+        delay_s = _RETRY_MIN_S
+        while True:
+            try:
+                return await self.add(batch, credential=credential)
+            except IntakeError as exc:
+                if exc.code != _STORE_UNAVAILABLE:
+                    raise
+            log.warning(
+                "%s: %d job(s) not added yet; retrying in %.1f s", source, len(batch), delay_s
+            )
+            await anyio.sleep(delay_s)
+            delay_s = min(_RETRY_MAX_S, delay_s * 2)
+
 
 def _store_unavailable(exc: sqlite3.Error) -> IntakeError:
     log.error("cannot commit a change of the jobs: %s", exc)
     return IntakeError(
-        503, "store_unavailable", f"the database cannot be written ({exc}); try again later"
+        503, _STORE_UNAVAILABLE, f"the database cannot be written ({exc}); try again later"
     )
 
 
