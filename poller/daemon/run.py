@@ -12,9 +12,10 @@ the engine closes (its polls in flight are dropped: their answers were never
 committed, so the next run asks again), the outbox commits what the engine
 reported, the sinks deliver what is committed, the store is checkpointed, and the
 exit status is 0. All of it within ``shutdown_timeout_s``; what is not delivered by
-then stays in the outbox for the next run. A second signal stops at once. If the
-checkpoint fails (a full disk), one line says so and the status is 1; the write-ahead
-log it leaves is read at the next start, so nothing committed is lost.
+then stays in the outbox for the next run. The last line logged is ``stopped``. A
+second signal stops at once. If the checkpoint fails (a full disk), one line says so
+and the status is 1; the write-ahead log it leaves is read at the next start, so
+nothing committed is lost.
 """
 
 from __future__ import annotations
@@ -150,6 +151,8 @@ async def serve(
                     exc,
                 )
                 status = status or 1
+    if status == 0:
+        log.info("stopped")
     return status
 
 

@@ -30,6 +30,7 @@ worker thread with :meth:`Store.call`, so the event loop never waits on the disk
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -108,7 +109,8 @@ class Store:
     """The daemon's SQLite database (see the module docstring).
 
     Args:
-        path: the database file (created if missing).
+        path: the database file (created if missing, with mode 0600, as its ``-wal``
+            and ``-shm`` files).
         sinks: names of the push sinks; each committed event gets a delivery row for each.
         sync: ``"full"`` (fsync at every commit: safe against power loss) or ``"normal"``
             (safe against a process crash; faster).
@@ -132,6 +134,11 @@ class Store:
         self.write_error: str | None = None
         """Why the last write transaction failed (``database or disk is full``, ...);
         None once one succeeds."""
+        if path != ":memory:":
+            # Created 0600 before SQLite opens it: SQLite would make it 0644 (less the
+            # umask), and its -wal and -shm files take the database file's mode.
+            with suppress(OSError):  # it exists, or SQLite says why it cannot be opened
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
         # One connection, used by one thread at a time (the limiter).
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
