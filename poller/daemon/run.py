@@ -43,6 +43,7 @@ from .health import Backlog, Health, HealthCheck, collect, report, sink_reasons,
 from .intake import Intake
 from .metrics import SinkCounters, render
 from .outbox import Changes, Outbox
+from .signature import signing_key
 from .sinks import Feed, JsonlSink, Sink
 from .sse import EventStream
 from .store import Store
@@ -100,7 +101,7 @@ def _sinks(settings: Settings) -> tuple[list[Sink], DeadLetters | None]:
         sinks.append(
             WebhookSink(
                 url,
-                secret=settings.webhook_secret.reveal().encode(),
+                key=signing_key(settings.webhook_secret.reveal()),
                 dead_letters=dead_letters,
                 max_attempts=settings.webhook_max_attempts,
                 timeout_s=settings.webhook_timeout_s,
