@@ -570,3 +570,47 @@ async def test_a_failing_handler_answers_json(
         error = json_error({"content-type": response.content_type}, await response.read())
     assert error["code"] == code
     assert str(failure) in caplog.text  # logged, once, by the daemon
+
+
+async def test_listing_by_an_unknown_status_is_refused_naming_the_allowed_ones(
+    daemon: str, http: aiohttp.ClientSession
+) -> None:
+    status, body = await get_json(http, f"{daemon}/jobs?status=bogus")
+    assert status == 400
+    assert body["error"]["code"] == "invalid_status" and body["error"]["field"] == "status"
+    assert body["error"]["message"] == (
+        "status must be one of pending, validating, queued, in_progress, completed, "
+        "failed, cancelled, expired, error"
+    )
+    for known in ("pending", "in_progress", "error"):
+        assert (await get_json(http, f"{daemon}/jobs?status={known}"))[0] == 200
+
+
+async def test_a_deleted_job_posted_again_is_added(
+    daemon: str, http: aiohttp.ClientSession, retab_sim: SimServer
+) -> None:
+    done = retab_sim.sim.add_job(org_id="org_test", script=QUICK)
+    running_job = retab_sim.sim.add_job(org_id="org_test", script=[Change("in_progress", 0.0)])
+    async with http.post(f"{daemon}/jobs", json={"job_ids": [done, running_job]}) as response:
+        assert response.status == 201
+
+    async def seen() -> bool:
+        _, a = await get_json(http, f"{daemon}/jobs/{done}")
+        _, b = await get_json(http, f"{daemon}/jobs/{running_job}")
+        return bool(a["status"] == "completed" and b["status"] == "in_progress")
+
+    await eventually(seen)
+    for job in (done, running_job):
+        async with http.delete(f"{daemon}/jobs/{job}") as response:
+            assert response.status == 200
+    async with http.post(f"{daemon}/jobs", json={"job_ids": [done, running_job]}) as response:
+        assert response.status == 201
+        assert await response.json() == {"added": [done, running_job], "existing": []}
+    _, listing = await get_json(http, f"{daemon}/jobs")
+    assert {j["job_id"]: j["status"] for j in listing["jobs"]} == {
+        done: "completed",
+        running_job: "in_progress",
+    }
+    async with http.post(f"{daemon}/jobs", json={"job_ids": [done]}) as response:
+        assert response.status == 200
+        assert await response.json() == {"added": [], "existing": [done]}

@@ -182,6 +182,15 @@ def test_revived_job_carries_on_its_seq(store: Store) -> None:
     assert track == [Resume("job_a", None, "queued", 1)]
 
 
+def test_a_revived_finished_job_is_listed_again_but_not_tracked(store: Store) -> None:
+    store.add_jobs(["job_a"], credential=None, metadata=None)
+    store.commit([transition("job_a", 1, None, "completed")])
+    store.remove_job("job_a")
+    assert store.add_jobs(["job_a"], credential=None, metadata=None) == ([], [])
+    assert [r.status for r in store.list_jobs(status=None, after="", limit=10)] == ["completed"]
+    assert store.has_status("completed") and not store.has_status("paused")
+
+
 def test_list_pages_by_id_and_filters_by_status(store: Store) -> None:
     ids = [f"job_{n}" for n in range(5)]
     store.add_jobs(ids, credential=None, metadata=None)

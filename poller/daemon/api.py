@@ -5,7 +5,8 @@ method   path                 what it does
 =======  ===================  ================================================
 POST     /jobs                add jobs: ``{"job_ids": [...]}`` or ``{"job_id": ...}``,
                               optional ``metadata`` (object), ``credential`` (name)
-GET      /jobs                list: ``?status=&after=&limit=`` (paged by job ID)
+GET      /jobs                list: ``?status=&after=&limit=`` (paged by job ID;
+                              ``status``: pending, an API status, or error)
 GET      /jobs/{id}           one job: last status, seq, payload, error
 DELETE   /jobs/{id}           stop tracking it
 GET      /events              server-sent events (see ``poller.daemon.sse``)
@@ -52,7 +53,7 @@ from .health import Health, http_status
 from .intake import Intake, IntakeError
 from .metrics import CONTENT_TYPE
 from .sse import EventStream
-from .store import Store
+from .store import STATUSES, Store
 
 __all__ = ["ControlServer", "build_app"]
 
@@ -166,9 +167,18 @@ class _Handlers:
             limit = -1
         if not 1 <= limit <= _LIST_MAX:
             return _error(400, "invalid_limit", f"limit must be 1 to {_LIST_MAX}", "limit")
+        status = query.get("status") or None
+        # A status this version does not know is accepted if a job has it (a newer API's).
+        if (
+            status is not None
+            and status not in STATUSES
+            and not await self.store.call(self.store.has_status, status)
+        ):
+            allowed = ", ".join(STATUSES)
+            return _error(400, "invalid_status", f"status must be one of {allowed}", "status")
         rows = await self.store.call(
             self.store.list_jobs,
-            status=query.get("status") or None,
+            status=status,
             after=query.get("after", ""),
             limit=limit,
         )

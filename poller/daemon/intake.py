@@ -51,7 +51,8 @@ class IntakeError(Exception):
 
 
 class AddResult(msgspec.Struct, frozen=True, kw_only=True):
-    """Jobs newly tracked (``added``) and those known already (``existing``)."""
+    """Jobs added to the list (``added``: new ones, and ones back after a ``DELETE`` or a
+    failed tracking) and those in it already (``existing``)."""
 
     added: list[str]
     existing: list[str]
@@ -146,7 +147,9 @@ class Intake:
         except PollerClosedError:
             # Committed: tracked by the next run.
             raise IntakeError(503, "shutting_down", "the daemon is shutting down") from None
-        return AddResult(added=[r.job_id for r in to_track], existing=existing)
+        known = set(existing)
+        added = [job_id for job_id in dict.fromkeys(job_ids) if job_id not in known]
+        return AddResult(added=added, existing=existing)
 
     async def remove(self, job_id: str) -> bool:
         """Stop tracking a job and hide it from listings. False if it was not there.

@@ -41,6 +41,7 @@ import anyio
 import msgspec
 
 from ..events import Event, Transition
+from ..models import Status
 from .records import (
     ErrorInfo,
     encode_record,
@@ -50,11 +51,13 @@ from .records import (
 )
 from .rows import JobRow, Pending, Resume, StoredEvent
 
-__all__ = ["ERROR", "PENDING", "TERMINAL", "Store"]
+__all__ = ["ERROR", "PENDING", "STATUSES", "TERMINAL", "Store"]
 
 PENDING: Final = "pending"
 ERROR: Final = "error"
 TERMINAL: Final = frozenset({"completed", "failed", "cancelled", "expired"})
+STATUSES: Final = (PENDING, *(s.value for s in Status if s is not Status.UNKNOWN), ERROR)
+"""A job's ``status`` in the store: before its first sighting, the API's, after a failure."""
 _DONE: Final = (*sorted(TERMINAL), ERROR)
 _SCHEMA_VERSION: Final = 1
 _SCHEMA: Final = """
@@ -193,7 +196,9 @@ class Store:
         self, job_ids: Iterable[str], *, credential: str | None, metadata: bytes | None
     ) -> tuple[list[Resume], list[str]]:
         """Add jobs, or revive removed or failed ones. Returns the jobs to track (new and
-        revived, with where to resume) and the IDs that were known already."""
+        revived, with where to resume) and the IDs that were in the list already (not
+        removed, not failed). A removed job that had finished comes back to the list
+        but is not tracked: it is in neither."""
         now = self._clock()
         track: list[Resume] = []
         known: list[str] = []
@@ -221,9 +226,7 @@ class Store:
                         "metadata = coalesce(?, metadata), updated_at = ? WHERE job_id = ?",
                         (status, credential, meta, now, job_id),
                     )
-                    if status in TERMINAL:
-                        known.append(job_id)
-                    else:
+                    if status not in TERMINAL:
                         track.append(Resume(job_id, credential, row[1], row[2]))
                 else:
                     known.append(job_id)
@@ -256,6 +259,13 @@ class Store:
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where} ORDER BY job_id LIMIT ?", params
         ).fetchall()
         return [_job_row(row) for row in rows]
+
+    def has_status(self, status: str) -> bool:
+        """Whether a job in the list has ``status`` (one a newer API may have added)."""
+        row = self._db.execute(
+            "SELECT 1 FROM jobs WHERE status = ? AND removed = 0 LIMIT 1", (status,)
+        ).fetchone()
+        return row is not None
 
     def counts(self) -> dict[str, int]:
         """Jobs not removed, by status."""
