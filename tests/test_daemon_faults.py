@@ -15,9 +15,11 @@ import aiohttp
 import anyio
 import msgspec
 import pytest
+from aiohttp import web
 from test_daemon_api import eventually, get_json, settings_for
 
 from poller.daemon import run as run_module
+from poller.daemon.config import load_settings
 from poller.daemon.records import decode_record
 from poller.daemon.run import running, serve
 from poller.daemon.store import Store
@@ -270,3 +272,53 @@ async def test_jobs_from_a_file_wait_for_the_database_to_take_them(
             return len(listing["jobs"]) == len(jobs)
 
         await eventually(all_completed)
+
+
+async def test_a_failing_webhook_is_degraded_without_showing_its_url(
+    retab_sim: SimServer, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_post("/hook", refuse)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    hook = f"http://127.0.0.1:{runner.addresses[0][1]}/hook?token=hook-token-in-url"
+    secret = "a webhook secret of 16+ characters"
+    env = {
+        "RETAB_API_KEY": "rt_test_key",
+        "RETAB_API_BASE_URL": retab_sim.base_url,
+        "POLLER_WEBHOOK_SECRET": secret,
+    }
+    flags = {
+        "db": str(tmp_path / "poller.db"),
+        "port": "0",
+        "webhooks": [hook],
+        "webhook_backoff_s": "0.01",
+        "webhook_backoff_max_s": "0.05",
+        "webhook_max_attempts": "1000",
+        "poll_interval_s": "0.1",
+        "shutdown_timeout_s": "0.5",
+    }
+    settings = load_settings(flags, env)
+    job = retab_sim.sim.add_job(org_id="org_test", script=[Change("queued", 0.0)])
+    try:
+        async with running(settings) as url:
+            async with http.post(f"{url}/jobs", json={"job_id": job}) as response:
+                assert response.status == 201
+
+            async def failing() -> bool:
+                _, health = await get_json(http, f"{url}/healthz")
+                return any(r["component"].startswith("sink:webhook:") for r in health["reasons"])
+
+            await eventually(failing)
+            async with http.get(f"{url}/healthz") as response:
+                text = await response.text()
+    finally:
+        await runner.cleanup()
+    health = msgspec.json.decode(text)
+    (reason,) = [r for r in health["reasons"] if r["component"].startswith("sink:webhook:")]
+    assert reason["message"] == "delivery failed: HTTP 503" and reason["backlog"] >= 1
+    assert "hook-token-in-url" not in text and "127.0.0.1" not in text and secret not in text
