@@ -212,6 +212,8 @@ async def _errors(
     except sqlite3.Error as exc:  # a full disk, say
         log.error("%s %s: the database failed: %s", request.method, request.path, exc)
         return _error(503, "store_unavailable", f"the database cannot be used ({exc})")
+    except ConnectionError:
+        raise  # the client left: nobody to answer
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return _error(500, "internal_error", "the daemon failed on this request: see its log")

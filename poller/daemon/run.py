@@ -165,6 +165,7 @@ async def _serve_store(
     on_ready: Callable[[str], None] | None,
     transport: Transport | None,
 ) -> int:
+    """Everything :func:`serve` does between opening and closing the store; the status."""
     try:
         await _retire_orphans(store, settings.dead_letter_path, stop)
     except (OSError, sqlite3.Error) as exc:
