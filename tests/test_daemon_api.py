@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -414,3 +416,201 @@ async def test_unreadable_learned_durations_are_set_aside(
         async with running(settings):
             pass
     assert "not readable" in caplog.text
+
+
+async def raw_exchange(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` as it is on a new connection; the answer's status, headers and
+    body (the server closes the connection after an error)."""
+    host, port = url.removeprefix("http://").split(":")
+    stream = await anyio.connect_tcp(host, int(port))
+    answer = b""
+    async with stream:
+        await stream.send(request)
+        with anyio.fail_after(5):
+            try:
+                while True:
+                    answer += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                pass
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def json_error(headers: dict[str, str], body: bytes) -> dict[str, Any]:
+    assert headers["content-type"].startswith("application/json")
+    error: dict[str, Any] = msgspec.json.decode(body)["error"]
+    assert set(error) <= {"code", "message", "field"} and error["message"]
+    return error
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "code"),
+    [
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", "bad_request"),
+        (b"GET /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\n", None),
+        (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + b"\x00" * 40, "bad_request"),
+        (b"GET /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nno colon here\r\n\r\n", "bad_request"),
+    ],
+    ids=["request-line-too-long", "header-too-long", "tls-hello", "header-without-colon"],
+)
+async def test_requests_aiohttp_cannot_parse_get_a_json_400(
+    daemon: str, request_bytes: bytes, code: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    status, headers, body = await raw_exchange(daemon, request_bytes)
+    assert status == 400
+    error = json_error(headers, body)
+    assert error["code"] == "bad_request"
+    if b"a" * 9000 in request_bytes:
+        assert error["message"] == "the request line or a header is too long"
+    assert "Error handling request" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "data", "status", "code"),
+    [
+        ("GET", "/jobs/", {}, None, 404, "not_found"),
+        ("GET", "/nowhere", {}, None, 404, "not_found"),
+        ("PUT", "/jobs", _JSON, b"{}", 405, "method_not_allowed"),
+        ("POST", "/jobs", _JSON, b" " * (8 * 1024 * 1024 + 1), 413, "request_too_large"),
+        (
+            "POST",
+            "/jobs",
+            {"Content-Type": "application/json; charset=utf-16"},
+            '{"job_id": "job_a"}'.encode("utf-16"),
+            415,
+            "unsupported_media_type",
+        ),
+        ("GET", "/jobs?limit=x", {}, None, 400, "invalid_limit"),
+    ],
+    ids=["jobs-slash", "unknown-path", "put", "too-large", "utf-16", "bad-limit"],
+)
+async def test_every_error_answer_is_json(
+    daemon: str,
+    http: aiohttp.ClientSession,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    data: bytes | None,
+    status: int,
+    code: str,
+) -> None:
+    body = io.BytesIO(data) if data is not None and len(data) > 1 << 20 else data
+    async with http.request(method, f"{daemon}{path}", headers=headers, data=body) as response:
+        assert response.status == status
+        error = json_error({"content-type": response.content_type}, await response.read())
+        assert error["code"] == code
+        if status == 405:
+            assert set(response.headers["Allow"].split(",")) == {"GET", "HEAD", "POST"}
+
+
+async def test_utf8_bodies_are_accepted_with_or_without_a_charset(
+    daemon: str, http: aiohttp.ClientSession
+) -> None:
+    for n, content_type in enumerate(["application/json; charset=UTF-8", "application/json"]):
+        body = msgspec.json.encode({"job_id": f"job_{n}"})
+        async with http.post(
+            f"{daemon}/jobs", data=body, headers={"Content-Type": content_type}
+        ) as response:
+            assert response.status == 201
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.1:8787", True),
+        ("localhost:8787", True),
+        ("[::1]:8787", True),
+        ("127.0.0.1:80@evil.example", False),
+        ("127.0.0.1@evil.example", False),
+        ("evil.example:8787", False),
+        ("127.0.0.1:99999", False),
+        ("127.0.0.1:port", False),
+        ("127.0.0.1:80:80", False),
+        ("[::1", False),
+        ("[::1]x", False),
+        ("::1", False),
+        ("", False),
+    ],
+)
+async def test_the_host_header_is_parsed_strictly(daemon: str, host: str, allowed: bool) -> None:
+    request = f"GET /jobs HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    status, headers, body = await raw_exchange(daemon, request)
+    if allowed:
+        assert status == 200
+    else:
+        assert status == 403
+        assert json_error(headers, body)["code"] == "forbidden_host"
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "code"),
+    [
+        (sqlite3.OperationalError("disk I/O error"), 503, "store_unavailable"),
+        (RuntimeError("a bug"), 500, "internal_error"),
+    ],
+)
+async def test_a_failing_handler_answers_json(
+    daemon: str,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    failure: Exception,
+    status: int,
+    code: str,
+) -> None:
+    def fail(self: Store, job_id: str) -> None:
+        raise failure
+
+    monkeypatch.setattr(Store, "job", fail)
+    async with http.get(f"{daemon}/jobs/job_a") as response:
+        assert response.status == status
+        error = json_error({"content-type": response.content_type}, await response.read())
+    assert error["code"] == code
+    assert str(failure) in caplog.text  # logged, once, by the daemon
+
+
+async def test_listing_by_an_unknown_status_is_refused_naming_the_allowed_ones(
+    daemon: str, http: aiohttp.ClientSession
+) -> None:
+    status, body = await get_json(http, f"{daemon}/jobs?status=bogus")
+    assert status == 400
+    assert body["error"]["code"] == "invalid_status" and body["error"]["field"] == "status"
+    assert body["error"]["message"] == (
+        "status must be one of pending, validating, queued, in_progress, completed, "
+        "failed, cancelled, expired, error"
+    )
+    for known in ("pending", "in_progress", "error"):
+        assert (await get_json(http, f"{daemon}/jobs?status={known}"))[0] == 200
+
+
+async def test_a_deleted_job_posted_again_is_added(
+    daemon: str, http: aiohttp.ClientSession, retab_sim: SimServer
+) -> None:
+    done = retab_sim.sim.add_job(org_id="org_test", script=QUICK)
+    running_job = retab_sim.sim.add_job(org_id="org_test", script=[Change("in_progress", 0.0)])
+    async with http.post(f"{daemon}/jobs", json={"job_ids": [done, running_job]}) as response:
+        assert response.status == 201
+
+    async def seen() -> bool:
+        _, a = await get_json(http, f"{daemon}/jobs/{done}")
+        _, b = await get_json(http, f"{daemon}/jobs/{running_job}")
+        return bool(a["status"] == "completed" and b["status"] == "in_progress")
+
+    await eventually(seen)
+    for job in (done, running_job):
+        async with http.delete(f"{daemon}/jobs/{job}") as response:
+            assert response.status == 200
+    async with http.post(f"{daemon}/jobs", json={"job_ids": [done, running_job]}) as response:
+        assert response.status == 201
+        assert await response.json() == {"added": [done, running_job], "existing": []}
+    _, listing = await get_json(http, f"{daemon}/jobs")
+    assert {j["job_id"]: j["status"] for j in listing["jobs"]} == {
+        done: "completed",
+        running_job: "in_progress",
+    }
+    async with http.post(f"{daemon}/jobs", json={"job_ids": [done]}) as response:
+        assert response.status == 200
+        assert await response.json() == {"added": [], "existing": [done]}

@@ -11,7 +11,7 @@ from poller.daemon.config import Secret, Settings, check_files, is_loopback, loa
 
 KEY = "rt_test_config_key"
 ENV = {"RETAB_API_KEY": KEY}
-HOOK = "whsec_0123456789abcdef"
+HOOK = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3"  # Standard Webhooks: base64 of 24 bytes
 
 
 def write(tmp_path: Path, text: str) -> str:

@@ -219,6 +219,7 @@ async def test_signal_drains_within_the_deadline_and_exits_0(
     messages = [line["message"] for line in lines]
     assert f"received {signum.name}" in messages
     assert any(m.startswith("stopping") for m in messages)
+    assert messages[-1] == "stopped"
     assert "s3cret" not in log and KEY not in log
     # The JSON-lines sink was flushed; the webhook's backlog waits in the outbox.
     db = sqlite3.connect(tmp_path / "poller.db")

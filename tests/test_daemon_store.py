@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,6 +70,21 @@ def test_wal_mode_and_reopen_keeps_everything(tmp_path: Path) -> None:
     assert second.resumable() == [Resume("job_a", "acme", "queued", 1)]
     assert [p.id for p in second.pending("jsonl", after=0, limit=10)] == ["job_a:1"]
     second.close()
+
+
+def test_database_and_its_wal_and_shm_files_are_created_0600(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    umask = os.umask(0o022)  # the usual one: SQLite would make them 0644
+    try:
+        store = Store(str(path), sinks=["jsonl"])
+    finally:
+        os.umask(umask)
+    try:
+        store.add_jobs(["job_a"], credential=None, metadata=None)
+        files = [path, tmp_path / "s.db-wal", tmp_path / "s.db-shm"]
+        assert {f.name: f.stat().st_mode & 0o777 for f in files} == {f.name: 0o600 for f in files}
+    finally:
+        store.close()
 
 
 def test_add_is_idempotent(store: Store) -> None:
@@ -164,6 +180,15 @@ def test_revived_job_carries_on_its_seq(store: Store) -> None:
     assert store.list_jobs(status=None, after="", limit=10) == []
     track, _ = store.add_jobs(["job_a"], credential=None, metadata=None)
     assert track == [Resume("job_a", None, "queued", 1)]
+
+
+def test_a_revived_finished_job_is_listed_again_but_not_tracked(store: Store) -> None:
+    store.add_jobs(["job_a"], credential=None, metadata=None)
+    store.commit([transition("job_a", 1, None, "completed")])
+    store.remove_job("job_a")
+    assert store.add_jobs(["job_a"], credential=None, metadata=None) == ([], [])
+    assert [r.status for r in store.list_jobs(status=None, after="", limit=10)] == ["completed"]
+    assert store.has_status("completed") and not store.has_status("paused")
 
 
 def test_list_pages_by_id_and_filters_by_status(store: Store) -> None:

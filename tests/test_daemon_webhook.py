@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -13,13 +14,16 @@ import msgspec
 import pytest
 from aiohttp import web
 
+from poller import ConfigError
+from poller.daemon import signature
 from poller.daemon.config import load_settings
 from poller.daemon.records import decode_record
 from poller.daemon.run import running
-from poller.daemon.webhook import retry_delay_s, sign, verify
+from poller.daemon.signature import sign, signing_key, verify
+from poller.daemon.webhook import retry_delay_s
 from poller.testing import Change, SimServer
 
-SECRET = "whsec_test_secret"
+SECRET = "whsec_" + base64.b64encode(b"a 24-byte test key .....").decode()
 KEY = "rt_test_key"
 
 Policy = Callable[[str, int], tuple[int, dict[str, str]]]
@@ -38,11 +42,11 @@ class Receiver:
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        if not verify(SECRET.encode(), body, request.headers.get("X-Poller-Signature")):
+        if not verify(signing_key(SECRET), request.headers, body):
             self.bad_signatures += 1
             return web.Response(status=401)
         record = msgspec.json.decode(body)
-        assert request.headers["X-Poller-Event-Id"] == record["id"]
+        assert request.headers["webhook-id"] == record["id"]
         attempt = int(request.headers["X-Poller-Attempt"])
         await anyio.sleep(random.Random(record["id"]).uniform(0, 0.02))
         status, headers = self.policy(record["id"], attempt)
@@ -210,17 +214,47 @@ async def test_permanent_error_is_dead_lettered_at_once(
     )
 
 
-def test_signature_is_hmac_sha256_of_the_raw_body() -> None:
-    import hashlib
-    import hmac
+def test_signature_matches_the_standard_webhooks_reference_vector() -> None:
+    # The test vector of the Standard Webhooks reference libraries.
+    key = signing_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    signed = sign(key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, b'{"test": 2432232314}')
+    assert signed == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
+
+def test_verify_checks_body_key_id_and_timestamp() -> None:
+    key = signing_key("a plain secret of 16+ characters")
+    assert key == b"a plain secret of 16+ characters"
     body = b'{"id":"job_a:1"}'
-    expected = hmac.new(b"k", body, hashlib.sha256).hexdigest()
-    assert sign(b"k", body) == f"sha256={expected}"
-    assert verify(b"k", body, sign(b"k", body))
-    assert not verify(b"k", body + b" ", sign(b"k", body))
-    assert not verify(b"other", body, sign(b"k", body))
-    assert not verify(b"k", body, None)
+    sent = signature.headers(key, "job_a:1", body, now=1_700_000_000)
+    assert sent["webhook-timestamp"] == "1700000000"
+    assert verify(key, sent, body, now=1_700_000_000 + 299)
+    assert not verify(key, sent, body, now=1_700_000_000 + 301)  # a replay, later
+    assert not verify(key, sent, body + b" ", now=1_700_000_000)
+    assert not verify(signing_key("another secret of 16+ chars"), sent, body, now=1_700_000_000)
+    assert not verify(key, {**sent, "webhook-id": "job_a:2"}, body, now=1_700_000_000)
+    two = {**sent, "webhook-signature": "v1,bm90IGl0 " + sent["webhook-signature"]}
+    assert verify(key, two, body, now=1_700_000_000)  # one good signature of several
+    for missing in ("webhook-id", "webhook-timestamp", "webhook-signature"):
+        partial = {k: v for k, v in sent.items() if k != missing}
+        assert not verify(key, partial, body, now=1_700_000_000)
+    assert not verify(key, {**sent, "webhook-timestamp": "soon"}, body, now=1_700_000_000)
+
+
+@pytest.mark.parametrize(
+    ("secret", "error"),
+    [
+        ("whsec_not base64 at all!", "after 'whsec_' must come base64"),
+        (
+            "whsec_" + base64.b64encode(b"15 bytes only..").decode(),
+            "must give a key of at least 16",
+        ),
+    ],
+)
+def test_a_webhook_secret_that_gives_no_good_key_is_refused(secret: str, error: str) -> None:
+    env = {"RETAB_API_KEY": KEY, "POLLER_WEBHOOK_SECRET": secret}
+    with pytest.raises(ConfigError, match=rf"^webhook_secret: {error}") as caught:
+        load_settings({"webhooks": ["http://127.0.0.1:1/h"]}, env)
+    assert secret not in str(caught.value)
 
 
 def test_retry_delay_grows_is_capped_and_respects_retry_after() -> None:

@@ -7,8 +7,9 @@ Modules, in the order data flows through them:
 - ``outbox``: engine events committed in order; a bell rung after each commit.
 - ``store``, ``rows``: SQLite (WAL): jobs, the outbox/history, per-sink deliveries.
 - ``records``: the JSON record of an event, with its stable ID.
-- ``sinks``, ``webhook``, ``sse``: JSON lines, signed webhooks, ``GET /events``.
-- ``api``, ``metrics``: the control API, ``/healthz`` and ``/metrics``.
+- ``sinks``, ``webhook``, ``signature``, ``sse``: JSON lines, signed webhooks (their
+  Standard Webhooks signature), ``GET /events``.
+- ``api``, ``health``, ``metrics``: the control API, ``/healthz`` and ``/metrics``.
 - ``run``, ``command``: the daemon wired together, and its command line.
 - ``watch``, ``watch_view``: ``poller watch``.
 - ``logs``: human or JSON log lines, secrets masked.

@@ -5,11 +5,13 @@ method   path                 what it does
 =======  ===================  ================================================
 POST     /jobs                add jobs: ``{"job_ids": [...]}`` or ``{"job_id": ...}``,
                               optional ``metadata`` (object), ``credential`` (name)
-GET      /jobs                list: ``?status=&after=&limit=`` (paged by job ID)
+GET      /jobs                list: ``?status=&after=&limit=`` (paged by job ID;
+                              ``status``: pending, an API status, or error)
 GET      /jobs/{id}           one job: last status, seq, payload, error
 DELETE   /jobs/{id}           stop tracking it
 GET      /events              server-sent events (see ``poller.daemon.sse``)
-GET      /healthz             ``{"status": "ok"}``; 503 while shutting down
+GET      /healthz             ``{"status": "ok"|"degraded"|"stopping", ...}`` (see
+                              ``poller.daemon.health``); 503 while shutting down
 GET      /metrics             Prometheus text format
 =======  ===================  ================================================
 
@@ -18,33 +20,65 @@ Security. With a ``control_token``, every path but ``/healthz`` needs
 address without one. Without a token it listens on loopback only, and two checks keep
 a web page in a local browser out: bodies must be ``application/json`` (so a
 cross-site form cannot post one without a CORS preflight, which is never granted)
-and the ``Host`` header must name a loopback host (no DNS rebinding).
+and the ``Host`` header must name a loopback host (no DNS rebinding). Bodies must
+be UTF-8 (``charset=utf-8`` or none), and the ``Host`` header is read strictly:
+``host[:port]``, the port numeric, an IPv6 address in brackets.
 
-Errors are ``{"error": {"code", "message", "field"?}}`` with a 4xx/5xx status.
+Every error, whoever makes it (a handler, the router, aiohttp's body limit or its
+HTTP parser), is ``{"error": {"code", "message", "field"?}}`` with a 4xx/5xx status:
+``bad_request`` (400: not HTTP, the request line or a header too long), ``invalid_*``
+(400), ``unauthorized`` (401), ``forbidden_host`` (403), ``not_found`` (404),
+``method_not_allowed`` (405, with ``Allow``), ``request_too_large`` (413, or a
+request's own limit), ``unsupported_media_type`` (415), ``internal_error`` (500),
+``shutting_down`` and ``store_unavailable`` (503: the database cannot be written).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
+import re
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.web_request import BaseRequest
 
 from .config import is_loopback
+from .health import Health, http_status
 from .intake import Intake, IntakeError
 from .metrics import CONTENT_TYPE
 from .sse import EventStream
-from .store import Store
+from .store import STATUSES, Store
 
 __all__ = ["ControlServer", "build_app"]
+
+log = logging.getLogger("poller.daemon.api")
 
 _MAX_BODY: Final = 8 * 1024 * 1024
 _LIST_DEFAULT: Final = 1000
 _LIST_MAX: Final = 10_000
 _SHUTDOWN_S: Final = 2.0
 _OPEN_PATHS: Final = frozenset({"/healthz"})
+_UTF8: Final = frozenset({"utf-8", "utf8"})
+# host[:port]: a name or IPv4 address, or an IPv6 address (with a zone) in brackets.
+_HOST: Final = re.compile(
+    r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+(?:%[0-9A-Za-z._~-]+)?)\]|(?P<name>[0-9A-Za-z.-]+))"
+    r"(?::(?P<port>[0-9]{1,5}))?"
+)
+_CODES: Final = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    431: "bad_request",
+}
+_CONNECTION_OPTIONS: Final[dict[str, Any]] = {"access_log": None}
 
 
 class _AddBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -76,13 +110,20 @@ class _Handlers:
         intake: Intake,
         store: Store,
         metrics: Callable[[], Awaitable[str]],
-        health: Callable[[], dict[str, Any]],
+        health: Callable[[], Awaitable[Health]],
     ) -> None:
         self.intake, self.store, self.metrics, self.health = intake, store, metrics, health
 
     async def add(self, request: web.Request) -> web.Response:
-        if request.content_type != "application/json":
-            return _error(415, "unsupported_media_type", "send Content-Type: application/json")
+        charset = request.charset
+        if request.content_type != "application/json" or (
+            charset is not None and charset.lower() not in _UTF8
+        ):
+            return _error(
+                415,
+                "unsupported_media_type",
+                "send Content-Type: application/json (UTF-8: charset=utf-8 or none)",
+            )
         try:
             body = _ADD_DECODER.decode(await request.read())
         except msgspec.ValidationError as exc:
@@ -126,9 +167,18 @@ class _Handlers:
             limit = -1
         if not 1 <= limit <= _LIST_MAX:
             return _error(400, "invalid_limit", f"limit must be 1 to {_LIST_MAX}", "limit")
+        status = query.get("status") or None
+        # A status this version does not know is accepted if a job has it (a newer API's).
+        if (
+            status is not None
+            and status not in STATUSES
+            and not await self.store.call(self.store.has_status, status)
+        ):
+            allowed = ", ".join(STATUSES)
+            return _error(400, "invalid_status", f"status must be one of {allowed}", "status")
         rows = await self.store.call(
             self.store.list_jobs,
-            status=query.get("status") or None,
+            status=status,
             after=query.get("after", ""),
             limit=limit,
         )
@@ -136,19 +186,58 @@ class _Handlers:
         return _json({"jobs": rows, "next": following})
 
     async def healthz(self, request: web.Request) -> web.Response:
-        health = self.health()
-        return _json(health, status=200 if health.get("status") == "ok" else 503)
+        health = await self.health()
+        return _json(health, status=http_status(health))
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         text = await self.metrics()
         return web.Response(text=text, headers={"Content-Type": CONTENT_TYPE})
 
 
-def _hostname(header: str) -> str:
-    """The host of a ``Host`` header: ``[::1]:80`` -> ``::1``, ``a:80`` -> ``a``."""
-    if header.startswith("["):
-        return header[1 : header.find("]")]
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+@web.middleware
+async def _errors(
+    request: web.Request,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
+    """What a handler did not answer itself, answered in the JSON error format."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _error(exc.status, *_http_error(request, exc))
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except sqlite3.Error as exc:  # a full disk, say
+        log.error("%s %s: the database failed: %s", request.method, request.path, exc)
+        return _error(503, "store_unavailable", f"the database cannot be used ({exc})")
+    except ConnectionError:
+        raise  # the client left: nobody to answer
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, "internal_error", "the daemon failed on this request: see its log")
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> tuple[str, str]:
+    """The code and message for an error aiohttp raised (router, body limit)."""
+    if isinstance(exc, web.HTTPNotFound):
+        return "not_found", f"nothing at {request.path}"
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return "method_not_allowed", f"{exc.method} is not allowed here; allowed: {allowed}"
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return "request_too_large", f"the body is over {_MAX_BODY} bytes"
+    return _CODES.get(exc.status, "error"), exc.reason
+
+
+def _hostname(header: str | None) -> str | None:
+    """The host of a ``Host`` header (``a:80`` -> ``a``, ``[::1]:80`` -> ``::1``), or
+    None if the header is missing or not exactly ``host[:port]``."""
+    found = _HOST.fullmatch(header) if header is not None else None
+    if found is None or (found["port"] is not None and int(found["port"]) > 65535):
+        return None
+    return found["ipv6"] or found["name"]
 
 
 def _guard(token: str | None) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -168,8 +257,10 @@ def _guard(token: str | None) -> Callable[..., Awaitable[web.StreamResponse]]:
                     response = _error(401, "unauthorized", "a valid bearer token is required")
                     response.headers["WWW-Authenticate"] = 'Bearer realm="poller"'
                     return response
-        elif not is_loopback(_hostname(request.host)):
-            return _error(403, "forbidden_host", "the Host header must name a loopback address")
+        else:
+            host = _hostname(request.headers.get("Host"))
+            if host is None or not is_loopback(host):
+                return _error(403, "forbidden_host", "the Host header must name a loopback address")
         return await handler(request)
 
     return guard
@@ -181,12 +272,12 @@ def build_app(
     store: Store,
     events: EventStream,
     metrics: Callable[[], Awaitable[str]],
-    health: Callable[[], dict[str, Any]],
+    health: Callable[[], Awaitable[Health]],
     token: str | None,
 ) -> web.Application:
     """The aiohttp application (see the module docstring for the routes)."""
     handlers = _Handlers(intake, store, metrics, health)
-    app = web.Application(client_max_size=_MAX_BODY, middlewares=[_guard(token)])
+    app = web.Application(client_max_size=_MAX_BODY, middlewares=[_errors, _guard(token)])
     app.router.add_post("/jobs", handlers.add)
     app.router.add_get("/jobs", handlers.list)
     app.router.add_get("/jobs/{job_id}", handlers.get)
@@ -197,11 +288,58 @@ def build_app(
     return app
 
 
+class _Connection(web.RequestHandler):
+    """aiohttp's connection handler, answering a request it cannot parse (not HTTP, a
+    request line or header too long) in the JSON error format too."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            log.error("error handling a request from %s", request.remote, exc_info=exc)
+            code, text = "internal_error", "the daemon failed on this request: see its log"
+        else:  # the client's fault: not worth more than a debug line
+            log.debug("bad request from %s: %s", request.remote, exc)
+            code = _CODES.get(status, "error")
+            text = (
+                "the request line or a header is too long"
+                if isinstance(exc, LineTooLong)
+                else "the request is not valid HTTP"
+            )
+        if request.writer.output_size > 0:  # as aiohttp: too late for another response
+            raise ConnectionError("a response was sent already")
+        response = _error(status, code, text)
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        return _Connection(self, loop=asyncio.get_running_loop(), **_CONNECTION_OPTIONS)
+
+
+class _Runner(web.AppRunner):
+    """An AppRunner whose connections are :class:`_Connection`: aiohttp has no public
+    hook for the answers of its HTTP parser (aio-libs/aiohttp#3287)."""
+
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()  # starts and freezes the application
+        return _Server(
+            made.request_handler,
+            request_factory=made.request_factory,
+            handler_cancellation=made.handler_cancellation,
+        )
+
+
 class ControlServer:
     """Serves an application on ``host:port`` (0: a free port) until :meth:`stop`."""
 
     def __init__(self, app: web.Application, *, host: str, port: int) -> None:
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_S)
+        self._runner = _Runner(app, shutdown_timeout=_SHUTDOWN_S)
         self._host = host
         self._port = port
         self.url = ""

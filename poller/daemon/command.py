@@ -10,15 +10,22 @@ Settings come from flags, then the environment (POLLER_<SETTING>, RETAB_API_KEY,
 RETAB_API_BASE_URL), then the TOML file of --config, then the defaults. Secrets have
 no flag: RETAB_API_KEY, POLLER_CONTROL_TOKEN, POLLER_WEBHOOK_SECRET, named
 credentials as POLLER_CREDENTIAL_<NAME> (or api_key, control_token, webhook_secret
-and a [credentials] table in the file). The control token and the webhook secret must
-be 16 characters or more.
+and a [credentials] table in the file). The control token must be 16 characters or
+more; the webhook secret too, or whsec_ and base64 (a Standard Webhooks secret).
+
+Webhooks are signed as Standard Webhooks: webhook-id (the event id), webhook-timestamp
+and webhook-signature ("v1," and the base64 HMAC-SHA256 of "{id}.{timestamp}.{body}").
 
 Control API (127.0.0.1:8787 by default; a bearer token is required elsewhere):
   POST /jobs {"job_ids": [...], "metadata": {...}, "credential": "name"}
   GET /jobs?status=completed   GET /jobs/ID   DELETE /jobs/ID
   GET /events (server-sent events, Last-Event-ID)   GET /healthz   GET /metrics
 
-SIGTERM or SIGINT: stop intake, finish requests, flush the sinks, exit 0.
+GET /healthz: {"status": "ok"}, or "degraded" (HTTP 200) with "reasons" and the
+"backlog" when the database cannot be written or a sink fails; 503 while stopping.
+
+SIGTERM or SIGINT: stop intake, finish requests, flush the sinks, exit 0 (1 if the
+database cannot be checkpointed, a full disk: nothing committed is lost).
 """
 
 from __future__ import annotations

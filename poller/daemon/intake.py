@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any, Final
 
+import anyio
 import msgspec
 
 from .._ids import validate_job_id
@@ -32,6 +34,9 @@ log = logging.getLogger("poller.daemon.intake")
 MAX_JOBS_PER_REQUEST: Final = 10_000
 MAX_METADATA_BYTES: Final = 16_384
 _FILE_BATCH: Final = 1000
+_STORE_UNAVAILABLE: Final = "store_unavailable"
+_RETRY_MIN_S: Final = 0.5
+_RETRY_MAX_S: Final = 10.0
 
 
 class IntakeError(Exception):
@@ -46,7 +51,8 @@ class IntakeError(Exception):
 
 
 class AddResult(msgspec.Struct, frozen=True, kw_only=True):
-    """Jobs newly tracked (``added``) and those known already (``existing``)."""
+    """Jobs added to the list (``added``: new ones, and ones back after a ``DELETE`` or a
+    failed tracking) and those in it already (``existing``)."""
 
     added: list[str]
     existing: list[str]
@@ -101,7 +107,8 @@ class Intake:
 
         Raises:
             IntakeError: an invalid ID (400, naming its index), an unknown credential (400),
-                too many IDs or too much metadata (413), or the daemon is stopping (503).
+                too many IDs or too much metadata (413), the daemon is stopping or the
+                database cannot be written, its disk full, say (503).
         """
         if not self.accepting:
             raise IntakeError(503, "shutting_down", "the daemon is shutting down")
@@ -125,9 +132,12 @@ class Intake:
             raise IntakeError(
                 413, "metadata_too_large", f"metadata is over {MAX_METADATA_BYTES} bytes of JSON"
             )
-        to_track, existing = await self._store.call(
-            self._store.add_jobs, job_ids, credential=credential, metadata=encoded
-        )
+        try:
+            to_track, existing = await self._store.call(
+                self._store.add_jobs, job_ids, credential=credential, metadata=encoded
+            )
+        except sqlite3.Error as exc:
+            raise _store_unavailable(exc) from None
         for job in to_track:
             # A revived job whose tracking failed is still in the engine's table for a
             # while (finished), and track() leaves a job it has alone: drop it first.
@@ -137,11 +147,20 @@ class Intake:
         except PollerClosedError:
             # Committed: tracked by the next run.
             raise IntakeError(503, "shutting_down", "the daemon is shutting down") from None
-        return AddResult(added=[r.job_id for r in to_track], existing=existing)
+        known = set(existing)
+        added = [job_id for job_id in dict.fromkeys(job_ids) if job_id not in known]
+        return AddResult(added=added, existing=existing)
 
     async def remove(self, job_id: str) -> bool:
-        """Stop tracking a job and hide it from listings. False if it was not there."""
-        removed = await self._store.call(self._store.remove_job, job_id)
+        """Stop tracking a job and hide it from listings. False if it was not there.
+
+        Raises:
+            IntakeError: the database cannot be written (503).
+        """
+        try:
+            removed = await self._store.call(self._store.remove_job, job_id)
+        except sqlite3.Error as exc:
+            raise _store_unavailable(exc) from None
         if removed:
             self._engine.untrack(job_id)
         return removed
@@ -171,7 +190,7 @@ class Intake:
     async def read_lines(self, path: str, *, credential: str | None) -> None:
         """Add the job IDs read from the file ``path`` (``-``: standard input), one per
         line (blank lines and ``#`` comments skipped; invalid IDs reported and skipped),
-        until its end."""
+        until its end. While the database cannot be written, a batch is retried."""
         source = "stdin" if path == "-" else path
         lines = _lines_in_background(path)
         number = added = known = 0
@@ -189,13 +208,37 @@ class Intake:
             # Commit when the reader paused or the batch is full: a pipe fed slowly
             # gets its jobs tracked as they come, a big file in large transactions.
             if batch and (line is None or lines.empty() or len(batch) >= _FILE_BATCH):
-                result = await self.add(batch, credential=credential)
+                result = await self._add_until_committed(batch, credential, source)
                 added += len(result.added)
                 known += len(result.existing)
                 batch = []
             if line is None:
                 log.info("%s read: %d job(s) added, %d known already", source, added, known)
                 return
+
+    async def _add_until_committed(
+        self, batch: list[str], credential: str | None, source: str
+    ) -> AddResult:
+        """:meth:`add`, retried while the database cannot be written (a full disk)."""
+        delay_s = _RETRY_MIN_S
+        while True:
+            try:
+                return await self.add(batch, credential=credential)
+            except IntakeError as exc:
+                if exc.code != _STORE_UNAVAILABLE:
+                    raise
+            log.warning(
+                "%s: %d job(s) not added yet; retrying in %.1f s", source, len(batch), delay_s
+            )
+            await anyio.sleep(delay_s)
+            delay_s = min(_RETRY_MAX_S, delay_s * 2)
+
+
+def _store_unavailable(exc: sqlite3.Error) -> IntakeError:
+    log.error("cannot commit a change of the jobs: %s", exc)
+    return IntakeError(
+        503, _STORE_UNAVAILABLE, f"the database cannot be written ({exc}); try again later"
+    )
 
 
 def _lines_in_background(path: str) -> asyncio.Queue[str | None]:

@@ -14,6 +14,8 @@ from typing import Final, NamedTuple
 
 from yarl import URL
 
+from .signature import signing_key
+
 __all__ = ["BY_NAME", "OPTIONS", "Option", "Parser", "Secret", "text"]
 
 
@@ -68,6 +70,19 @@ def _strong_secret(value: object) -> Secret:
     if len(secret) < MIN_SECRET_LENGTH:
         raise ValueError(f"must be at least {MIN_SECRET_LENGTH} characters long")
     return Secret(secret)
+
+
+def _webhook_secret(value: object) -> Secret:
+    """A Standard Webhooks secret (``whsec_`` and base64), or 16+ characters of text."""
+    secret = _strong_secret(value)
+    try:
+        signing_key(secret.reveal())
+    except ValueError as exc:  # its message never quotes the secret
+        raise ValueError(
+            f"{exc}: give 'whsec_' and the base64 of a key of 16 bytes or more, or "
+            f"{MIN_SECRET_LENGTH} characters or more of other text"
+        ) from None
+    return secret
 
 
 def _integer(low: int, high: int) -> Parser:
@@ -169,8 +184,8 @@ OPTIONS: Final[tuple[Option, ...]] = (
     _o("webhooks", _urls, "POST every event to URL (repeatable)", flag="--webhook"),
     _o(
         "webhook_secret",
-        _strong_secret,
-        "HMAC-SHA256 key of the webhook signature (16+ characters)",
+        _webhook_secret,
+        "webhook signing secret: whsec_<base64> (Standard Webhooks) or 16+ characters",
         flag=False,
     ),
     _o("webhook_max_attempts", _integer(1, 1000), "attempts before an event is dead-lettered"),

@@ -105,9 +105,13 @@ class Outbox:
             batch = self._queue[: self._batch_max]
             try:
                 added = await self._store.call(self._store.commit, batch)
-            except sqlite3.Error:
+            except sqlite3.Error as exc:
+                # A full disk is no bug: one line, and the traceback only when debugging.
                 self.failures += 1
-                log.exception("cannot commit %d event(s); retrying in %.1f s", len(batch), delay_s)
+                log.error(
+                    "cannot commit %d event(s) (%s); retrying in %.1f s", len(batch), exc, delay_s
+                )
+                log.debug("commit failure", exc_info=True)
                 await anyio.sleep(delay_s)
                 delay_s = min(_RETRY_MAX_S, delay_s * 2)
                 continue

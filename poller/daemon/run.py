@@ -12,18 +12,23 @@ the engine closes (its polls in flight are dropped: their answers were never
 committed, so the next run asks again), the outbox commits what the engine
 reported, the sinks deliver what is committed, the store is checkpointed, and the
 exit status is 0. All of it within ``shutdown_timeout_s``; what is not delivered by
-then stays in the outbox for the next run. A second signal stops at once.
+then stays in the outbox for the next run. The last line logged is ``stopped``. A
+second signal stops at once. If the checkpoint fails (a full disk), one line says so
+and the status is 1; the write-ahead log it leaves is read at the next start, so
+nothing committed is lost.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import signal
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Final
 
 import anyio
 import msgspec
@@ -34,9 +39,11 @@ from ..errors import ConfigError
 from ..transport import Transport
 from .api import ControlServer, build_app
 from .config import Settings, engine_options
+from .health import Backlog, Health, HealthCheck, collect, report, sink_reasons, store_reasons
 from .intake import Intake
 from .metrics import SinkCounters, render
 from .outbox import Changes, Outbox
+from .signature import signing_key
 from .sinks import Feed, JsonlSink, Sink
 from .sse import EventStream
 from .store import Store
@@ -51,6 +58,7 @@ _TERMINAL_RETENTION_S: Final = 60.0
 _RESTART_MIN_S: Final = 1.0
 _RESTART_MAX_S: Final = 30.0
 _ORPHAN_BATCH: Final = 1000
+_HEALTH_QUERY_S: Final = 1.0
 
 
 def _engine(
@@ -93,7 +101,7 @@ def _sinks(settings: Settings) -> tuple[list[Sink], DeadLetters | None]:
         sinks.append(
             WebhookSink(
                 url,
-                secret=settings.webhook_secret.reveal().encode(),
+                key=signing_key(settings.webhook_secret.reveal()),
                 dead_letters=dead_letters,
                 max_attempts=settings.webhook_max_attempts,
                 timeout_s=settings.webhook_timeout_s,
@@ -126,26 +134,52 @@ async def serve(
     except sqlite3.Error as exc:
         log.error("cannot open the database %s: %s", settings.db, exc)
         return 1
+    status = 1
     try:
-        try:
-            await _retire_orphans(store, settings.dead_letter_path, stop)
-        except (OSError, sqlite3.Error) as exc:
-            log.error("cannot move the backlog of removed sinks to the dead-letter file: %s", exc)
-            return 1
-        if stop.is_set():  # told to stop while at it: nothing else was started
-            return 0
-        learned = await _load_learned(store)
-        try:
-            daemon = _Daemon(settings, store, sinks, stop, on_ready, transport, learned)
-        except ConfigError as exc:  # a setting the engine refuses
-            log.error("configuration error: %s", exc)
-            return 2
-        return await daemon.run()
+        status = await _serve_store(settings, store, sinks, stop, on_ready, transport)
     finally:
         if dead_letters is not None:
             dead_letters.close()
         with anyio.CancelScope(shield=True):  # even when stopped at once: checkpoint the WAL
-            await store.call(store.close)
+            try:
+                await store.call(store.close)
+            except sqlite3.Error as exc:
+                # Committed data is in the write-ahead log, which the next start reads.
+                log.error(
+                    "cannot checkpoint the database %s at the stop (%s); its write-ahead log "
+                    "is kept and read at the next start",
+                    settings.db,
+                    exc,
+                )
+                status = status or 1
+    if status == 0:
+        log.info("stopped")
+    return status
+
+
+async def _serve_store(
+    settings: Settings,
+    store: Store,
+    sinks: list[Sink],
+    stop: anyio.Event,
+    on_ready: Callable[[str], None] | None,
+    transport: Transport | None,
+) -> int:
+    """Everything :func:`serve` does between opening and closing the store; the status."""
+    try:
+        await _retire_orphans(store, settings.dead_letter_path, stop)
+    except (OSError, sqlite3.Error) as exc:
+        log.error("cannot move the backlog of removed sinks to the dead-letter file: %s", exc)
+        return 1
+    if stop.is_set():  # told to stop while at it: nothing else was started
+        return 0
+    learned = await _load_learned(store)
+    try:
+        daemon = _Daemon(settings, store, sinks, stop, on_ready, transport, learned)
+    except ConfigError as exc:  # a setting the engine refuses
+        log.error("configuration error: %s", exc)
+        return 2
+    return await daemon.run()
 
 
 async def _retire_orphans(store: Store, path: str, stop: anyio.Event) -> None:
@@ -248,6 +282,7 @@ class _Daemon:
             except* (OSError, sqlite3.Error) as group:  # a sink's task group wraps them
                 failure = group.exceptions[0]
             log.error("sink %s failed (%s); restarting in %.0f s", sink.name, failure, delay_s)
+            sink.failing = f"stopped on an error ({_describe(failure)}); restarting"
             feed.rewind()
             await anyio.sleep(delay_s)
             delay_s = min(_RESTART_MAX_S, delay_s * 2)
@@ -307,9 +342,13 @@ class _Daemon:
 
     async def _prune(self) -> None:
         while True:
-            pruned = await self.store.call(
-                self.store.prune, older_than_s=self.settings.history_retention_s
-            )
+            try:
+                pruned = await self.store.call(
+                    self.store.prune, older_than_s=self.settings.history_retention_s
+                )
+            except sqlite3.Error as exc:  # a full disk, say: pruning can wait
+                log.warning("cannot prune the history: %s", exc)
+                pruned = 0
             if pruned:
                 log.debug("pruned %d delivered event(s) from the history", pruned)
             await anyio.sleep(_PRUNE_EVERY_S)
@@ -349,13 +388,38 @@ class _Daemon:
             sse_clients=self.events.clients if self.events is not None else 0,
         )
 
-    def _health(self) -> dict[str, Any]:
-        return {
-            "status": "stopping" if self.stopping else "ok",
-            "uptime_s": round(time.time() - self.started_at, 3),
-            "tracked": self.engine.stats().tracked,
-            "outbox_backlog": self.outbox.backlog,
-        }
+    async def _health(self) -> Health:
+        undelivered: dict[str, int] | None = None
+        # Unknown if the store fails or is busy: that must not hang /healthz.
+        with anyio.move_on_after(_HEALTH_QUERY_S), contextlib.suppress(sqlite3.Error):
+            undelivered = await self.store.call(self.store.backlog)
+        return report(
+            stopping=self.stopping,
+            uptime_s=time.time() - self.started_at,
+            tracked=self.engine.stats().tracked,
+            backlog=Backlog(uncommitted=self.outbox.backlog, undelivered=undelivered),
+            reasons=collect(self._health_checks(undelivered)),
+        )
+
+    def _health_checks(self, undelivered: dict[str, int] | None) -> list[HealthCheck]:
+        """Each component's report for ``/healthz``: a new reason to be degraded is one
+        more check here (see :mod:`.health`)."""
+        store, outbox = self.store, self.outbox
+        checks: list[HealthCheck] = [
+            lambda: store_reasons(store.write_error, uncommitted=outbox.backlog)
+        ]
+        checks += [
+            functools.partial(sink_reasons, sink.name, sink.failing, undelivered=undelivered)
+            for sink in self.sinks
+        ]
+        return checks
+
+
+def _describe(exc: BaseException) -> str:
+    """An error in a few words, without the file name an ``OSError`` carries."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 @asynccontextmanager

@@ -9,13 +9,19 @@ then on; a sink removed from the configuration keeps its backlog in the store.
 Files are appended with ``O_APPEND`` in one ``write`` per batch and, for regular
 files, ``fsync``-ed before the batch is marked delivered. A line cut short by a crash
 in the middle of a write is closed with a newline when the file is next opened, so
-every later line stays whole.
+every later line stays whole. A write that fails part way (the disk is full, say) is
+cut off again before the batch is retried: a regular file is truncated back to its
+last whole line, so retries never glue a record to a fragment nor grow the file with
+partial batches; a pipe, which cannot be truncated, gets a newline that ends the cut
+line first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import stat
 import sys
 from collections.abc import Sequence
 from typing import Final, Protocol
@@ -41,6 +47,9 @@ class Sink(Protocol):
     delivered: int
     dead_lettered: int
     errors: int
+    failing: str | None
+    """Why the last delivery attempt failed (for ``/healthz``: no path, URL or secret);
+    None once one succeeds."""
 
     async def run(self, feed: Feed) -> None:
         """Deliver the feed's events until it ends."""
@@ -104,6 +113,10 @@ class AppendFile:
         self.path = path
         self._fd: int | None = None
         self._is_file = False
+        # After a failed write: the size to cut a regular file back to (its last whole
+        # line), or, for a pipe, that a line may be left unfinished.
+        self._mend_to: int | None = None
+        self._cut = False
 
     def open(self) -> None:
         """Open for appending (creating it with mode 0600), mending a cut last line.
@@ -112,42 +125,71 @@ class AppendFile:
             self._fd = sys.stdout.fileno()
             return
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._fd, self._is_file = fd, True
-        size = os.fstat(fd).st_size
-        if size:
+        self._fd = fd
+        status = os.fstat(fd)
+        self._is_file = stat.S_ISREG(status.st_mode)
+        if self._is_file and status.st_size:
             with open(self.path, "rb") as existing:
-                existing.seek(size - 1)
+                existing.seek(status.st_size - 1)
                 if existing.read(1) != b"\n":
                     self._write(b"\n")
 
     def _write(self, data: bytes) -> None:
         assert self._fd is not None
+        fd = self._fd
+        if self._mend_to is not None:  # the last write failed part way: cut it off first
+            os.ftruncate(fd, self._mend_to)
+            self._mend_to = None
+        if self._cut:
+            data = b"\n" + data
+        start = os.fstat(fd).st_size if self._is_file else 0
         view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
-        if self._is_file:
-            os.fsync(self._fd)
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+            if self._is_file:
+                os.fsync(fd)
+        except OSError:
+            if self._is_file:
+                self._mend_to = start
+                with contextlib.suppress(OSError):  # else: before the next write
+                    os.ftruncate(fd, start)
+                    self._mend_to = None
+            elif len(view) < len(data):
+                self._cut = not data[: len(data) - len(view)].endswith(b"\n")
+            raise
+        self._cut = False
 
     async def write(self, data: bytes) -> None:
-        """Append ``data`` (whole lines) and, for a file, make it durable."""
+        """Append ``data`` (whole lines) and, for a file, make it durable. If it fails
+        (``OSError``), the next write first cuts off what this one left."""
         await anyio.to_thread.run_sync(self._write, data)
 
     def close(self) -> None:
         """Close the file (standard output stays open)."""
-        if self._fd is not None and self._is_file:
+        if self._fd is not None and self.path != "-":
             os.close(self._fd)
         self._fd = None
 
 
 class JsonlSink:
-    """Every event as one JSON line, to a file or standard output."""
+    """Every event as one JSON line, to a file or standard output.
 
-    def __init__(self, path: str) -> None:
+    Args:
+        path: the file, or ``-`` for standard output.
+        retry_min_s, retry_max_s: the wait after a failed write, doubling from the first
+            to the second.
+    """
+
+    def __init__(self, path: str, *, retry_min_s: float = 0.5, retry_max_s: float = 10.0) -> None:
         self.name = JSONL_SINK
         self.file = AppendFile(path)
+        self._retry_min_s = retry_min_s
+        self._retry_max_s = retry_max_s
         self.delivered = 0
         self.dead_lettered = 0
         self.errors = 0
+        self.failing: str | None = None
 
     async def run(self, feed: Feed) -> None:
         """Write page by page; a failed write is retried (the page stays undelivered)."""
@@ -155,18 +197,20 @@ class JsonlSink:
         try:
             while rows := await feed.next_page():
                 data = b"".join(row.body + b"\n" for row in rows)
-                delay_s = 0.5
+                delay_s = self._retry_min_s
                 while True:
                     try:
                         await self.file.write(data)
                         break
                     except OSError as exc:
-                        # Part of the page may be written: it is written again whole, so
-                        # some lines repeat, which consumers drop by id. None is lost.
+                        # What the failed write left is cut off before the retry (see
+                        # AppendFile), and the page is written again whole.
                         self.errors += 1
+                        self.failing = f"write failed: {exc.strerror or exc}"
                         log.error("cannot write to %s: %s; retrying", self.file.path, exc)
                         await anyio.sleep(delay_s)
-                        delay_s = min(10.0, delay_s * 2)
+                        delay_s = min(self._retry_max_s, delay_s * 2)
+                self.failing = None
                 await feed.done([row.rowid for row in rows])
                 self.delivered += len(rows)
         finally:

@@ -15,6 +15,8 @@ proxies from closing an idle stream.
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 from typing import Final
 
 import anyio
@@ -24,6 +26,8 @@ from .outbox import Changes
 from .store import Store
 
 __all__ = ["EventStream"]
+
+log = logging.getLogger("poller.daemon.sse")
 
 _PAGE: Final = 500
 _RETRY_MS: Final = 2000
@@ -88,6 +92,8 @@ class EventStream:
                     await response.write(b": keepalive\n\n")
         except (ConnectionResetError, ConnectionError):
             pass  # the client left
+        except sqlite3.Error as exc:  # the stream has begun: end it; the client resumes
+            log.warning("GET /events: the database failed (%s); stream ended", exc)
         finally:
             self.clients -= 1
         return response

@@ -30,16 +30,18 @@ worker thread with :meth:`Store.call`, so the event loop never waits on the disk
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Final, ParamSpec, TypeVar
 
 import anyio
 import msgspec
 
 from ..events import Event, Transition
+from ..models import Status
 from .records import (
     ErrorInfo,
     encode_record,
@@ -49,11 +51,13 @@ from .records import (
 )
 from .rows import JobRow, Pending, Resume, StoredEvent
 
-__all__ = ["ERROR", "PENDING", "TERMINAL", "Store"]
+__all__ = ["ERROR", "PENDING", "STATUSES", "TERMINAL", "Store"]
 
 PENDING: Final = "pending"
 ERROR: Final = "error"
 TERMINAL: Final = frozenset({"completed", "failed", "cancelled", "expired"})
+STATUSES: Final = (PENDING, *(s.value for s in Status if s is not Status.UNKNOWN), ERROR)
+"""A job's ``status`` in the store: before its first sighting, the API's, after a failure."""
 _DONE: Final = (*sorted(TERMINAL), ERROR)
 _SCHEMA_VERSION: Final = 1
 _SCHEMA: Final = """
@@ -108,7 +112,8 @@ class Store:
     """The daemon's SQLite database (see the module docstring).
 
     Args:
-        path: the database file (created if missing).
+        path: the database file (created if missing, with mode 0600, as its ``-wal``
+            and ``-shm`` files).
         sinks: names of the push sinks; each committed event gets a delivery row for each.
         sync: ``"full"`` (fsync at every commit: safe against power loss) or ``"normal"``
             (safe against a process crash; faster).
@@ -129,6 +134,14 @@ class Store:
         self.sinks = tuple(sinks)
         self._clock = clock
         self._limiter = anyio.CapacityLimiter(1)
+        self.write_error: str | None = None
+        """Why the last write transaction failed (``database or disk is full``, ...);
+        None once one succeeds."""
+        if path != ":memory:":
+            # Created 0600 before SQLite opens it: SQLite would make it 0644 (less the
+            # umask), and its -wal and -shm files take the database file's mode.
+            with suppress(OSError):  # it exists, or SQLite says why it cannot be opened
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
         # One connection, used by one thread at a time (the limiter).
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
@@ -159,13 +172,23 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        """A write transaction; ``write_error`` says whether the last one failed."""
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                # A COMMIT that fails (a full disk cannot take the WAL's frames) may leave
+                # the transaction open: roll it back, or every later BEGIN would fail.
+                if self._db.in_transaction:
+                    with suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            self.write_error = str(exc)
             raise
-        self._db.execute("COMMIT")
+        self.write_error = None
 
     # -- jobs ----------------------------------------------------------------------
 
@@ -173,7 +196,9 @@ class Store:
         self, job_ids: Iterable[str], *, credential: str | None, metadata: bytes | None
     ) -> tuple[list[Resume], list[str]]:
         """Add jobs, or revive removed or failed ones. Returns the jobs to track (new and
-        revived, with where to resume) and the IDs that were known already."""
+        revived, with where to resume) and the IDs that were in the list already (not
+        removed, not failed). A removed job that had finished comes back to the list
+        but is not tracked: it is in neither."""
         now = self._clock()
         track: list[Resume] = []
         known: list[str] = []
@@ -201,9 +226,7 @@ class Store:
                         "metadata = coalesce(?, metadata), updated_at = ? WHERE job_id = ?",
                         (status, credential, meta, now, job_id),
                     )
-                    if status in TERMINAL:
-                        known.append(job_id)
-                    else:
+                    if status not in TERMINAL:
                         track.append(Resume(job_id, credential, row[1], row[2]))
                 else:
                     known.append(job_id)
@@ -236,6 +259,13 @@ class Store:
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where} ORDER BY job_id LIMIT ?", params
         ).fetchall()
         return [_job_row(row) for row in rows]
+
+    def has_status(self, status: str) -> bool:
+        """Whether a job in the list has ``status`` (one a newer API may have added)."""
+        row = self._db.execute(
+            "SELECT 1 FROM jobs WHERE status = ? AND removed = 0 LIMIT 1", (status,)
+        ).fetchone()
+        return row is not None
 
     def counts(self) -> dict[str, int]:
         """Jobs not removed, by status."""

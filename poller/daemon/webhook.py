@@ -1,11 +1,10 @@
 """The webhook sink: one signed POST per event, retried, in order per job.
 
-Each event's record is POSTed as is (``Content-Type: application/json``) with:
-
-- ``X-Poller-Signature: sha256=<hex>``: HMAC-SHA256 of the raw body under the
-  configured secret (verify it with :func:`verify` or the same three lines);
-- ``X-Poller-Event-Id``: the record's stable ``id`` (drop repeats by it);
-- ``X-Poller-Attempt``: 1 for the first try.
+Each event's record is POSTed as is (``Content-Type: application/json``), signed as
+Standard Webhooks lay it out (:mod:`.signature`: ``webhook-id`` is the record's
+stable ``id``, drop repeats by it; ``webhook-timestamp``; ``webhook-signature``), and
+with ``X-Poller-Attempt``: 1 for the first try. Each attempt is signed afresh, with
+its own timestamp.
 
 A 2xx answer delivers the event. A connection error, a timeout, 408, 425, 429 or a
 5xx is retried after an exponential delay (``backoff_s`` doubling up to
@@ -20,7 +19,6 @@ event at a time, so a job's events arrive in order while other jobs proceed.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import random
 import time
@@ -37,29 +35,18 @@ from yarl import URL
 
 from .._boundary import parse_retry_after
 from .._version import __version__
+from . import signature
 from .rows import Pending
 from .sinks import AppendFile, Feed
 
-__all__ = ["DeadLetters", "WebhookSink", "retry_delay_s", "sign", "verify"]
+__all__ = ["ATTEMPT_HEADER", "DeadLetters", "WebhookSink", "retry_delay_s"]
 
 log = logging.getLogger("poller.daemon.webhook")
 
-SIGNATURE_HEADER: Final = "X-Poller-Signature"
-EVENT_ID_HEADER: Final = "X-Poller-Event-Id"
 ATTEMPT_HEADER: Final = "X-Poller-Attempt"
 _RETRYABLE_STATUSES: Final = frozenset({408, 425, 429})
 _LANE_BUFFER: Final = 64
 _ACK_DELAY_S: Final = 0.05
-
-
-def sign(secret: bytes, body: bytes) -> str:
-    """The signature header's value for ``body``: ``sha256=`` and the hex HMAC."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-
-
-def verify(secret: bytes, body: bytes, header: str | None) -> bool:
-    """True if ``header`` is the signature of ``body`` (constant-time comparison)."""
-    return header is not None and hmac.compare_digest(sign(secret, body), header)
 
 
 def retry_delay_s(
@@ -131,13 +118,14 @@ class DeadLetters:
 
 
 class WebhookSink:
-    """POSTs every event to ``url`` (see the module docstring)."""
+    """POSTs every event to ``url`` (see the module docstring), signed with ``key``
+    (the HMAC key: :func:`.signature.signing_key` of the configured secret)."""
 
     def __init__(
         self,
         url: str,
         *,
-        secret: bytes,
+        key: bytes,
         dead_letters: DeadLetters,
         max_attempts: int = 10,
         timeout_s: float = 10.0,
@@ -151,7 +139,7 @@ class WebhookSink:
         self.name = "webhook:" + hashlib.sha256(url.encode()).hexdigest()[:12]
         self.origin = _origin(url)
         self._url = url
-        self._secret = secret
+        self._key = key
         self._dead_letters = dead_letters
         self._max_attempts = max_attempts
         self._timeout_s = timeout_s
@@ -165,6 +153,7 @@ class WebhookSink:
         self.delivered = 0
         self.dead_lettered = 0
         self.errors = 0
+        self.failing: str | None = None
 
     async def run(self, feed: Feed) -> None:
         """Deliver the feed's events until it ends; acknowledgements are batched."""
@@ -229,8 +218,10 @@ class WebhookSink:
             status, retry_after_s, reason = await self._post(session, row, attempts)
             if status is not None and 200 <= status < 300:
                 self.delivered += 1
+                self.failing = None
                 return
             self.errors += 1
+            self.failing = f"delivery failed: {reason}"
             permanent = status is not None and not _is_retryable(status)
             if permanent or attempts >= self._max_attempts:
                 await self._dead_letters.write(self.name, row, attempts, reason)
@@ -270,8 +261,7 @@ class WebhookSink:
         headers = {
             "Content-Type": "application/json",
             "User-Agent": f"poller/{__version__}",
-            SIGNATURE_HEADER: sign(self._secret, row.body),
-            EVENT_ID_HEADER: row.id,
+            **signature.headers(self._key, row.id, row.body),
             ATTEMPT_HEADER: str(attempt),
         }
         try:

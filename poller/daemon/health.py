@@ -1,0 +1,161 @@
+"""``GET /healthz``: whether the daemon can do its work and, if not, why.
+
+The body (JSON)::
+
+    {
+      "status": "degraded",
+      "uptime_s": 812.4,
+      "tracked": 2950,
+      "backlog": {"uncommitted": 1144, "undelivered": {"jsonl": 1090, "webhook:3f2a9c1b7d4e": 0}},
+      "reasons": [
+        {"component": "store", "reason": "write_failing",
+         "message": "the database cannot be written: database or disk is full", "backlog": 1144},
+        {"component": "sink:jsonl", "reason": "delivery_failing",
+         "message": "write failed: No space left on device", "backlog": 1090}
+      ]
+    }
+
+``status`` is ``ok`` (no reason), ``degraded`` (one reason or more: the daemon runs,
+but something it observes cannot be committed or delivered right now) or ``stopping``
+(shutting down). The HTTP status is 200 for ``ok`` and ``degraded``, 503 for
+``stopping``. ``backlog.uncommitted`` counts events observed but not committed yet;
+``backlog.undelivered`` the committed events each push sink has not delivered (None if
+the database did not answer in time).
+
+Each entry of ``reasons`` names a ``component`` (``store``, ``sink:<name>``, ...), a
+machine-readable ``reason``, a ``message`` for people (no path, URL or secret: the
+endpoint is open without the control token) and, when the component knows it, the
+``backlog`` it holds up. Components report through *health checks*, plain callables
+that return their current reasons; :func:`collect` gathers them, so a new reason is a
+new check. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Final, Literal
+
+import msgspec
+
+__all__ = [
+    "DEGRADED",
+    "OK",
+    "STOPPING",
+    "Backlog",
+    "Health",
+    "HealthCheck",
+    "Reason",
+    "collect",
+    "http_status",
+    "report",
+    "sink_reasons",
+    "store_reasons",
+]
+
+OK: Final = "ok"
+DEGRADED: Final = "degraded"
+STOPPING: Final = "stopping"
+
+Status = Literal["ok", "degraded", "stopping"]
+
+
+class Reason(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One reason the daemon is degraded.
+
+    Attributes:
+        component: what is affected: ``store``, ``sink:<name>``, ...
+        reason: machine-readable: ``write_failing``, ``delivery_failing``, ...
+        message: for people; never a path, a URL or a secret.
+        backlog: events this holds up, when the component knows.
+    """
+
+    component: str
+    reason: str
+    message: str
+    backlog: int | None = None
+
+
+class Backlog(msgspec.Struct, frozen=True, kw_only=True):
+    """Events observed, not committed; committed events not delivered, by sink."""
+
+    uncommitted: int
+    undelivered: dict[str, int] | None
+
+
+class Health(msgspec.Struct, frozen=True, kw_only=True):
+    """The ``/healthz`` body (see the module docstring)."""
+
+    status: Status
+    uptime_s: float
+    tracked: int
+    backlog: Backlog
+    reasons: list[Reason]
+
+
+HealthCheck = Callable[[], Iterable[Reason]]
+"""A component's report: its reasons to be degraded right now (none when healthy)."""
+
+
+def collect(checks: Iterable[HealthCheck]) -> list[Reason]:
+    """Every reason the ``checks`` report, in their order."""
+    return [reason for check in checks for reason in check()]
+
+
+def report(
+    *,
+    stopping: bool,
+    uptime_s: float,
+    tracked: int,
+    backlog: Backlog,
+    reasons: list[Reason],
+) -> Health:
+    """The body: ``stopping`` wins, then ``degraded`` if there is any reason."""
+    status: Status = STOPPING if stopping else DEGRADED if reasons else OK
+    return Health(
+        status=status,
+        uptime_s=round(uptime_s, 3),
+        tracked=tracked,
+        backlog=backlog,
+        reasons=reasons,
+    )
+
+
+def http_status(health: Health) -> int:
+    """200 while the daemon runs (degraded or not), 503 while it stops."""
+    return 503 if health.status == STOPPING else 200
+
+
+def store_reasons(write_error: str | None, *, uncommitted: int) -> list[Reason]:
+    """The store's reason: its last write failed (``write_error``), holding up the
+    ``uncommitted`` events."""
+    if write_error is None:
+        return []
+    return [
+        Reason(
+            component="store",
+            reason="write_failing",
+            message=f"the database cannot be written: {write_error}",
+            backlog=uncommitted,
+        )
+    ]
+
+
+def sink_reasons(
+    name: str, failing: str | None, *, undelivered: Mapping[str, int] | None
+) -> list[Reason]:
+    """A push sink's reason: its last delivery failed (``failing``) and events wait.
+
+    A sink whose last attempt failed but that has nothing left to deliver holds nothing
+    up, and is not a reason (when the backlog is unknown, the failure alone counts).
+    """
+    backlog = undelivered.get(name) if undelivered is not None else None
+    if failing is None or backlog == 0:
+        return []
+    return [
+        Reason(
+            component=f"sink:{name}",
+            reason="delivery_failing",
+            message=failing,
+            backlog=backlog,
+        )
+    ]
