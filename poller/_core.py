@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import Final
 
 from ._buckets import LEVEL_GROWTH, Bucket, FairQueue
-from ._health import TRIP_STREAK, Health, HealthState, Notice
+from ._health import Health, HealthState, Notice
 from ._learn import (
     DurationModel,
     LearnedDurations,
@@ -74,10 +74,12 @@ _REFUSAL_S: Final = 300.0
 ORG_IDLE_S: Final = 3600.0
 _SWEEP_S: Final = 300.0  # how often refusals and idle organisations are looked at
 _HEALTH_CHECK_S: Final = 1.0  # how often every scope's state is looked at, for notices
-# The whole API is down when every request failed, with no answer from anywhere, for
-# this long (and TRIP_STREAK requests at least): one quiet organisation's answer is
-# enough to tell an organisation's outage from the API's.
+# The whole API is reported down (no gating: each organisation has its breaker) when
+# every request failed, with no answer from anywhere, for this long and this many
+# requests at least: one quiet organisation's answer is enough to tell an
+# organisation's outage from the API's, and a lone job is not left silent for a minute.
 _API_DOWN_S: Final = 2.0
+_API_DOWN_STREAK: Final = 3
 # A job first seen validating less than this after its created_at (whole seconds) was
 # seen from its creation, near enough to time its validating phase by our own polls.
 _FRESH_S: Final = 1.0
@@ -371,6 +373,8 @@ class Scheduler:
         self._api.answered(now)
         if bucket.gate is not None:
             self._landed_gated(job, bucket, now, answered=True)
+        if self._api.state is HealthState.DOWN:
+            self._api_answers(now)
         if bucket.org_id is None:
             self._learn_org(job, payload.organization_id, now)
         current = payload.status
@@ -461,6 +465,8 @@ class Scheduler:
             self._api.answered(now)
         if bucket.gate is not None:
             self._landed_gated(job, bucket, now, answered=not fault)
+        if not fault and self._api.state is HealthState.DOWN:
+            self._api_answers(now)
         if fault and self._api.state is not HealthState.DOWN:
             self._check_api_down(now)
         if isinstance(error, AuthenticationError | PermissionDeniedError):
@@ -533,19 +539,20 @@ class Scheduler:
             self._queue.poke(bucket, now)
         if was_down and health.state is not HealthState.DOWN:
             self._health_changed(bucket, now)
-            if self._api.state is HealthState.DOWN:
-                # The API answers again: every organisation down with it probes now,
-                # rather than at its own next probe.
-                self._api.set_down(False, now)
-                self._note(self._api, now)
-                for other in self._buckets.values():
-                    if other.gate is not None and other is not bucket:
-                        other.gate.probe_now(now)
-                        self._queue.poke(other, now)
+
+    def _api_answers(self, now: float) -> None:
+        """An answer while the API was reported down: it is back, and every organisation
+        down with it probes now rather than at its own next probe."""
+        self._api.set_down(False, now)
+        self._note(self._api, now)
+        for bucket in self._buckets.values():
+            if bucket.gate is not None:
+                bucket.gate.probe_now(now)
+                self._queue.poke(bucket, now)
 
     def _check_api_down(self, now: float) -> None:
         api = self._api
-        if api.streak >= TRIP_STREAK and now - api.streak_since >= _API_DOWN_S:
+        if api.streak >= _API_DOWN_STREAK and now - api.streak_since >= _API_DOWN_S:
             api.set_down(True, now)
             self._note(api, now)
 

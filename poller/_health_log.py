@@ -32,7 +32,7 @@ def _what(scope: str) -> str:
     if scope == "api":
         return "the API"
     if scope.startswith("key "):
-        return f"the jobs of {scope} (organisation not known yet)"
+        return f"{scope} (its organisation not known yet)"
     return f"organisation {scope}"
 
 

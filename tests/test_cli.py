@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import subprocess
 import sys
 import tomllib
@@ -16,8 +17,9 @@ from poller import JobNotFoundError, Status, TrackingFailure, Transition, __vers
 from poller.cli import main
 from poller.daemon.config import Settings, engine_options, load_settings
 from poller.daemon.options import Secret
-from poller.daemon.watch import Outcome, Tally, watch
+from poller.daemon.watch import Outcome, Tally, trouble_line, watch
 from poller.daemon.watch_view import JsonView, PlainView, RichView, describe, make_view
+from poller.events import HealthStats, Histogram, OrgStats, Stats
 from poller.models import JobError, JobStatus
 from poller.testing import Change, SimServer
 
@@ -459,3 +461,49 @@ def test_watch_plain_http_error_gives_the_command_line_fix(
     assert err.startswith("poller watch: error: base_url: plain http://")
     assert "--base-url https://" in err and err.count("\n") == 1
     assert "insecure_skip_tls_verify" not in err and KEY not in err
+
+
+@pytest.mark.anyio
+async def test_watch_says_when_the_api_is_unreachable() -> None:
+    """Nothing listens on the port: the watch says so, instead of a silent bar."""
+    with socket.socket() as unused:  # a port nobody listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    settings = Settings(api_key=Secret(KEY), base_url=f"http://127.0.0.1:{port}")
+    out, err = io.StringIO(), io.StringIO()
+    status = await watch(["job_x"], PlainView(out, err), settings=settings, timeout_s=4.0)
+    assert status == 1
+    assert out.getvalue().startswith("job_x  timed_out")
+    lines = err.getvalue().splitlines()
+    trouble = [line for line in lines if line.startswith("API unreachable: ConnectError x")]
+    assert trouble, lines
+    assert " since " in trouble[0]
+
+
+def test_trouble_line_names_what_fails() -> None:
+    def health(state: str, **kwargs: object) -> HealthStats:
+        return HealthStats(
+            state=state, since=0.0, recent_errors={"ServerError": 7}, error_share=0.35, **kwargs
+        )
+
+    def stats(api: HealthStats, **orgs: HealthStats) -> Stats:
+        by_org = {
+            org: OrgStats(polls=1, errors=0, throttled=0, rate_per_s=None, health=h)
+            for org, h in orgs.items()
+        }
+        empty = Histogram(bounds=(), counts=(0,), sum=0.0, count=0)
+        return Stats(
+            tracked=1, by_status={}, in_flight=0, polls=1, errors=0, rate_limited=0,
+            transitions=0, failures=0, callback_errors=0, callbacks_dropped=0, subscribers=0,
+            subscriber_overflows=0, errors_by_kind={}, by_org=by_org, request_latency=empty,
+            detection_lag=empty, api=api,
+        )  # fmt: skip
+
+    ok = HealthStats()
+    assert trouble_line(stats(ok, org_a=ok)) is None
+    down = trouble_line(stats(health("down"), org_a=health("down")))
+    assert down is not None and down.startswith("API unreachable: ServerError x7 since ")
+    line = trouble_line(stats(ok, org_a=ok, org_b=health("degraded")))
+    assert line is not None and line.startswith("organisation org_b is degraded: 35% of requests")
+    line = trouble_line(stats(ok, org_a=health("down"), org_b=health("degraded")))
+    assert line is not None and line.startswith("organisation org_a is down: ServerError x7")

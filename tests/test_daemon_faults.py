@@ -23,7 +23,7 @@ from poller.daemon.config import load_settings
 from poller.daemon.records import decode_record
 from poller.daemon.run import running, serve
 from poller.daemon.store import Store
-from poller.testing import Change, SimServer
+from poller.testing import Change, Faults, SimServer
 
 pytestmark = pytest.mark.anyio
 
@@ -322,3 +322,44 @@ async def test_a_failing_webhook_is_degraded_without_showing_its_url(
     (reason,) = [r for r in health["reasons"] if r["component"].startswith("sink:webhook:")]
     assert reason["message"] == "delivery failed: HTTP 503" and reason["backlog"] >= 1
     assert "hook-token-in-url" not in text and "127.0.0.1" not in text and secret not in text
+
+
+async def test_an_api_that_stops_answering_makes_healthz_degraded_and_shows_in_metrics(
+    retab_sim: SimServer, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    jobs = [retab_sim.sim.add_job(org_id="org_test", script=[Change("queued", 0.0)])]
+    jobs += [retab_sim.sim.add_job(org_id="org_test", script=SLOW) for _ in range(3)]
+    async with running(settings_for(retab_sim, tmp_path)) as url:
+        async with http.post(f"{url}/jobs", json={"job_ids": jobs}) as response:
+            assert response.status == 201
+
+        async def seen() -> bool:
+            _, row = await get_json(http, f"{url}/jobs/{jobs[0]}")
+            return row["status"] == "queued"
+
+        await eventually(seen)  # its organisation is known
+        retab_sim.sim.faults = Faults(server_error=1.0)
+
+        async def api_down() -> bool:
+            _, health = await get_json(http, f"{url}/healthz")
+            return any(r["component"] == "api" for r in health["reasons"])
+
+        await eventually(api_down)
+        status, health = await get_json(http, f"{url}/healthz")
+        assert status == 200 and health["status"] == "degraded"
+        (api,) = reasons(health, "api")
+        assert api["reason"] == "unreachable" and "ServerError x" in api["message"]
+        async with http.get(f"{url}/metrics") as response:
+            text = await response.text()
+        assert 'poller_api_health{state="down"} 1' in text
+        assert 'poller_org_health{org="org_test",state="down"} 1' in text
+        retab_sim.sim.faults = Faults()
+
+        async def recovered() -> bool:
+            _, health = await get_json(http, f"{url}/healthz")
+            return health["status"] == "ok"
+
+        await eventually(recovered, timeout_s=15.0)
+        for job in jobs[1:]:
+            _, row = await get_json(http, f"{url}/jobs/{job}")
+            assert row["status"] != "error", "the outage ended no job"

@@ -22,7 +22,8 @@ but something it observes cannot be committed or delivered right now) or ``stopp
 ``backlog.undelivered`` the committed events each push sink has not delivered (None if
 the database did not answer in time).
 
-Each entry of ``reasons`` names a ``component`` (``store``, ``sink:<name>``, ...), a
+Each entry of ``reasons`` names a ``component`` (``store``, ``sink:<name>``, ``api``,
+``org:<id>``), a
 machine-readable ``reason``, a ``message`` for people (no path, URL or secret: the
 endpoint is open without the control token) and, when the component knows it, the
 ``backlog`` it holds up. Components report through *health checks*, plain callables
@@ -37,6 +38,9 @@ from typing import Final, Literal
 
 import msgspec
 
+from .._health_log import describe_errors
+from ..events import HealthStats, Stats
+
 __all__ = [
     "DEGRADED",
     "OK",
@@ -45,6 +49,7 @@ __all__ = [
     "Health",
     "HealthCheck",
     "Reason",
+    "api_reasons",
     "collect",
     "http_status",
     "report",
@@ -159,3 +164,38 @@ def sink_reasons(
             backlog=backlog,
         )
     ]
+
+
+def _kinds(health: HealthStats) -> str:
+    # Error kinds and counts only: a last error's text may name the API's host.
+    return describe_errors(health.recent_errors, health.since)
+
+
+def api_reasons(stats: Stats) -> list[Reason]:
+    """The engine's reasons: the API is unreachable (every request fails), or an
+    organisation is down or degraded (its jobs wait, or their requests often fail)."""
+    if stats.api.state == "down":
+        return [
+            Reason(
+                component="api",
+                reason="unreachable",
+                message=f"API unreachable: {_kinds(stats.api)}",
+                backlog=stats.tracked,
+            )
+        ]
+    reasons = []
+    for org_id, org in sorted(stats.by_org.items()):
+        health = org.health
+        if health.state == "down":
+            message = f"organisation {org_id} is down: {_kinds(health)}"
+            reason = "down"
+        elif health.state == "degraded":
+            message = (
+                f"{health.error_share:.0%} of organisation {org_id}'s requests failed in "
+                f"the last 10 s: {_kinds(health)}"
+            )
+            reason = "degraded"
+        else:
+            continue
+        reasons.append(Reason(component=f"org:{org_id}", reason=reason, message=message))
+    return reasons

@@ -13,6 +13,7 @@ from typing import Final
 
 import msgspec
 
+from .._health import HealthState
 from ..events import Histogram, Stats
 
 __all__ = ["CONTENT_TYPE", "SinkCounters", "render"]
@@ -122,6 +123,30 @@ def render(
             for org_id, org in sorted(stats.by_org.items())
             if org.rate_per_s is not None
         ),
+    )
+    states = [state.value for state in HealthState]
+    out.family(
+        "poller_api_health",
+        "gauge",
+        "The API's state (1 on the current one): ok, throttled, degraded, down, recovering.",
+        (({"state": state}, float(stats.api.state == state)) for state in states),
+    )
+    out.family(
+        "poller_org_health",
+        "gauge",
+        "Each organisation's state (1 on the current one): ok, throttled, degraded, down, "
+        "recovering.",
+        (
+            ({"org": org_id, "state": state}, float(org.health.state == state))
+            for org_id, org in sorted(stats.by_org.items())
+            for state in states
+        ),
+    )
+    out.family(
+        "poller_org_error_share",
+        "gauge",
+        "Share of each organisation's requests that failed over the last 10 s.",
+        (({"org": org_id}, org.health.error_share) for org_id, org in sorted(stats.by_org.items())),
     )
     out.family(
         "poller_request_errors_total",

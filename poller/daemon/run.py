@@ -39,7 +39,16 @@ from ..errors import ConfigError
 from ..transport import Transport
 from .api import ControlServer, build_app
 from .config import Settings, engine_options
-from .health import Backlog, Health, HealthCheck, collect, report, sink_reasons, store_reasons
+from .health import (
+    Backlog,
+    Health,
+    HealthCheck,
+    api_reasons,
+    collect,
+    report,
+    sink_reasons,
+    store_reasons,
+)
 from .intake import Intake
 from .metrics import SinkCounters, render
 from .outbox import Changes, Outbox
@@ -404,9 +413,10 @@ class _Daemon:
     def _health_checks(self, undelivered: dict[str, int] | None) -> list[HealthCheck]:
         """Each component's report for ``/healthz``: a new reason to be degraded is one
         more check here (see :mod:`.health`)."""
-        store, outbox = self.store, self.outbox
+        store, outbox, engine = self.store, self.outbox, self.engine
         checks: list[HealthCheck] = [
-            lambda: store_reasons(store.write_error, uncommitted=outbox.backlog)
+            lambda: store_reasons(store.write_error, uncommitted=outbox.backlog),
+            lambda: api_reasons(engine.stats()),
         ]
         checks += [
             functools.partial(sink_reasons, sink.name, sink.failing, undelivered=undelivered)

@@ -36,10 +36,11 @@ from typing import Any, Final
 import anyio
 import msgspec
 
+from .._health_log import describe_errors
 from .._ids import validate_job_id
 from ..engine import Poller
 from ..errors import ConfigError, InvalidJobIdError, PollerError
-from ..events import TrackingFailure, Transition
+from ..events import Stats, TrackingFailure, Transition
 from ..testing import JobsSimulator, SimServer
 from .config import Settings, engine_options, load_settings
 from .logs import configure_logging
@@ -233,17 +234,48 @@ async def watch(
             engine.track(job_id)
         view.start(tally)
         try:
-            with anyio.move_on_after(timeout_s):
-                async for event in stream:
-                    outcome = tally.observe(event)
-                    view.update(tally, outcome)
-                    if tally.done:
-                        break
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(_report_trouble, engine, view)
+                with anyio.move_on_after(timeout_s):
+                    async for event in stream:
+                        outcome = tally.observe(event)
+                        view.update(tally, outcome)
+                        if tally.done:
+                            break
+                tasks.cancel_scope.cancel()
             for outcome in tally.time_out(time.time()):
                 view.update(tally, outcome)
         finally:
             view.stop(tally)
     return tally.exit_status
+
+
+def trouble_line(stats: Stats) -> str | None:
+    """What goes wrong with the API, in one line, or None when nothing does: the API
+    unreachable, an organisation down, or degraded (its requests often fail)."""
+    if stats.api.state == "down":
+        return f"API unreachable: {describe_errors(stats.api.recent_errors, stats.api.since)}"
+    for state, words in (("down", "is down"), ("degraded", "is degraded")):
+        for org_id, org in sorted(stats.by_org.items()):
+            health = org.health
+            if health.state == state:
+                errors = describe_errors(health.recent_errors, health.since)
+                share = f"{health.error_share:.0%} of requests failing: " if state != "down" else ""
+                return f"organisation {org_id} {words}: {share}{errors}"
+    return None
+
+
+async def _report_trouble(engine: Poller, view: View, every_s: float = 1.0) -> None:
+    shown: str | None = None
+    while True:
+        await anyio.sleep(every_s)
+        line = trouble_line(engine.stats())
+        # A line's counts grow while the trouble lasts: show it again on a new state only.
+        if (line is None) != (shown is None) or (
+            line is not None and shown is not None and line.split(":")[0] != shown.split(":")[0]
+        ):
+            view.trouble(line)
+            shown = line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,9 @@
   most every ``every_s``.
 - :class:`JsonView` (``--json``): one JSON object per finished job on standard output,
   nothing else.
+
+Every view but the JSON one also says when the API fails (``API unreachable:
+ConnectError x4 since 12:03:11``), and when it answers again.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ class View(Protocol):
 
     def stop(self, tally: Tally) -> None:
         """At the end (also on errors and interruption)."""
+
+    def trouble(self, line: str | None) -> None:
+        """What is going wrong with the API (``API unreachable: ConnectError x4 since
+        12:03:11``), when it changes; None once it is over."""
 
 
 def describe(outcome: Outcome) -> str:
@@ -80,6 +87,9 @@ class JsonView:
     def stop(self, tally: Tally) -> None:
         """Nothing more."""
 
+    def trouble(self, line: str | None) -> None:
+        """Nothing: standard output is for the outcomes (the log says it, on stderr)."""
+
 
 class PlainView:
     """Finished jobs on ``out``; throttled progress lines on ``err``."""
@@ -107,6 +117,11 @@ class PlainView:
     def stop(self, tally: Tally) -> None:
         """The final counts."""
         self._progress(tally, force=True)
+
+    def trouble(self, line: str | None) -> None:
+        """The trouble, or that it is over, on ``err``."""
+        self._err.write((line or "the API answers again") + "\n")
+        self._err.flush()
 
     def _progress(self, tally: Tally, *, force: bool = False) -> None:
         line = summary(tally)
@@ -156,6 +171,13 @@ class RichView:
         """Leave the final bar on screen."""
         self._progress.update(self._task, completed=tally.finished, description=self._counts(tally))
         self._progress.stop()
+
+    def trouble(self, line: str | None) -> None:
+        """Print the trouble above the bar."""
+        if line is None:
+            self._progress.console.print("the API answers again", style="green", highlight=False)
+        else:
+            self._progress.console.print(line, style="yellow", highlight=False)
 
     @staticmethod
     def _counts(tally: Tally) -> str:
