@@ -68,7 +68,7 @@ PROBE_MAX_S: Final = 10.0
 RAMP_S: Final = 5.0
 """After an outage, the rate doubles every second from the steady one for this long."""
 DEGRADED_SHARE: Final = 0.1
-DEGRADED_MIN: Final = 5
+DEGRADED_MIN: Final = 10
 LOAD_SHARE: Final = 0.2
 LOAD_MIN_503: Final = 5
 LOAD_BACKGROUND_FACTOR: Final = 3.0

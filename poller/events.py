@@ -82,7 +82,7 @@ class HealthStats(msgspec.Struct, frozen=True, kw_only=True):
 
     Attributes:
         state: ``"ok"``; ``"throttled"`` (the server asked to slow down in the last 10 s);
-            ``"degraded"`` (10% or more of the requests of the last 10 s failed, 5 at
+            ``"degraded"`` (10% or more of the requests of the last 10 s failed, 10 at
             least); ``"down"`` (most requests fail: one probe at a time until one is
             answered); ``"recovering"`` (answered again: the rate is ramping back up).
         since: when the current trouble began (its first failed request, Unix seconds);
