@@ -286,12 +286,17 @@ class Health:
         return self.state is HealthState.OK
 
     def _trip(self, now: float) -> None:
-        # The steady rate: requests a second over the last whole seconds before the streak
-        # began (the streak's own retries are not the normal pace).
-        first = int(self.streak_since)
-        seconds = range(max(first - _STEADY_S, self._epoch - WINDOW_S + 1), first)
+        # The steady rate, to come back at: requests a second over the last _STEADY_S
+        # seconds before the streak began (its own retries are not the normal pace): the
+        # whole seconds before, and the answers of the second it began in.
+        began = self.streak_since
+        first = int(began)
+        seconds = range(max(first - _STEADY_S + 1, self._epoch - WINDOW_S + 1), first)
         total = sum(self._bins[s % WINDOW_S][0] + self._bins[s % WINDOW_S][1] for s in seconds)
-        self.steady_per_s = max(_MIN_STEADY_PER_S, total / len(seconds) if seconds else 0.0)
+        if first > self._epoch - WINDOW_S:
+            total += self._bins[first % WINDOW_S][0]
+        span = len(seconds) + (began - first)
+        self.steady_per_s = max(_MIN_STEADY_PER_S, total / span if span > 0.5 else 0.0)
         self.state = HealthState.DOWN
         self.state_since = now
         self.probe = None
