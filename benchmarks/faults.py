@@ -277,25 +277,33 @@ def run(quick: bool = False) -> dict[str, Any]:
     jobs = 300 if quick else 1500
     outage_s = 20.0 if quick else 60.0
     table = []
+    scenarios = {scenario.name: scenario for scenario in _scenarios()}
     for scenario in _scenarios():
         if quick and scenario.name == "none (again)":
             continue
         row = anyio.run(_run, scenario, jobs, outage_s, 7)
         log(f"{NAME}: {row}")
         table.append(row)
-    base = table[0]
+    # The baseline: the fault-free runs, first and last (their spread is the method's).
+    clean = [
+        row
+        for row in table
+        if scenarios[row["faults"]].faults is None and not scenarios[row["faults"]].outage
+    ]
+    base_lag = sum(row["mean_lag_s"] for row in clean) / len(clean)
+    base_answered = sum(row["answered_per_job"] for row in clean) / len(clean)
     for row in table:
-        row["lag_vs_none"] = round(row["mean_lag_s"] / base["mean_lag_s"], 2)
-        row["answered_vs_none"] = round(row["answered_per_job"] / base["answered_per_job"], 2)
+        row["lag_vs_none"] = round(row["mean_lag_s"] / base_lag, 2)
+        row["answered_vs_none"] = round(row["answered_per_job"] / base_answered, 2)
     goals = []
-    for row, scenario in zip(
-        table, [s for s in _scenarios() if s.name in {r["faults"] for r in table}], strict=True
-    ):
+    for row in table:
+        scenario = scenarios[row["faults"]]
         if scenario.lag_goal:
             goals.append(
                 {
-                    "goal": f"{row['faults']}: mean lag <= {_LAG_GOAL}x and answered requests "
-                    f"<= {_REQUEST_GOAL}x the fault-free run's, no job lost",
+                    "goal": f"{row['faults']}: mean lag and answered requests against the "
+                    "fault-free run's, no job lost",
+                    "target": f"<= {_LAG_GOAL}x, <= {_REQUEST_GOAL}x, 0",
                     "measured": f"{row['lag_vs_none']}x lag, {row['answered_vs_none']}x "
                     f"requests, {row['lost']} lost",
                     "met": row["lag_vs_none"] <= _LAG_GOAL
@@ -309,11 +317,12 @@ def run(quick: bool = False) -> dict[str, Any]:
                 {
                     "goal": f"{row['faults']}: normal pace within {_RECOVERY_GOAL_S:g} s of the "
                     "first success, no more than the steady rate in the first second, no job lost",
+                    "target": f"<= {_RECOVERY_GOAL_S:g} s, <= steady, 0",
                     "measured": f"pace back after {row.get('paced_after_s')} s, {first} requests "
                     f"in the first second (steady {row.get('steady_per_s')}/s), {row['lost']} lost",
                     "met": first is not None
                     and row["paced_after_s"] <= _RECOVERY_GOAL_S
-                    and first <= 1.1 * row["steady_per_s"] + 1
+                    and first <= row["steady_per_s"]
                     and row["lost"] == 0,
                 }
             )
@@ -321,15 +330,19 @@ def run(quick: bool = False) -> dict[str, Any]:
             goals.append(
                 {
                     "goal": f"{row['faults']}: no job lost",
+                    "target": "0",
                     "measured": f"{row['lost']} lost",
                     "met": row["lost"] == 0,
                 }
             )
     discovery = _discovery_rows(quick)
     for row in discovery:
+        if "1%" not in row["run"]:
+            continue  # the 3% runs are shown, not held to the goal (3% of the limit is 503s)
         goals.append(
             {
-                "goal": f"discovery, {row['run']}: >= 90% of the limit used and <= 1% 429s",
+                "goal": f"discovery, {row['run']}: share of the limit used (200s), 429s",
+                "target": ">= 90%, <= 1%",
                 "measured": f"{row['utilization']:.1%} used, {row['throttled_share']:.2%} 429s",
                 "met": row["utilization"] >= 0.9 and row["throttled_share"] <= 0.01,
             }

@@ -224,7 +224,40 @@ def _latency(result: Mapping[str, Any], context: Mapping[str, Any]) -> list[str]
     return [markdown_table(result["table"]), ""]
 
 
+def _faults(result: Mapping[str, Any], context: Mapping[str, Any]) -> list[str]:
+    columns = [
+        "faults",
+        "requests_per_job",
+        "answered_per_job",
+        "mean_lag_s",
+        "p95_lag_s",
+        "lag_vs_none",
+        "lost",
+        "unfinished",
+    ]
+    table = result["table"]
+    lines = [markdown_table(table, _columns(table, columns)), ""]
+    outages = [row for row in table if "first_second_requests" in row]
+    if outages:
+        recovery = [
+            "faults",
+            "down_requests_per_s",
+            "steady_per_s",
+            "first_second_requests",
+            "paced_after_s",
+            "caught_up_after_s",
+        ]
+        lines += ["The outages, from the first success after the API came back:", ""]
+        lines += [markdown_table(outages, recovery), ""]
+    discovery = result.get("discovery")
+    if discovery:
+        lines += ["Discovering an undisclosed 50 req/s limit with random 503s on top:", ""]
+        lines += [markdown_table(discovery), ""]
+    return lines
+
+
 RENDERERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], list[str]]] = {
+    "faults": _faults,
     "throughput": _throughput,
     "memory": _memory,
     "decode": _decode,

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import decode, report, throughput  # noqa: E402
+from benchmarks import decode, faults, report, throughput  # noqa: E402
 from benchmarks.__main__ import discover  # noqa: E402
 
 MACHINE = {
@@ -199,3 +199,50 @@ def test_without_a_counted_side_by_side_round_the_runs_one_at_a_time_decide() ->
     row = {"(b)/(a) polls/s": 0.84, "side_by_side": None}
     assert throughput._vs_bare(row) == 0.84
     assert "no paired round counted" in throughput._vs_bare_text(row)
+
+
+def test_the_fault_benchmark_measures_the_recovery_from_the_request_log() -> None:
+    """Steady rate before the outage, requests in the first second after the first
+    success, when the pace was back, when every job that changed meanwhile was seen."""
+    from poller.testing import Change, JobsSimulator
+    from poller.testing._log import RequestRecord
+
+    sim = JobsSimulator(seed=1, clock=lambda: 0.0)
+    sim.add_org("org_a")
+    job = sim.add_job(org_id="org_a", script=[Change("queued", 0.0), Change("completed", 50.0)])
+    records = [RequestRecord(t / 10, "org_a", job, "GET", "/", 200, None) for t in range(0, 100)]
+    records += [RequestRecord(70.0 + t / 10, "org_a", job, "GET", "/", 200, None) for t in range(5)]
+    records += [
+        RequestRecord(71.0 + t / 20, "org_a", job, "GET", "/", 200, None) for t in range(40)
+    ]
+    outage = {"start": 10.0, "end": 69.5, "requests": 119.0}
+    seen = {job: [("queued", 1.0), ("completed", 72.5)]}
+    figures = faults._recovery(records, outage, seen, sim, [job])
+    assert figures == {
+        "down_requests_per_s": 2.0,
+        "steady_per_s": 10.0,
+        "first_second_requests": 5,
+        "paced_after_s": 0.4,
+        "caught_up_after_s": 2.5,
+    }
+
+
+def test_the_fault_benchmark_section_renders_its_tables() -> None:
+    row = {
+        "faults": "none",
+        "requests_per_job": 5.0,
+        "answered_per_job": 5.0,
+        "mean_lag_s": 1.0,
+        "p95_lag_s": 3.0,
+        "lag_vs_none": 1.0,
+        "lost": 0,
+        "unfinished": 1,
+    }
+    outage = {**row, "faults": "outage 60 s, refused", "down_requests_per_s": 3.0,
+              "steady_per_s": 280.0, "first_second_requests": 250, "paced_after_s": 0.0,
+              "caught_up_after_s": 1.3}  # fmt: skip
+    discovery = [{"run": "HTTP, whole engine, 1% 503", "utilization": 0.92}]
+    result = {"name": "faults", "table": [row, outage], "discovery": discovery}
+    text = "\n".join(report._faults(result, {}))
+    assert "| outage 60 s, refused |" in text and "first_second_requests" in text
+    assert "HTTP, whole engine, 1% 503" in text
