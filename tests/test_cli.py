@@ -471,13 +471,14 @@ async def test_watch_says_when_the_api_is_unreachable() -> None:
         port = unused.getsockname()[1]
     settings = Settings(api_key=Secret(KEY), base_url=f"http://127.0.0.1:{port}")
     out, err = io.StringIO(), io.StringIO()
-    status = await watch(["job_x"], PlainView(out, err), settings=settings, timeout_s=4.0)
+    status = await watch(["job_x"], PlainView(out, err), settings=settings, timeout_s=2.5)
     assert status == 1
     assert out.getvalue().startswith("job_x  timed_out")
     lines = err.getvalue().splitlines()
-    trouble = [line for line in lines if line.startswith("API unreachable: ConnectError x")]
+    trouble = [line for line in lines if line.startswith("API not answering: the last ")]
+    trouble += [line for line in lines if line.startswith("API unreachable: ConnectError x")]
     assert trouble, lines
-    assert " since " in trouble[0]
+    assert "ConnectError x" in trouble[0] and " since " in trouble[0]
 
 
 def test_trouble_line_names_what_fails() -> None:
@@ -501,6 +502,9 @@ def test_trouble_line_names_what_fails() -> None:
 
     ok = HealthStats()
     assert trouble_line(stats(ok, org_a=ok)) is None
+    failing = HealthStats(streak=3, since=0.0, recent_errors={"ConnectError": 3})
+    line = trouble_line(stats(failing))
+    assert line is not None and line.startswith("API not answering: the last 3 requests failed")
     down = trouble_line(stats(health("down"), org_a=health("down")))
     assert down is not None and down.startswith("API unreachable: ServerError x7 since ")
     line = trouble_line(stats(ok, org_a=ok, org_b=health("degraded")))

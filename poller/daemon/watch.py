@@ -243,6 +243,10 @@ async def watch(
                         if tally.done:
                             break
                 tasks.cancel_scope.cancel()
+            if not tally.done:  # a watch cut short says what was going wrong, if anything
+                line = trouble_line(engine.stats())
+                if line is not None:
+                    view.trouble(line)
             for outcome in tally.time_out(time.time()):
                 view.update(tally, outcome)
         finally:
@@ -252,9 +256,16 @@ async def watch(
 
 def trouble_line(stats: Stats) -> str | None:
     """What goes wrong with the API, in one line, or None when nothing does: the API
-    unreachable, an organisation down, or degraded (its requests often fail)."""
-    if stats.api.state == "down":
-        return f"API unreachable: {describe_errors(stats.api.recent_errors, stats.api.since)}"
+    unreachable (or not answering yet: the last requests failed, none answered since),
+    an organisation down, or degraded (its requests often fail)."""
+    api = stats.api
+    if api.state == "down":
+        return f"API unreachable: {describe_errors(api.recent_errors, api.since)}"
+    if api.streak >= 2:
+        return (
+            f"API not answering: the last {api.streak} requests failed "
+            f"({describe_errors(api.recent_errors, api.since)})"
+        )
     for state, words in (("down", "is down"), ("degraded", "is degraded")):
         for org_id, org in sorted(stats.by_org.items()):
             health = org.health
