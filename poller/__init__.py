@@ -13,10 +13,8 @@ See the README for configuration, subscriptions and callbacks.
 """
 
 from ._callbacks import CallbackHandle, TransitionCallback
-from ._learn import LearnedDurations, LearnedKind
 from ._version import __version__
 from .auth import AuthScheme, Credential
-from .backoff import Backoff
 from .blocking import BlockingPoller
 from .engine import Poller
 from .errors import (
@@ -45,7 +43,9 @@ from .errors import (
 )
 from .events import Event, HealthStats, Histogram, OrgStats, Stats, TrackingFailure, Transition
 from .models import Endpoint, Job, JobError, JobResponse, JobStatus, JobWarning, Status
-from .ratelimit import RateLimit
+from .sched.backoff import Backoff
+from .sched.learn import LearnedDurations, LearnedKind
+from .sched.ratelimit import RateLimit
 from .subscription import Subscription, SubscriptionStatistics
 from .transport import AiohttpTransport, Transport
 

@@ -22,11 +22,11 @@ import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._callbacks import CallbackHandle, EventCallback, LatestTransitions, TransitionCallback
-from ._learn import LearnedDurations
 from .engine import Poller
 from .errors import PollerClosedError
 from .events import Event, Stats
 from .models import Job, JobStatus, Status
+from .sched.learn import LearnedDurations
 
 __all__ = ["BlockingPoller"]
 

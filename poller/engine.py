@@ -1,7 +1,7 @@
 """The engine: one scheduler, one connection pool, every tracked job.
 
 :class:`Poller` is the thin asynchronous shell around the pure
-:class:`~poller._core.Scheduler`. It owns one transport (one aiohttp session)
+:class:`~poller.sched.core.Scheduler`. It owns one transport (one aiohttp session)
 and one task group holding a fixed set of tasks, however many jobs are tracked:
 
 - ``max_connections`` workers. A worker asks the core for the next due job,
@@ -31,14 +31,11 @@ import anyio
 
 from ._boundary import detached
 from ._callbacks import CallbackHandle, CallbackRunner, EventCallback, TransitionCallback
-from ._core import Job, Scheduler
 from ._driver import Driver, Settle
 from ._ids import validate_job_id
-from ._learn import LearnedDurations
 from ._metrics import Recorder
 from ._waiting import wait_for_jobs
 from .auth import AuthScheme, Credential
-from .backoff import Backoff
 from .errors import (
     ConfigError,
     JobsFailedError,
@@ -51,7 +48,11 @@ from .errors import (
 from .events import Stats
 from .models import Job as FullJob
 from .models import JobStatus, Status
-from .ratelimit import AdaptiveBudget, Budget, RateLimit, TokenBucket
+from .sched.backoff import Backoff
+from .sched.core import Scheduler
+from .sched.learn import LearnedDurations
+from .sched.queue import Job
+from .sched.ratelimit import AdaptiveBudget, Budget, RateLimit, TokenBucket
 from .subscription import Subscription
 from .transport import AiohttpTransport, Transport
 
@@ -81,7 +82,7 @@ class Poller:
         request_timeout_s: limit on one request, connect to last byte.
         auth_scheme: ``"api-key"`` (``Api-Key`` header, the default) or ``"bearer"``.
         access_token: sent as the ``access_token`` query parameter with the default key.
-        backoff: polling intervals (see :class:`~poller.backoff.Backoff`).
+        backoff: polling intervals (see :class:`~poller.Backoff`).
         rate_limit: default budget of every organisation; None: uncapped until the server
             answers 429. Either way 429s pause the organisation for the ``Retry-After`` and
             lower its rate to what the server accepts, which then regrows (never past the
@@ -177,7 +178,7 @@ class Poller:
         self._workers = max_connections
         self._clock = clock
         self._subscriber_buffer = subscriber_buffer
-        self._core = Scheduler(
+        self._core: Scheduler[Credential] = Scheduler(
             backoff=backoff if backoff is not None else Backoff(),
             budget_for=self._budget_for,
             weight_for=self._weight_for,
@@ -298,7 +299,7 @@ class Poller:
         api_key: str | None,
         last_status: Status | None = None,
         last_seq: int = 0,
-    ) -> Job:
+    ) -> Job[Credential]:
         self._check_open()
         job_id = validate_job_id(job_id)
         job = self._core.get(job_id)

@@ -14,11 +14,12 @@ import msgspec
 import pytest
 
 from poller import JobNotFoundError, Status, TrackingFailure, Transition, __version__
-from poller.cli import main
+from poller.commands.cli import main
+from poller.commands.tally import Outcome, Tally
+from poller.commands.watch import trouble_line, watch
+from poller.commands.watch_view import JsonView, PlainView, RichView, describe, make_view
 from poller.daemon.config import Settings, engine_options, load_settings
 from poller.daemon.options import Secret
-from poller.daemon.watch import Outcome, Tally, trouble_line, watch
-from poller.daemon.watch_view import JsonView, PlainView, RichView, describe, make_view
 from poller.events import HealthStats, Histogram, OrgStats, Stats
 from poller.models import JobError, JobStatus
 from poller.testing import Change, SimServer

@@ -1,6 +1,6 @@
 """Properties of the scheduling core, for any sequence of results and clock advances.
 
-Hypothesis drives ``poller._core.Scheduler`` directly with a fake clock (no event loop)
+Hypothesis drives ``poller.sched.core.Scheduler`` directly with a fake clock (no event loop)
 through random interleavings of track, untrack, dispatch (``next_due``), outcomes (status
 payloads, 429 / 503 with and without ``Retry-After``, 5xx, resets, malformed bodies, 404,
 401) and clock advances, and checks after every step that:
@@ -31,10 +31,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from poller._buckets import Bucket
-from poller._core import Job, Scheduler
 from poller.auth import Credential
-from poller.backoff import Backoff
 from poller.errors import (
     AuthenticationError,
     ConnectionLostError,
@@ -46,7 +43,10 @@ from poller.errors import (
 )
 from poller.events import TrackingFailure, Transition
 from poller.models import Endpoint, JobStatus, Status
-from poller.ratelimit import AdaptiveBudget, RateLimit
+from poller.sched.backoff import Backoff
+from poller.sched.core import Scheduler
+from poller.sched.queue import Bucket, Job
+from poller.sched.ratelimit import AdaptiveBudget, RateLimit
 
 T0 = 1_700_000_000.0
 PER_S, BURST = 20.0, 2.0
@@ -230,7 +230,7 @@ class Harness:
             error = _error(kind, arg, job.job_id)
             org_known = KEYS[key] in self.core._key_orgs
             self.core.on_failure(job, error, self.now)
-            # A 503 pauses the organisation only when 503s track load (poller._health);
+            # A 503 pauses the organisation only when 503s track load (poller.sched.health);
             # else it holds back its own job only, for its Retry-After.
             load = kind == "503" and job.bucket.health.load_signal(self.now)
             if tracked_before and (kind == "429" or (load and arg is not None)):

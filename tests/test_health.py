@@ -1,6 +1,6 @@
 """Health of the API, in virtual time: faults against rate signals, outages, notices.
 
-First the pure :class:`poller._health.Health` with a fake clock, then the scheduling
+First the pure :class:`poller.sched.health.Health` with a fake clock, then the scheduling
 core driven through faults and outages by a small virtual-time loop (requests take
 ``LATENCY_S`` each, many in flight at once), no event loop and no sleeping.
 """
@@ -13,8 +13,20 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from poller._core import Job, Scheduler
-from poller._health import (
+from poller._health_log import notice_text
+from poller.auth import Credential
+from poller.errors import (
+    ConnectError,
+    ConnectionLostError,
+    RateLimitedError,
+    RequestError,
+    ServerError,
+)
+from poller.events import TrackingFailure, Transition
+from poller.models import Endpoint, JobStatus, Status
+from poller.sched.backoff import Backoff
+from poller.sched.core import Scheduler
+from poller.sched.health import (
     DEGRADED_MIN,
     PROBE_FIRST_S,
     PROBE_MAX_S,
@@ -25,19 +37,8 @@ from poller._health import (
     Health,
     HealthState,
 )
-from poller._health_log import notice_text
-from poller.auth import Credential
-from poller.backoff import Backoff
-from poller.errors import (
-    ConnectError,
-    ConnectionLostError,
-    RateLimitedError,
-    RequestError,
-    ServerError,
-)
-from poller.events import TrackingFailure, Transition
-from poller.models import Endpoint, JobStatus, Status
-from poller.ratelimit import AdaptiveBudget
+from poller.sched.queue import Job
+from poller.sched.ratelimit import AdaptiveBudget
 
 T0 = 1_700_000_000.0
 LATENCY_S = 0.05

@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from poller._learn import (
+from poller.errors import ConfigError
+from poller.models import Endpoint, JobStatus, Status
+from poller.sched.learn import (
     LAYOUT,
     DurationModel,
     DurationSketch,
@@ -22,8 +24,6 @@ from poller._learn import (
     steady_hazard_step,
     tail_step,
 )
-from poller.errors import ConfigError
-from poller.models import Endpoint, JobStatus, Status
 
 T0 = 1_800_000_000
 

@@ -20,7 +20,7 @@ FULLY_PUBLIC_MODULES = (
     "poller.errors",
     "poller.models",
     "poller.events",
-    "poller.backoff",
+    "poller.sched.backoff",
     "poller.engine",
     "poller.subscription",
     "poller.transport",

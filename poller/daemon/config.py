@@ -24,9 +24,9 @@ from typing import Any, Final
 import msgspec
 
 from ..auth import Credential, is_loopback, resolve_base_url
-from ..backoff import Backoff
 from ..errors import ConfigError
-from ..ratelimit import RateLimit
+from ..sched.backoff import Backoff
+from ..sched.ratelimit import RateLimit
 from .options import BY_NAME, OPTIONS, Secret, text
 
 __all__ = [

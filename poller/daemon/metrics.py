@@ -13,8 +13,8 @@ from typing import Final
 
 import msgspec
 
-from .._health import HealthState
 from ..events import Histogram, Stats
+from ..sched.health import HealthState
 
 __all__ = ["CONTENT_TYPE", "SinkCounters", "render"]
 

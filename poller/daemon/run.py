@@ -33,9 +33,9 @@ from typing import Final
 import anyio
 import msgspec
 
-from .._learn import LearnedDurations
 from ..engine import Poller
 from ..errors import ConfigError
+from ..sched.learn import LearnedDurations
 from ..transport import Transport
 from .api import ControlServer, build_app
 from .config import Settings, engine_options

@@ -20,7 +20,7 @@ from typing import Final, Protocol
 
 import msgspec
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["AdaptiveBudget", "Budget", "ProbeBudget", "RateLimit", "TokenBucket"]
 

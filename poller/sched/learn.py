@@ -23,7 +23,7 @@ optimal inspection rule for minimising lag plus ``theta`` per request (for a ste
 hazard ``h`` it gives ``d = sqrt(2 theta / h)``): jobs likely to change soon are
 polled often, jobs unlikely to change for a while are left alone. ``theta`` is
 ``Backoff.request_cost_s`` times the organisation's pressure (see
-``poller._buckets``), so a scarce budget goes where a change is likeliest.
+``poller.sched.queue``), so a scarce budget goes where a change is likeliest.
 
 ``G`` comes from a precomputed table per key (ages x steps), rebuilt as samples
 arrive, so finding the step for a threshold costs a binary search.
@@ -44,8 +44,8 @@ from typing import Final, Literal, TypeAlias
 
 import msgspec
 
-from .errors import ConfigError
-from .models import JobStatus, Status
+from ..errors import ConfigError
+from ..models import JobStatus, Status
 
 __all__ = [
     "DurationModel",
