@@ -472,9 +472,13 @@ async def test_watch_says_when_the_api_is_unreachable() -> None:
         port = unused.getsockname()[1]
     settings = Settings(api_key=Secret(KEY), base_url=f"http://127.0.0.1:{port}")
     out, err = io.StringIO(), io.StringIO()
-    status = await watch(["job_x"], PlainView(out, err), settings=settings, timeout_s=4.0)
+    # Enough jobs that requests fail without pause, whatever the jitter of their retries:
+    # the breaker trips within about a second and its probes tell the API is down by 3 s
+    # (one job alone may send too few requests in 4 s to tell).
+    job_ids = [f"job_{i}" for i in range(20)]
+    status = await watch(job_ids, PlainView(out, err), settings=settings, timeout_s=4.0)
     assert status == 1
-    assert out.getvalue().startswith("job_x  timed_out")
+    assert out.getvalue().startswith("job_0  timed_out")
     lines = err.getvalue().splitlines()
     trouble = [line for line in lines if line.startswith("API unreachable: ConnectError x")]
     assert trouble, lines
