@@ -30,7 +30,7 @@ from .errors import PollerError, RequestError, TransportError
 from .events import Event
 from .models import JobStatus
 from .sched.core import Scheduler
-from .sched.queue import Job
+from .sched.queue import TrackedJob
 from .subscription import Subscription
 from .transport import AiohttpTransport, Transport
 
@@ -67,7 +67,7 @@ class Driver:
         self.callbacks = callbacks
         self.waiters = waiters
         self.subscriptions = subscriptions
-        self.idle: deque[asyncio.Future[Job[Credential]]] = deque()
+        self.idle: deque[asyncio.Future[TrackedJob[Credential]]] = deque()
         self.wake: asyncio.Future[None] | None = None
         self.sleep_until = 0.0
 
@@ -119,7 +119,7 @@ class Driver:
         while True:
             job = core.next_due(now)
             if job is None:
-                parked: asyncio.Future[Job[Credential]] = loop.create_future()
+                parked: asyncio.Future[TrackedJob[Credential]] = loop.create_future()
                 self.idle.append(parked)
                 if self.sleep_until == float("inf"):
                     self.poke()  # the dispatcher was waiting for an idle worker
@@ -198,7 +198,7 @@ def _fetcher(transport: Transport) -> Callable[[str, Credential], Awaitable[JobS
     return transport.get_status
 
 
-def _log_unexpected(exc: Exception, job: Job[Credential]) -> None:
+def _log_unexpected(exc: Exception, job: TrackedJob[Credential]) -> None:
     """Log what a transport raised outside its contract, scrubbed of the job's secrets
     (a custom transport's message may quote its URL or headers)."""
     text = "".join(traceback.format_exception(exc))

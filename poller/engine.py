@@ -46,12 +46,11 @@ from .errors import (
     UntrackedError,
 )
 from .events import Stats
-from .models import Job as FullJob
-from .models import JobStatus, Status
+from .models import Job, JobStatus, Status
 from .sched.backoff import Backoff
 from .sched.core import Scheduler
 from .sched.learn import LearnedDurations
-from .sched.queue import Job
+from .sched.queue import TrackedJob
 from .sched.ratelimit import AdaptiveBudget, Budget, RateLimit, TokenBucket
 from .subscription import Subscription
 from .transport import AiohttpTransport, Transport
@@ -299,7 +298,7 @@ class Poller:
         api_key: str | None,
         last_status: Status | None = None,
         last_seq: int = 0,
-    ) -> Job[Credential]:
+    ) -> TrackedJob[Credential]:
         self._check_open()
         job_id = validate_job_id(job_id)
         job = self._core.get(job_id)
@@ -477,7 +476,7 @@ class Poller:
         include_request: bool = False,
         include_response: bool = True,
         api_key: str | None = None,
-    ) -> FullJob:
+    ) -> Job:
         """Fetch the full job (``GET /v1/jobs/{job_id}``) over the same pool and budget.
 
         Raises:

@@ -56,7 +56,7 @@ from .queue import (
     Bucket,
     C,
     FairQueue,
-    Job,
+    TrackedJob,
 )
 from .ratelimit import Budget, ProbeBudget, TokenBucket
 
@@ -139,21 +139,21 @@ class Scheduler(Generic[C]):
         self._intake_cursor = 0.0
         self._retention_s = terminal_retention_s
         self._expiry_grace_s = expiry_grace_s
-        self._jobs: dict[str, Job[C]] = {}
+        self._jobs: dict[str, TrackedJob[C]] = {}
         self._buckets: dict[str, Bucket] = {}
         self._key_orgs: dict[C, str] = {}
         self._refused: dict[C, tuple[PollerError, float]] = {}
         self._users: dict[C, int] = {}  # jobs in the table, per credential
-        self._retired: deque[tuple[float, Job[C]]] = deque()
+        self._retired: deque[tuple[float, TrackedJob[C]]] = deque()
         self._next_sweep = 0.0
         self._api = Health("api", breaker=False)
         self._next_check = 0.0
         self.new_notices: list[Notice] = []  # drained by take_notices
         # Drained by take_events / take_finished; the driver may test them for emptiness.
         self.new_events: list[Event] = []
-        self.new_finished: list[Job[C]] = []
+        self.new_finished: list[TrackedJob[C]] = []
         self._counts: dict[str, int] = {}
-        self._flying: set[Job[C]] = set()
+        self._flying: set[TrackedJob[C]] = set()
         self.transitions = 0
         self.failures = 0
 
@@ -165,11 +165,11 @@ class Scheduler(Generic[C]):
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._jobs
 
-    def get(self, job_id: str) -> Job[C] | None:
+    def get(self, job_id: str) -> TrackedJob[C] | None:
         """The tracked job, or None."""
         return self._jobs.get(job_id)
 
-    def jobs(self) -> Iterator[Job[C]]:
+    def jobs(self) -> Iterator[TrackedJob[C]]:
         """Every job in the table."""
         return iter(self._jobs.values())
 
@@ -214,7 +214,7 @@ class Scheduler(Generic[C]):
         """Whether :meth:`take_finished` has anything (cheap: the hot path asks each poll)."""
         return bool(self.new_finished)
 
-    def take_finished(self) -> list[Job[C]]:
+    def take_finished(self) -> list[TrackedJob[C]]:
         """The jobs that finished (terminal, or tracking failed) since the last call. Not
         every finish is an event: a job resumed in a terminal status finishes silently."""
         finished, self.new_finished = self.new_finished, []
@@ -237,7 +237,7 @@ class Scheduler(Generic[C]):
         *,
         last_status: Status | None = None,
         last_seq: int = 0,
-    ) -> Job[C]:
+    ) -> TrackedJob[C]:
         """Start tracking ``job_id`` (validated by the caller); idempotent.
 
         A job already in the table is returned as is, whatever its state. A job whose
@@ -248,7 +248,7 @@ class Scheduler(Generic[C]):
         job = self._jobs.get(job_id)
         if job is not None:
             return job
-        job = Job(job_id, credential, self._bucket_for(credential, None))
+        job = TrackedJob(job_id, credential, self._bucket_for(credential, None))
         job.bucket.join()
         job.status, job.seq = last_status, last_seq
         self._jobs[job_id] = job
@@ -268,7 +268,7 @@ class Scheduler(Generic[C]):
         self._push(job, due)
         return job
 
-    def untrack(self, job_id: str) -> Job[C] | None:
+    def untrack(self, job_id: str) -> TrackedJob[C] | None:
         """Stop tracking ``job_id``; returns the removed job, or None if it was not tracked.
         A request in flight for it completes, and its result is ignored."""
         job = self._jobs.pop(job_id, None)
@@ -285,7 +285,7 @@ class Scheduler(Generic[C]):
 
     # -- the poll cycle ----------------------------------------------------------
 
-    def next_due(self, now: float) -> Job[C] | None:
+    def next_due(self, now: float) -> TrackedJob[C] | None:
         """The next job to poll now, with its budget already charged; None if nothing is
         due (or every due job's budget is spent). The job is in flight until its outcome
         is reported."""
@@ -299,7 +299,7 @@ class Scheduler(Generic[C]):
             self._flying.add(job)
         return job
 
-    def on_success(self, job: Job[C], payload: JobStatus, now: float) -> None:
+    def on_success(self, job: TrackedJob[C], payload: JobStatus, now: float) -> None:
         """Record a status payload for a job returned by :meth:`next_due`."""
         # The hot path of every poll: _landed inlined.
         if job not in self._flying:
@@ -371,7 +371,7 @@ class Scheduler(Generic[C]):
             job.phase = SCHEDULED
             self._queue.push(job.bucket, job, due)
 
-    def on_failure(self, job: Job[C], error: RequestError, now: float) -> None:
+    def on_failure(self, job: TrackedJob[C], error: RequestError, now: float) -> None:
         """Record a failed request for a job returned by :meth:`next_due`.
 
         A 429 is a rate signal: the organisation pauses and slows down. A fault (5xx,
@@ -445,7 +445,7 @@ class Scheduler(Generic[C]):
             retry_after_s = min(retry_after_s, self._backoff.error_max_s)
         self._retry_at(job, now, self._backoff.error_delay_s(job.errors, retry_after_s, self._rng))
 
-    def abandon(self, job: Job[C], error: PollerError, now: float) -> None:
+    def abandon(self, job: TrackedJob[C], error: PollerError, now: float) -> None:
         """End tracking of ``job`` with ``error`` whatever state it is in: the driver's last
         resort when recording an outcome failed (a bug must cost one job, not the engine)."""
         self._flying.discard(job)
@@ -469,7 +469,9 @@ class Scheduler(Generic[C]):
 
     # -- internals ---------------------------------------------------------------
 
-    def _landed_gated(self, job: Job[C], bucket: Bucket, now: float, *, answered: bool) -> None:
+    def _landed_gated(
+        self, job: TrackedJob[C], bucket: Bucket, now: float, *, answered: bool
+    ) -> None:
         """An outcome for a bucket whose breaker is not closed: the probe ended, or the
         scope came back."""
         health = bucket.health
@@ -517,7 +519,7 @@ class Scheduler(Generic[C]):
             else:
                 self._note(bucket.health, now)
 
-    def _landed(self, job: Job[C]) -> bool:
+    def _landed(self, job: TrackedJob[C]) -> bool:
         """Account for a returning request; False if the job left the table meanwhile (or
         its outcome was already recorded)."""
         if job not in self._flying:
@@ -525,11 +527,11 @@ class Scheduler(Generic[C]):
         self._flying.discard(job)
         return job.phase == IN_FLIGHT
 
-    def _push(self, job: Job[C], due: float) -> None:
+    def _push(self, job: TrackedJob[C], due: float) -> None:
         job.phase = SCHEDULED
         self._queue.push(job.bucket, job, due)
 
-    def _next_poll(self, job: Job[C], payload: JobStatus, now: float) -> float:
+    def _next_poll(self, job: TrackedJob[C], payload: JobStatus, now: float) -> float:
         """When to poll next a job whose status did not end tracking (level 0), and how its
         lag piles up meanwhile (for the higher levels)."""
         backoff = self._backoff
@@ -565,7 +567,7 @@ class Scheduler(Generic[C]):
             step = backoff.max_interval_s
         return now + step
 
-    def _retry_at(self, job: Job[C], now: float, delay_s: float) -> None:
+    def _retry_at(self, job: TrackedJob[C], now: float, delay_s: float) -> None:
         """Retry a failed request after ``delay_s``; while it waits, it gains priority as
         slowly as a job with a steady hazard."""
         bucket = job.bucket
@@ -579,7 +581,7 @@ class Scheduler(Generic[C]):
         job.seen_at = 0.0
         self._push(job, now + delay_s)
 
-    def _crossing(self, job: Job[C], level: int) -> float:
+    def _crossing(self, job: TrackedJob[C], level: int) -> float:
         """When ``job``'s piled-up lag reaches the threshold of ``level`` (>= 1)."""
         theta = self._backoff.request_cost_s * LEVEL_GROWTH**level
         if job.row is not None:
@@ -603,7 +605,7 @@ class Scheduler(Generic[C]):
             self._buckets[key] = bucket
         return bucket
 
-    def _learn_org(self, job: Job[C], org_id: str, now: float) -> None:
+    def _learn_org(self, job: TrackedJob[C], org_id: str, now: float) -> None:
         """The first answer for a key names its organisation. The key's bucket merges into
         the organisation's: one budget, and one queue, so the key's first polls and the
         organisation's re-polls go in due order instead of taking turns."""
@@ -622,19 +624,19 @@ class Scheduler(Generic[C]):
         key_bucket.budget = org_bucket.budget
 
     @staticmethod
-    def _move(job: Job[C], bucket: Bucket) -> None:
+    def _move(job: TrackedJob[C], bucket: Bucket) -> None:
         if job.phase != REMOVED:  # an untracked job in flight is no member any more
             job.bucket.members -= 1
             bucket.join()
         job.bucket = bucket
 
-    def _finish(self, job: Job[C], final: JobStatus | PollerError, now: float) -> None:
+    def _finish(self, job: TrackedJob[C], final: JobStatus | PollerError, now: float) -> None:
         job.phase = DONE
         job.final = final
         self.new_finished.append(job)
         self._retired.append((now + self._retention_s, job))
 
-    def _fail(self, job: Job[C], error: PollerError, now: float) -> None:
+    def _fail(self, job: TrackedJob[C], error: PollerError, now: float) -> None:
         self._count(self._count_key(job), -1)
         self._finish(job, error, now)
         self._count(ERROR, 1)
@@ -693,7 +695,7 @@ class Scheduler(Generic[C]):
         if key in self._buckets and not len(self._buckets[key]):
             del self._buckets[key]
 
-    def _count_key(self, job: Job[C]) -> str:
+    def _count_key(self, job: TrackedJob[C]) -> str:
         if isinstance(job.final, PollerError):
             return ERROR
         return job.status.value if job.status is not None else PENDING

@@ -1,6 +1,6 @@
 """Tracked jobs, buckets and the fair queue: which job, of which organisation, is polled next.
 
-A :class:`Job` is what the scheduler knows of one tracked job; its ``phase`` says
+A :class:`TrackedJob` is what the scheduler knows of one tracked job; its ``phase`` says
 where it is (waiting in a bucket, in flight, done, removed). A *bucket* holds the
 jobs that share one rate budget (an organisation, or a key whose organisation is not
 known yet).
@@ -54,8 +54,8 @@ __all__ = [
     "Bucket",
     "Crossing",
     "FairQueue",
-    "Job",
     "Principal",
+    "TrackedJob",
 ]
 
 LEVELS: Final = 10
@@ -93,7 +93,7 @@ class Principal(Protocol):
 C = TypeVar("C", bound=Principal)
 
 
-class Job(Generic[C]):
+class TrackedJob(Generic[C]):
     """One tracked job: what the scheduler knows of it. Opaque to users.
 
     Kept small on purpose (slots, small ints, shared status members): the engine
@@ -134,7 +134,7 @@ class Job(Generic[C]):
         self.errors = 0
         self.final: JobStatus | PollerError | None = None
 
-    def __lt__(self, other: Job[Any]) -> bool:
+    def __lt__(self, other: TrackedJob[Any]) -> bool:
         # Only consulted when two jobs are due at the same instant: keep it deterministic.
         return self.job_id < other.job_id
 
@@ -144,13 +144,13 @@ class Job(Generic[C]):
         return self.phase == DONE
 
     def __repr__(self) -> str:
-        return f"<Job {self.job_id!r} status={self.status} phase={self.phase}>"
+        return f"<TrackedJob {self.job_id!r} status={self.status} phase={self.phase}>"
 
 
-Crossing = Callable[[Job[Any], int], float]
+Crossing = Callable[[TrackedJob[Any], int], float]
 """When a job's piled-up lag reaches level ``k``'s threshold (``k >= 1``)."""
 
-_Entry = tuple[float, Job[Any]]
+_Entry = tuple[float, TrackedJob[Any]]
 
 
 class Bucket:
@@ -215,7 +215,7 @@ class Bucket:
             self.stale -= 1
         return None
 
-    def push(self, job: Job[Any], due: float) -> None:
+    def push(self, job: TrackedJob[Any], due: float) -> None:
         """File ``job`` as due at ``due`` (on level 0)."""
         heapq.heappush(self.levels[0], (due, job))
 
@@ -248,7 +248,7 @@ class Bucket:
                 heapq.heappush(levels[level + 1], (crossing(job, level + 1), job))
                 self.climbed += level == 0
 
-    def pop_best(self, now: float) -> Job[Any] | None:
+    def pop_best(self, now: float) -> TrackedJob[Any] | None:
         """Remove and return the due job with the most lag piled up: the top of the highest
         level climbed (see :meth:`climb`), else the earliest due; None when none is due."""
         if self.climbed:
@@ -334,7 +334,7 @@ class FairQueue:
         if not bucket.in_fair and bucket.next_due() is not None:
             self._wait(bucket, at)
 
-    def push(self, bucket: Bucket, job: Job[Any], due: float) -> None:
+    def push(self, bucket: Bucket, job: TrackedJob[Any], due: float) -> None:
         """File ``job`` in ``bucket`` and make sure the bucket is looked at in time."""
         heapq.heappush(bucket.levels[0], (due, job))  # Bucket.push, inlined: every poll
         if not bucket.in_fair:
@@ -342,7 +342,7 @@ class FairQueue:
             if waiting_at is None or due < waiting_at:
                 self._wait(bucket, due)
 
-    def take(self, now: float) -> Job[Any] | None:
+    def take(self, now: float) -> TrackedJob[Any] | None:
         """Pop the next job to send now, its budgets charged; None if none may go now."""
         waiting = self._waiting
         while waiting and waiting[0][0] <= now:
