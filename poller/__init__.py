@@ -13,6 +13,7 @@ See the README for configuration, subscriptions and callbacks.
 """
 
 from ._callbacks import CallbackHandle, TransitionCallback
+from ._ids import validate_job_id
 from ._version import __version__
 from .auth import AuthScheme, Credential
 from .blocking import BlockingPoller
@@ -42,7 +43,7 @@ from .errors import (
     UntrackedError,
 )
 from .events import Event, HealthStats, Histogram, OrgStats, Stats, TrackingFailure, Transition
-from .models import Endpoint, Job, JobError, JobResponse, JobStatus, JobWarning, Status
+from .models import Endpoint, Job, JobError, JobId, JobResponse, JobStatus, JobWarning, Status
 from .sched.backoff import Backoff
 from .sched.learn import LearnedDurations, LearnedKind
 from .sched.ratelimit import RateLimit
@@ -69,6 +70,7 @@ __all__ = [
     "InvalidJobIdError",
     "Job",
     "JobError",
+    "JobId",
     "JobNotFoundError",
     "JobResponse",
     "JobStatus",
@@ -101,4 +103,5 @@ __all__ = [
     "UnexpectedStatusError",
     "UntrackedError",
     "__version__",
+    "validate_job_id",
 ]

@@ -28,18 +28,20 @@ from ._metrics import Recorder
 from .auth import Credential
 from .errors import PollerError, RequestError, TransportError
 from .events import Event
-from .models import JobStatus
+from .models import JobId, JobStatus
 from .sched.core import Scheduler
 from .sched.queue import TrackedJob
 from .subscription import Subscription
-from .transport import AiohttpTransport, Transport
 
-__all__ = ["Driver", "Settle"]
+__all__ = ["Driver", "FetchStatus", "Settle"]
 
 log = logging.getLogger("poller")
 
 Settle = Callable[[JobStatus | PollerError], None]
 """Told a job's outcome: its terminal payload, or the error that ended its tracking."""
+FetchStatus = Callable[[JobId, Credential], Awaitable[JobStatus]]
+"""How the workers fetch a status: a transport's ``get_status``, or the method of the
+engine's own transport that trusts a :data:`~poller.JobId` (see ``Poller.__aenter__``)."""
 
 
 class Driver:
@@ -53,7 +55,7 @@ class Driver:
         self,
         *,
         core: Scheduler[Credential],
-        transport: Transport,
+        fetch_status: FetchStatus,
         clock: Callable[[], float],
         metrics: Recorder,
         callbacks: CallbackRunner,
@@ -61,7 +63,7 @@ class Driver:
         subscriptions: list[Subscription],
     ) -> None:
         self.core = core
-        self.transport = transport
+        self.fetch_status = fetch_status
         self.clock = clock
         self.metrics = metrics
         self.callbacks = callbacks
@@ -110,7 +112,7 @@ class Driver:
 
     async def work(self) -> None:
         core, clock, metrics = self.core, self.clock, self.metrics
-        fetch = _fetcher(self.transport)
+        fetch = self.fetch_status
         loop = asyncio.get_running_loop()
         # One engine-clock reading per poll: the time the answer came is when the outcome
         # is recorded and when the next job is taken. Latency is timed on the monotonic
@@ -187,15 +189,6 @@ class Driver:
                 if timer is not None:
                     timer.cancel()
                 self.wake = None
-
-
-def _fetcher(transport: Transport) -> Callable[[str, Credential], Awaitable[JobStatus]]:
-    """How the workers fetch a status. The engine checked every job ID when it was
-    tracked, so the built-in transport is spared checking it again on every poll;
-    any other transport gets its public method."""
-    if type(transport) is AiohttpTransport:
-        return transport._get_checked_status
-    return transport.get_status
 
 
 def _log_unexpected(exc: Exception, job: TrackedJob[Credential]) -> None:

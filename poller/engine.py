@@ -31,7 +31,7 @@ import anyio
 
 from ._boundary import detached
 from ._callbacks import CallbackHandle, CallbackRunner, EventCallback, TransitionCallback
-from ._driver import Driver, Settle
+from ._driver import Driver, FetchStatus, Settle
 from ._ids import validate_job_id
 from ._metrics import Recorder
 from ._waiting import wait_for_jobs
@@ -209,7 +209,16 @@ class Poller:
         stack = AsyncExitStack()
         self._stack = stack
         try:
-            self._transport = self._given_transport or AiohttpTransport(**self._transport_settings)
+            fetch_status: FetchStatus
+            if self._given_transport is None:
+                own = AiohttpTransport(**self._transport_settings)
+                # Every ID was checked when its job was tracked: the engine's own transport
+                # is spared checking it again on every poll. A given transport gets the
+                # Transport method, whose JobId it may trust as well.
+                self._transport, fetch_status = own, own.get_checked_status
+            else:
+                self._transport = self._given_transport
+                fetch_status = self._given_transport.get_status
             stack.push_async_callback(self._transport.aclose)
             stack.callback(self._finalize)
             task_group = await stack.enter_async_context(anyio.create_task_group())
@@ -218,7 +227,7 @@ class Poller:
             self._callbacks.start(task_group)
             self._driver = driver = Driver(
                 core=self._core,
-                transport=self._transport,
+                fetch_status=fetch_status,
                 clock=self._clock,
                 metrics=self._metrics,
                 callbacks=self._callbacks,

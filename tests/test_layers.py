@@ -106,6 +106,11 @@ def test_the_simulator_imports_nothing_of_the_engine() -> None:
     assert users == {}
 
 
+def test_the_engine_talks_to_the_transport_seam_only() -> None:
+    """The driver fetches through what the engine hands it, and knows no transport."""
+    assert {i for i in own_imports("poller._driver") if i == "poller.transport"} == set()
+
+
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """A cycle of ``graph`` (its nodes in order, the first repeated at the end), or None."""
     state: dict[str, int] = {}  # 1: on the current path, 2: done

@@ -43,7 +43,7 @@ from ..errors import (
     TransportError,
 )
 from ..events import Event, HealthStats, TrackingFailure, Transition
-from ..models import TERMINAL, JobStatus, Status
+from ..models import TERMINAL, JobId, JobStatus, Status
 from .backoff import Backoff
 from .health import Health, HealthState, Notice
 from .learn import DurationModel, LearnedDurations, solve_step, steady_hazard_step, tail_step
@@ -231,14 +231,14 @@ class Scheduler(Generic[C]):
 
     def track(
         self,
-        job_id: str,
+        job_id: JobId,
         credential: C,
         now: float,
         *,
         last_status: Status | None = None,
         last_seq: int = 0,
     ) -> TrackedJob[C]:
-        """Start tracking ``job_id`` (validated by the caller); idempotent.
+        """Start tracking ``job_id`` (checked by the caller: a :data:`~poller.JobId`); idempotent.
 
         A job already in the table is returned as is, whatever its state. A job whose
         credential was refused before ends at once with a :class:`TrackingFailure`.

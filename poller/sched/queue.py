@@ -39,7 +39,7 @@ from collections.abc import Callable
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 from ..errors import PollerError
-from ..models import JobStatus, Status
+from ..models import JobId, JobStatus, Status
 from .health import Health
 from .learn import Row
 from .ratelimit import Budget, TokenBucket
@@ -116,7 +116,7 @@ class TrackedJob(Generic[C]):
         "unchanged",
     )
 
-    def __init__(self, job_id: str, credential: C, bucket: Bucket) -> None:
+    def __init__(self, job_id: JobId, credential: C, bucket: Bucket) -> None:
         self.job_id = job_id
         self.credential = credential
         self.bucket = bucket
