@@ -17,7 +17,7 @@ from ._ids import validate_job_id
 from ._version import __version__
 from .auth import AuthScheme, Credential
 from .blocking import BlockingPoller
-from .engine import Poller
+from .engine import Poller, PollerArgs
 from .errors import (
     APIError,
     AuthenticationError,
@@ -44,6 +44,7 @@ from .errors import (
 )
 from .events import Event, HealthStats, Histogram, OrgStats, Stats, TrackingFailure, Transition
 from .models import Endpoint, Job, JobError, JobId, JobResponse, JobStatus, JobWarning, Status
+from .options import PollerOptions, PollerSettings
 from .sched.backoff import Backoff
 from .sched.learn import LearnedDurations, LearnedKind
 from .sched.ratelimit import RateLimit
@@ -81,8 +82,11 @@ __all__ = [
     "OrgStats",
     "PermissionDeniedError",
     "Poller",
+    "PollerArgs",
     "PollerClosedError",
     "PollerError",
+    "PollerOptions",
+    "PollerSettings",
     "RateLimit",
     "RateLimitedError",
     "RequestError",

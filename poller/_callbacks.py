@@ -34,7 +34,6 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from .errors import ConfigError
 from .events import Event, Transition
 from .models import Status
 
@@ -122,10 +121,7 @@ class CallbackRunner:
     """Holds the registered callbacks and runs them (see the module docstring)."""
 
     def __init__(self, *, lanes: int = 16, lane_capacity: int = 10_000) -> None:
-        if lanes < 1:
-            raise ConfigError("callback_concurrency: must be >= 1")
-        if lane_capacity < 1:
-            raise ConfigError("callback_queue_size: must be >= 1")
+        # Both checked as the engine's settings (PollerOptions): >= 1.
         # Replaced, never changed in place: a callback that adds or removes one while
         # dispatch() runs must not make it skip (or repeat) another. The lock is for
         # BlockingPoller, whose handles may be removed from another thread.

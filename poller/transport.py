@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import ssl
 import time
 import warnings
@@ -25,6 +24,7 @@ import aiohttp
 from yarl import URL
 
 from ._boundary import client_error, error_for_status, raise_mapped, scrub
+from ._checks import check_bool, check_int, check_number
 from ._deadline import Deadlines
 from ._decode import decode_job, decode_status, excerpt
 from ._ids import validate_job_id
@@ -163,19 +163,9 @@ class AiohttpTransport:
         Raises:
             ConfigError: a setting is invalid (the message names it).
         """
-        if not isinstance(insecure_skip_tls_verify, bool):
-            raise ConfigError(
-                "insecure_skip_tls_verify: must be True or False, "
-                f"not {type(insecure_skip_tls_verify).__name__}"
-            )
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
-            raise ConfigError("max_connections: must be an integer >= 1")
-        if max_connections < 1:
-            raise ConfigError("max_connections: must be an integer >= 1")
-        if isinstance(request_timeout_s, bool) or not isinstance(request_timeout_s, int | float):
-            raise ConfigError("request_timeout_s: must be a finite number > 0")
-        if not 0 < request_timeout_s < math.inf:
-            raise ConfigError("request_timeout_s: must be a finite number > 0")
+        check_bool("insecure_skip_tls_verify", insecure_skip_tls_verify)
+        check_int("max_connections", max_connections)
+        check_number("request_timeout_s", request_timeout_s, above=0)
         resolved = resolve_base_url(base_url)
         remote_plain = resolved.startswith("http:") and not _is_loopback(resolved)
         if remote_plain and not insecure_skip_tls_verify:

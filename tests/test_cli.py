@@ -334,8 +334,9 @@ async def test_watch_takes_its_key_and_engine_settings_from_the_config_file(
     )
     settings = load_settings({}, {}, str(config))  # no RETAB_API_KEY: the file's key
     options = engine_options(settings)
-    assert options["auth_scheme"] == "bearer" and options["max_connections"] == 4
-    assert options["rate_limit"].per_s == 40 and options["api_key"] == KEY
+    assert options.auth_scheme == "bearer" and options.max_connections == 4
+    assert options.rate_limit is not None and options.rate_limit.per_s == 40
+    assert settings.api_key is not None and settings.api_key.reveal() == KEY
     job = retab_sim.sim.add_job(org_id="org_test", script=DONE)
     out = io.StringIO()
     assert await watch([job], JsonView(out), settings=settings) == 0

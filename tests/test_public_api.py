@@ -29,7 +29,7 @@ FULLY_PUBLIC_MODULES = (
 )
 # Names from modules that also hold internals (budgets, URL helpers), which users need:
 # the types of Poller's settings and of a custom transport's arguments.
-ALSO_REQUIRED = ("AuthScheme", "Credential", "RateLimit")
+ALSO_REQUIRED = ("AuthScheme", "Credential", "PollerOptions", "PollerSettings", "RateLimit")
 
 
 def _required_names() -> list[str]:

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from typing import Final
 
 import anyio
+import msgspec
 
 from .._health_log import describe_errors
 from .._ids import validate_job_id
@@ -66,11 +67,14 @@ async def watch(
     track its jobs instead."""
     tally = Tally(job_ids, time.time())
     options = engine_options(settings)
+    key = settings.api_key.reveal() if settings.api_key is not None else None
+    base_url = settings.base_url
     async with contextlib.AsyncExitStack() as stack:
         if sim is not None:
             server = await stack.enter_async_context(SimServer(sim))
-            options.update(base_url=server.base_url, api_key=_SIM_KEY, auth_scheme="api-key")
-        engine = await stack.enter_async_context(Poller(**options))
+            key, base_url = _SIM_KEY, server.base_url
+            options = msgspec.structs.replace(options, auth_scheme="api-key")
+        engine = await stack.enter_async_context(Poller(key, base_url, options=options))
         stream = await stack.enter_async_context(
             engine.subscribe(job_ids=tally.status, max_buffer=max(10_000, 8 * tally.total))
         )

@@ -73,17 +73,17 @@ _HEALTH_QUERY_S: Final = 1.0
 def _engine(
     settings: Settings, transport: Transport | None, learned: LearnedDurations | None
 ) -> Poller:
-    options = {
-        **engine_options(settings),
-        "terminal_retention_s": _TERMINAL_RETENTION_S,
-        "transport": transport,
-    }
+    key = settings.api_key.reveal() if settings.api_key is not None else None
+    options = msgspec.structs.replace(
+        engine_options(settings), terminal_retention_s=_TERMINAL_RETENTION_S
+    )
     if learned is not None:
         try:
-            return Poller(**options, learned_durations=learned)
+            with_learned = msgspec.structs.replace(options, learned_durations=learned)
+            return Poller(key, settings.base_url, options=with_learned, transport=transport)
         except ConfigError as exc:  # saved by another version, or learning is now off
             log.warning("learned durations from the last run not used (%s); learning afresh", exc)
-    return Poller(**options)
+    return Poller(key, settings.base_url, options=options, transport=transport)
 
 
 async def _load_learned(store: Store) -> LearnedDurations | None:
