@@ -26,7 +26,7 @@ from yarl import URL
 from ._boundary import client_error, error_for_status, raise_mapped, scrub
 from ._checks import check_bool, check_int, check_number
 from ._deadline import Deadlines
-from ._decode import decode_job, decode_status, excerpt
+from ._decode import Decode, decode_job, decode_status, invalid_body
 from ._ids import validate_job_id
 from ._version import __version__
 from .auth import Credential, is_loopback, resolve_base_url
@@ -44,8 +44,6 @@ MAX_ERROR_BODY_BYTES: Final = 64 << 10
 _ENCODING: Final = "Content-Encoding"
 
 S = TypeVar("S", JobStatus, Job)
-Decode = Callable[[bytes, str, "str | None"], S]
-"""A decoder of response bodies: (body, job ID, request ID) -> payload."""
 
 
 class Transport(Protocol):
@@ -209,7 +207,7 @@ class AiohttpTransport:
                 request_id = headers.get("x-request-id")
                 length = resp.content_length
                 if resp.status == 200 and length is not None and length <= limit:
-                    if _ENCODING not in headers:  # the common case, inlined
+                    if _ENCODING not in headers:  # the length is the body's: read at once
                         body = await resp.read()
                     else:
                         body = await _read_limited(resp, limit, job_id, request_id)
@@ -345,13 +343,8 @@ async def _read_limited(
     async for chunk in resp.content.iter_any():
         size += len(chunk)
         if size > limit:
-            raise DecodeError(
-                f"response body exceeds {limit} bytes",
-                excerpt=excerpt(b"".join(chunks)),
-                job_id=job_id,
-                status=resp.status,
-                request_id=request_id,
-            )
+            message = f"response body exceeds {limit} bytes"
+            raise invalid_body(message, b"".join(chunks), job_id, request_id, resp.status)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -372,11 +365,6 @@ async def _raise(exc: BaseException) -> NoReturn:
 def _check_id(decoded: S, job_id: str, body: bytes, request_id: str | None) -> S:
     # A payload for another job would be attributed to the wrong job: refuse it.
     if decoded.id != job_id:
-        raise DecodeError(
-            f"payload is for job {decoded.id[:80]!r}, not the job requested",
-            excerpt=excerpt(body),
-            job_id=job_id,
-            status=200,
-            request_id=request_id,
-        )
+        message = f"payload is for job {decoded.id[:80]!r}, not the job requested"
+        raise invalid_body(message, body, job_id, request_id)
     return decoded

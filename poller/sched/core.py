@@ -301,9 +301,8 @@ class Scheduler(Generic[C]):
 
     def on_success(self, job: TrackedJob[C], payload: JobStatus, now: float) -> None:
         """Record a status payload for a job returned by :meth:`next_due`."""
-        # The hot path of every poll: _landed inlined.
-        if job not in self._flying:
-            return
+        # Landed: a job untracked, refused or abandoned meanwhile has left IN_FLIGHT
+        # (while in flight, a job is in _flying exactly when its phase is IN_FLIGHT).
         self._flying.discard(job)
         if job.phase != IN_FLIGHT:
             return
@@ -378,7 +377,8 @@ class Scheduler(Generic[C]):
         transport error, garbage body) is the request's own: the job retries it after
         its backoff (never before a ``Retry-After``), unless 503s track load or the
         organisation is down (``poller.sched.health``)."""
-        if not self._landed(job):
+        self._flying.discard(job)  # landed, as in on_success
+        if job.phase != IN_FLIGHT:
             return
         bucket = job.bucket
         health = bucket.health
@@ -519,14 +519,6 @@ class Scheduler(Generic[C]):
             else:
                 self._note(bucket.health, now)
 
-    def _landed(self, job: TrackedJob[C]) -> bool:
-        """Account for a returning request; False if the job left the table meanwhile (or
-        its outcome was already recorded)."""
-        if job not in self._flying:
-            return False
-        self._flying.discard(job)
-        return job.phase == IN_FLIGHT
-
     def _push(self, job: TrackedJob[C], due: float) -> None:
         job.phase = SCHEDULED
         self._queue.push(job.bucket, job, due)
@@ -538,7 +530,8 @@ class Scheduler(Generic[C]):
         job.polled_at = now
         job.row = None
         status = payload.status
-        # status_age(payload, now), inlined: this runs on every poll.
+        # How long it has been in its status, as its own timestamps tell (validating: as
+        # our polls since it was first seen tell).
         if status is Status.IN_PROGRESS and payload.started_at is not None:
             age: float | None = now - payload.started_at
         elif status is Status.QUEUED:

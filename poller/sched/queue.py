@@ -215,10 +215,6 @@ class Bucket:
             self.stale -= 1
         return None
 
-    def push(self, job: TrackedJob[Any], due: float) -> None:
-        """File ``job`` as due at ``due`` (on level 0)."""
-        heapq.heappush(self.levels[0], (due, job))
-
     def next_due(self) -> float | None:
         """When the first job becomes due: -inf if one already climbed, None if empty."""
         if self.climbed:
@@ -226,14 +222,8 @@ class Bucket:
                 if self._top(level) is not None:
                     return -math.inf
             self.climbed = 0  # only stale entries were left up there
-        heap = self.levels[0]  # _top(0), inlined: this runs twice a poll
-        while heap:
-            entry = heap[0]
-            if entry[1].phase == SCHEDULED:
-                return entry[0]
-            heapq.heappop(heap)
-            self.stale -= 1
-        return None
+        top = self._top(0)
+        return top[0] if top is not None else None
 
     def climb(self, now: float, crossing: Crossing) -> None:
         """Move every job whose lag passed a threshold by ``now`` up to its level."""
@@ -256,11 +246,10 @@ class Bucket:
                 if self._top(level) is not None:
                     self.climbed -= 1
                     return heapq.heappop(self.levels[level])[1]
-        heap = self.levels[0]
-        top = heap[0] if heap and heap[0][1].phase == SCHEDULED else self._top(0)
+        top = self._top(0)
         if top is None or top[0] > now:
             return None
-        return heapq.heappop(heap)[1]
+        return heapq.heappop(self.levels[0])[1]
 
     def drain(self) -> list[_Entry]:
         """Remove and return every live entry with the time it is (or was) due (the bucket
@@ -336,7 +325,7 @@ class FairQueue:
 
     def push(self, bucket: Bucket, job: TrackedJob[Any], due: float) -> None:
         """File ``job`` in ``bucket`` and make sure the bucket is looked at in time."""
-        heapq.heappush(bucket.levels[0], (due, job))  # Bucket.push, inlined: every poll
+        heapq.heappush(bucket.levels[0], (due, job))  # on level 0: it climbs from there
         if not bucket.in_fair:
             waiting_at = bucket.waiting_at
             if waiting_at is None or due < waiting_at:
@@ -362,7 +351,9 @@ class FairQueue:
                 # The budget is the limit: order due jobs by the lag they piled up. While it
                 # is not, every due job goes at once, and earliest due first is as good.
                 bucket.climb(now, self._crossing)
-            levels0 = bucket.levels[0]  # next_due(), for the common case, inlined
+            # Nothing climbed and a live top: that top is next_due()'s answer, read here
+            # without the call (this runs on every poll); else ask next_due().
+            levels0 = bucket.levels[0]
             if not bucket.climbed and levels0 and levels0[0][1].phase == SCHEDULED:
                 due: float | None = levels0[0][0]
             else:
@@ -392,13 +383,13 @@ class FairQueue:
                 popped = bucket.pop_best(now)
                 assert popped is not None
                 job = popped
-            else:  # pop_best(), for the common case: the live top of level 0 is due
+            else:  # nothing climbed: the live top of level 0, due, is pop_best()'s answer
                 job = heapq.heappop(levels0)[1]
             if gate is not None:
                 gate.sent(job)
             self._vclock = vtime
             bucket.vtime = vtime + 1.0 / bucket.weight
-            if not bucket.climbed and levels0 and levels0[0][1].phase == SCHEDULED:
+            if not bucket.climbed and levels0 and levels0[0][1].phase == SCHEDULED:  # as above
                 following: float | None = levels0[0][0]
             else:
                 following = bucket.next_due()
