@@ -24,7 +24,7 @@ from time import monotonic
 from ._boundary import detached, scrub
 from ._callbacks import CallbackRunner
 from ._health_log import log_notice
-from ._metrics import Recorder
+from ._recorder import Recorder
 from .auth import Credential
 from .errors import PollerError, RequestError, TransportError
 from .events import Event

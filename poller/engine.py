@@ -32,7 +32,7 @@ from ._boundary import detached
 from ._callbacks import CallbackHandle, CallbackRunner, EventCallback, TransitionCallback
 from ._driver import Driver, FetchStatus, Settle
 from ._ids import validate_job_id
-from ._metrics import Recorder
+from ._recorder import Recorder
 from ._waiting import wait_for_jobs
 from .auth import Credential
 from .errors import (

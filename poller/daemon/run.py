@@ -50,7 +50,7 @@ from .health import (
     store_reasons,
 )
 from .intake import Intake
-from .metrics import SinkCounters, render
+from .metrics import DaemonCollector, DaemonSnapshot, SinkCounters, daemon_registry, render
 from .outbox import Changes, Outbox
 from .signature import signing_key
 from .sinks import Feed, JsonlSink, Sink
@@ -245,6 +245,8 @@ class _Daemon:
         self.outbox = Outbox(store, self.changes)
         self.feeds = [Feed(store, self.changes, sink.name) for sink in sinks]
         self.engine = _engine(settings, transport, learned)
+        self.daemon_metrics = DaemonCollector()
+        self.registry = daemon_registry(self.engine, self.daemon_metrics)
         self.started_at = time.time()
         self.stopping = False
         self.events: EventStream | None = None
@@ -380,11 +382,10 @@ class _Daemon:
     async def _metrics(self) -> str:
         counts = await self.store.call(self.store.counts)
         backlog = await self.store.call(self.store.backlog)
-        return render(
-            self.engine.stats(),
+        self.daemon_metrics.snapshot = DaemonSnapshot(
             jobs_by_status=counts,
             backlog=backlog,
-            sinks=[
+            sinks=tuple(
                 SinkCounters(
                     name=s.name,
                     delivered=s.delivered,
@@ -392,10 +393,11 @@ class _Daemon:
                     errors=s.errors,
                 )
                 for s in self.sinks
-            ],
+            ),
             outbox_backlog=self.outbox.backlog,
             sse_clients=self.events.clients if self.events is not None else 0,
         )
+        return render(self.registry)
 
     async def _health(self) -> Health:
         undelivered: dict[str, int] | None = None

@@ -1,7 +1,8 @@
 """The engine's counters: requests by outcome and organisation, latency and lag histograms.
 
-Plain synchronous bookkeeping, fed by the engine and read by ``Poller.stats()``.
-Organisation IDs come from the API (never a key), so every label is safe to export.
+Plain synchronous bookkeeping, cheap on every poll, fed by the engine and read by
+``Poller.stats()``; ``poller.metrics`` exposes the snapshot to Prometheus. Organisation
+IDs come from the API (never a key), so every label is safe to export.
 """
 
 from __future__ import annotations
