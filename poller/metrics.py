@@ -17,7 +17,7 @@ error class names: nothing secret.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 from prometheus_client.core import (
@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 from .events import Histogram, Stats
 from .sched.health import HealthState
 
-__all__ = ["EngineCollector", "HasStats", "collector", "histogram"]
+__all__ = ["EngineCollector", "HasStats", "by_label", "collector", "histogram"]
 
 
 class HasStats(Protocol):
@@ -65,14 +65,6 @@ class EngineCollector(Collector):
             "Status requests completed, by organisation and outcome.",
             labels=["org", "outcome"],
         )
-        throttled = CounterMetricFamily(
-            "poller_rate_limited_total", "429 answers, by organisation.", labels=["org"]
-        )
-        rates = GaugeMetricFamily(
-            "poller_org_rate_per_second",
-            "Current request budget of each organisation (absent: uncapped).",
-            labels=["org"],
-        )
         for org_id, org in orgs:
             ok = org.polls - org.errors - org.throttled
             for outcome, count in (
@@ -81,42 +73,53 @@ class EngineCollector(Collector):
                 ("rate_limited", org.throttled),
             ):
                 polls.add_metric([org_id, outcome], count)
-            throttled.add_metric([org_id], org.throttled)
-            if org.rate_per_s is not None:
-                rates.add_metric([org_id], org.rate_per_s)
-        yield from (polls, throttled, rates)
+        yield polls
+        yield by_label(
+            CounterMetricFamily,
+            "poller_rate_limited_total",
+            "429 answers, by organisation.",
+            "org",
+            [(org_id, org.throttled) for org_id, org in orgs],
+        )
+        yield by_label(
+            GaugeMetricFamily,
+            "poller_org_rate_per_second",
+            "Current request budget of each organisation (absent: uncapped).",
+            "org",
+            [(org_id, org.rate_per_s) for org_id, org in orgs if org.rate_per_s is not None],
+        )
         states = [state.value for state in HealthState]
-        api = GaugeMetricFamily(
+        yield by_label(
+            GaugeMetricFamily,
             "poller_api_health",
             "The API's state (1 on the current one): ok, throttled, degraded, down, recovering.",
-            labels=["state"],
+            "state",
+            [(state, float(stats.api.state == state)) for state in states],
         )
-        for state in states:
-            api.add_metric([state], float(stats.api.state == state))
         health = GaugeMetricFamily(
             "poller_org_health",
             "Each organisation's state (1 on the current one): ok, throttled, degraded, down, "
             "recovering.",
             labels=["org", "state"],
         )
-        share = GaugeMetricFamily(
-            "poller_org_error_share",
-            "Share of each organisation's requests that failed over the last 10 s.",
-            labels=["org"],
-        )
         for org_id, org in orgs:
             for state in states:
                 health.add_metric([org_id, state], float(org.health.state == state))
-            share.add_metric([org_id], org.health.error_share)
-        yield from (api, health, share)
-        errors = CounterMetricFamily(
+        yield health
+        yield by_label(
+            GaugeMetricFamily,
+            "poller_org_error_share",
+            "Share of each organisation's requests that failed over the last 10 s.",
+            "org",
+            [(org_id, org.health.error_share) for org_id, org in orgs],
+        )
+        yield by_label(
+            CounterMetricFamily,
             "poller_request_errors_total",
             "Failed status requests (429s excluded), by error class.",
-            labels=["kind"],
+            "kind",
+            sorted(stats.errors_by_kind.items()),
         )
-        for kind, count in sorted(stats.errors_by_kind.items()):
-            errors.add_metric([kind], count)
-        yield errors
         yield histogram(
             "poller_request_latency_seconds",
             "Seconds per status request, sent to answered.",
@@ -127,14 +130,13 @@ class EngineCollector(Collector):
             "Seconds from a change (the payload's own timestamps) to its transition.",
             stats.detection_lag,
         )
-        tracked = GaugeMetricFamily(
+        yield by_label(
+            GaugeMetricFamily,
             "poller_tracked_jobs",
             "Jobs in the engine's table, by last seen status.",
-            labels=["status"],
+            "status",
+            sorted(stats.by_status.items()),
         )
-        for status, count in sorted(stats.by_status.items()):
-            tracked.add_metric([status], count)
-        yield tracked
         yield GaugeMetricFamily(
             "poller_requests_in_flight", "Status requests under way.", value=stats.in_flight
         )
@@ -144,6 +146,20 @@ class EngineCollector(Collector):
             ("poller_callback_errors_total", "Callbacks that raised.", stats.callback_errors),
         ):
             yield CounterMetricFamily(name, help, value=value)
+
+
+def by_label(
+    family: type[CounterMetricFamily | GaugeMetricFamily],
+    name: str,
+    help: str,
+    label: str,
+    values: Iterable[tuple[str, float]],
+) -> Metric:
+    """A counter or gauge family with one label: a sample per ``(label value, value)``."""
+    metric = family(name, help, labels=[label])
+    for label_value, value in values:
+        metric.add_metric([label_value], value)
+    return metric
 
 
 def histogram(name: str, help: str, data: Histogram) -> HistogramMetricFamily:

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..metrics import HasStats, collector
+from ..metrics import HasStats, by_label, collector
 
 __all__ = [
     "CONTENT_TYPE",
@@ -70,14 +70,13 @@ class DaemonCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """The families of :attr:`snapshot`."""
         snapshot = self.snapshot
-        jobs = GaugeMetricFamily(
+        yield by_label(
+            GaugeMetricFamily,
             "poller_jobs",
             "Jobs in the store (removed ones excluded), by last delivered status.",
-            labels=["status"],
+            "status",
+            sorted(snapshot.jobs_by_status.items()),
         )
-        for status, count in sorted(snapshot.jobs_by_status.items()):
-            jobs.add_metric([status], count)
-        yield jobs
         yield GaugeMetricFamily(
             "poller_outbox_backlog",
             "Events observed, not committed yet.",
@@ -86,24 +85,21 @@ class DaemonCollector(Collector):
         yield GaugeMetricFamily(
             "poller_sse_clients", "Open /events streams.", value=snapshot.sse_clients
         )
-        backlog = GaugeMetricFamily(
+        yield by_label(
+            GaugeMetricFamily,
             "poller_sink_backlog",
             "Committed events a push sink has not delivered yet.",
-            labels=["sink"],
+            "sink",
+            sorted(snapshot.backlog.items()),
         )
-        for sink, count in sorted(snapshot.backlog.items()):
-            backlog.add_metric([sink], count)
-        yield backlog
         counters = sorted(snapshot.sinks, key=lambda counter: counter.name)
         for name, help, field in (
             ("poller_sink_delivered_total", "Events delivered, by sink.", "delivered"),
             ("poller_sink_dead_lettered_total", "Events dead-lettered, by sink.", "dead_lettered"),
             ("poller_sink_errors_total", "Failed delivery attempts, by sink.", "errors"),
         ):
-            family = CounterMetricFamily(name, help, labels=["sink"])
-            for counter in counters:
-                family.add_metric([counter.name], getattr(counter, field))
-            yield family
+            values = [(counter.name, getattr(counter, field)) for counter in counters]
+            yield by_label(CounterMetricFamily, name, help, "sink", values)
 
 
 def daemon_registry(engine: HasStats, daemon: DaemonCollector) -> CollectorRegistry:
