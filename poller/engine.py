@@ -118,6 +118,7 @@ class Poller:
         global_budget = None
         if options.max_rate_per_s is not None:
             global_budget = TokenBucket.from_limit(RateLimit(per_s=options.max_rate_per_s))
+        self._base_url = base_url  # resolved below, when the engine makes its transport
         if transport is None:
             # Validate now, not at __aenter__, so a typo fails where it was made.
             self._base_url = AiohttpTransport.check_settings(
