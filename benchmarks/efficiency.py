@@ -29,8 +29,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from poller.backoff import Backoff
-from poller.ratelimit import RateLimit
+from poller.sched.backoff import Backoff
+from poller.sched.ratelimit import RateLimit
 from poller.testing import STANDARD_MIX
 
 from ._oracle import phase_samples, run_oracle

@@ -17,12 +17,12 @@ import random
 from dataclasses import dataclass
 
 from poller._boundary import error_for_status
-from poller._core import Scheduler
 from poller._decode import decode_status
 from poller.auth import Credential
-from poller.backoff import Backoff
 from poller.errors import RequestError
-from poller.ratelimit import AdaptiveBudget, RateLimit
+from poller.sched.backoff import Backoff
+from poller.sched.core import Scheduler
+from poller.sched.ratelimit import AdaptiveBudget, RateLimit
 from poller.testing import Change, Faults, JobsSimulator
 
 ORG = "org_limited"

@@ -1,6 +1,6 @@
 """Scheduling efficiency in virtual time: requests per job against detection lag.
 
-The real scheduling core (``poller._core.Scheduler``) runs against a simulated
+The real scheduling core (``poller.sched.core.Scheduler``) runs against a simulated
 population of jobs with a virtual clock: no HTTP, no sleeping, so hours of
 traffic take seconds. Each response is instant and exact. The baselines are the
 waiting strategies users have today:
@@ -25,13 +25,13 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from poller._core import Scheduler
-from poller._learn import LearnedDurations
 from poller.auth import Credential
-from poller.backoff import Backoff
 from poller.events import Transition
 from poller.models import Endpoint, JobStatus, Status
-from poller.ratelimit import AdaptiveBudget, RateLimit
+from poller.sched.backoff import Backoff
+from poller.sched.core import Scheduler
+from poller.sched.learn import LearnedDurations
+from poller.sched.ratelimit import AdaptiveBudget, RateLimit
 from poller.testing import STANDARD_MIX, Change, EndpointClass, Outcomes, draw_lifecycle
 from poller.testing.lag import LagSummary, detection_lags, summarize_lags
 

@@ -13,12 +13,11 @@ See the README for configuration, subscriptions and callbacks.
 """
 
 from ._callbacks import CallbackHandle, TransitionCallback
-from ._learn import LearnedDurations, LearnedKind
+from ._ids import validate_job_id
 from ._version import __version__
 from .auth import AuthScheme, Credential
-from .backoff import Backoff
 from .blocking import BlockingPoller
-from .engine import Poller
+from .engine import Poller, PollerArgs
 from .errors import (
     APIError,
     AuthenticationError,
@@ -44,8 +43,11 @@ from .errors import (
     UntrackedError,
 )
 from .events import Event, HealthStats, Histogram, OrgStats, Stats, TrackingFailure, Transition
-from .models import Endpoint, Job, JobError, JobResponse, JobStatus, JobWarning, Status
-from .ratelimit import RateLimit
+from .models import Endpoint, Job, JobError, JobId, JobResponse, JobStatus, JobWarning, Status
+from .options import PollerOptions, PollerSettings
+from .sched.backoff import Backoff
+from .sched.learn import LearnedDurations, LearnedKind
+from .sched.ratelimit import RateLimit
 from .subscription import Subscription, SubscriptionStatistics
 from .transport import AiohttpTransport, Transport
 
@@ -69,6 +71,7 @@ __all__ = [
     "InvalidJobIdError",
     "Job",
     "JobError",
+    "JobId",
     "JobNotFoundError",
     "JobResponse",
     "JobStatus",
@@ -79,8 +82,11 @@ __all__ = [
     "OrgStats",
     "PermissionDeniedError",
     "Poller",
+    "PollerArgs",
     "PollerClosedError",
     "PollerError",
+    "PollerOptions",
+    "PollerSettings",
     "RateLimit",
     "RateLimitedError",
     "RequestError",
@@ -101,4 +107,5 @@ __all__ = [
     "UnexpectedStatusError",
     "UntrackedError",
     "__version__",
+    "validate_job_id",
 ]

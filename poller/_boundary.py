@@ -13,8 +13,7 @@ import asyncio
 import datetime
 import email.utils
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Final, NoReturn
 
 import aiohttp
@@ -40,7 +39,6 @@ __all__ = [
     "client_error",
     "detached",
     "error_for_status",
-    "map_client_errors",
     "parse_retry_after",
     "raise_mapped",
     "scrub",
@@ -213,23 +211,6 @@ def raise_mapped(error: TransportError) -> NoReturn:
         raise error
     finally:
         error.__context__ = None
-
-
-@contextmanager
-def map_client_errors(job_id: str | None, secrets: Sequence[str] = ()) -> Iterator[None]:
-    """Translate aiohttp and OS errors raised inside the block into :class:`TransportError`.
-
-    Cancellation and `poller`'s own errors pass through untouched.
-    """
-    try:
-        yield
-    except RequestError:
-        raise
-    except Exception as exc:
-        error = client_error(exc, job_id, secrets)
-        if error is None:
-            raise
-        raise_mapped(error)
 
 
 def detached(error: RequestError) -> RequestError:

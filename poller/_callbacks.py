@@ -34,7 +34,6 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from .errors import ConfigError
 from .events import Event, Transition
 from .models import Status
 
@@ -122,10 +121,7 @@ class CallbackRunner:
     """Holds the registered callbacks and runs them (see the module docstring)."""
 
     def __init__(self, *, lanes: int = 16, lane_capacity: int = 10_000) -> None:
-        if lanes < 1:
-            raise ConfigError("callback_concurrency: must be >= 1")
-        if lane_capacity < 1:
-            raise ConfigError("callback_queue_size: must be >= 1")
+        # Both checked as the engine's settings (PollerOptions): >= 1.
         # Replaced, never changed in place: a callback that adds or removes one while
         # dispatch() runs must not make it skip (or repeat) another. The lock is for
         # BlockingPoller, whose handles may be removed from another thread.
@@ -231,16 +227,23 @@ class CallbackRunner:
     def _run_sync(self, handle: CallbackHandle, event: Event) -> None:
         try:
             handle._callback(event)
-        except Exception:
-            self._failed(handle, event)
-        except asyncio.CancelledError:
-            if _being_cancelled():
+        except BaseException as exc:
+            if not self._absorbed(handle, event, exc):
                 raise
-            self._failed(handle, event)
 
-    def _failed(self, handle: CallbackHandle, event: Event) -> None:
+    def _absorbed(self, handle: CallbackHandle, event: Event, exc: BaseException) -> bool:
+        """Count and log what a callback raised; False for what must go on up: the
+        cancellation of the task running it (a callback that awaited something cancelled
+        elsewhere raises CancelledError too: that one is the callback's), and exceptions
+        that are no errors (KeyboardInterrupt, ...). Call it in the ``except`` block."""
+        if isinstance(exc, asyncio.CancelledError):
+            if _being_cancelled():
+                return False
+        elif not isinstance(exc, Exception):
+            return False
         self.errors += 1
         log.exception("callback %r raised for job %s", handle, event.job_id)
+        return True
 
     def start(self, task_group: TaskGroup) -> None:
         """Start the lane tasks in the engine's task group."""
@@ -261,14 +264,9 @@ class CallbackRunner:
                 result = handle._callback(event)
                 if inspect.isawaitable(result):
                     await result
-            except Exception:
-                self._failed(handle, event)
-            except asyncio.CancelledError:
-                # A callback that awaited something cancelled elsewhere raises this too;
-                # only the cancellation of this lane itself may end it.
-                if _being_cancelled():
-                    raise
-                self._failed(handle, event)
+            except BaseException as exc:
+                if not self._absorbed(handle, event, exc):
+                    raise  # only the cancellation of this lane itself may end it
             finally:
                 self._pending -= 1
                 if not self._pending:

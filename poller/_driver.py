@@ -23,22 +23,25 @@ from time import monotonic
 
 from ._boundary import detached, scrub
 from ._callbacks import CallbackRunner
-from ._core import Job, Scheduler
 from ._health_log import log_notice
-from ._metrics import Recorder
+from ._recorder import Recorder
 from .auth import Credential
 from .errors import PollerError, RequestError, TransportError
 from .events import Event
-from .models import JobStatus
+from .models import JobId, JobStatus
+from .sched.core import Scheduler
+from .sched.queue import TrackedJob
 from .subscription import Subscription
-from .transport import AiohttpTransport, Transport
 
-__all__ = ["Driver", "Settle"]
+__all__ = ["Driver", "FetchStatus", "Settle"]
 
 log = logging.getLogger("poller")
 
 Settle = Callable[[JobStatus | PollerError], None]
 """Told a job's outcome: its terminal payload, or the error that ended its tracking."""
+FetchStatus = Callable[[JobId, Credential], Awaitable[JobStatus]]
+"""How the workers fetch a status: a transport's ``get_status``, or the method of the
+engine's own transport that trusts a :data:`~poller.JobId` (see ``Poller.__aenter__``)."""
 
 
 class Driver:
@@ -51,8 +54,8 @@ class Driver:
     def __init__(
         self,
         *,
-        core: Scheduler,
-        transport: Transport,
+        core: Scheduler[Credential],
+        fetch_status: FetchStatus,
         clock: Callable[[], float],
         metrics: Recorder,
         callbacks: CallbackRunner,
@@ -60,13 +63,13 @@ class Driver:
         subscriptions: list[Subscription],
     ) -> None:
         self.core = core
-        self.transport = transport
+        self.fetch_status = fetch_status
         self.clock = clock
         self.metrics = metrics
         self.callbacks = callbacks
         self.waiters = waiters
         self.subscriptions = subscriptions
-        self.idle: deque[asyncio.Future[Job]] = deque()
+        self.idle: deque[asyncio.Future[TrackedJob[Credential]]] = deque()
         self.wake: asyncio.Future[None] | None = None
         self.sleep_until = 0.0
 
@@ -109,7 +112,7 @@ class Driver:
 
     async def work(self) -> None:
         core, clock, metrics = self.core, self.clock, self.metrics
-        fetch = _fetcher(self.transport)
+        fetch = self.fetch_status
         loop = asyncio.get_running_loop()
         # One engine-clock reading per poll: the time the answer came is when the outcome
         # is recorded and when the next job is taken. Latency is timed on the monotonic
@@ -118,7 +121,7 @@ class Driver:
         while True:
             job = core.next_due(now)
             if job is None:
-                parked: asyncio.Future[Job] = loop.create_future()
+                parked: asyncio.Future[TrackedJob[Credential]] = loop.create_future()
                 self.idle.append(parked)
                 if self.sleep_until == float("inf"):
                     self.poke()  # the dispatcher was waiting for an idle worker
@@ -188,16 +191,7 @@ class Driver:
                 self.wake = None
 
 
-def _fetcher(transport: Transport) -> Callable[[str, Credential], Awaitable[JobStatus]]:
-    """How the workers fetch a status. The engine checked every job ID when it was
-    tracked, so the built-in transport is spared checking it again on every poll;
-    any other transport gets its public method."""
-    if type(transport) is AiohttpTransport:
-        return transport._get_checked_status
-    return transport.get_status
-
-
-def _log_unexpected(exc: Exception, job: Job) -> None:
+def _log_unexpected(exc: Exception, job: TrackedJob[Credential]) -> None:
     """Log what a transport raised outside its contract, scrubbed of the job's secrets
     (a custom transport's message may quote its URL or headers)."""
     text = "".join(traceback.format_exception(exc))

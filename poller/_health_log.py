@@ -1,6 +1,6 @@
 """Health notices as log lines: what is failing, how many times, since when.
 
-The core says when a scope's state changes (``poller._health.Notice``), at most once
+The core says when a scope's state changes (``poller.sched.health.Notice``), at most once
 a minute for the minor states; this turns each notice into one line on the
 ``poller`` logger: a warning when an organisation or the whole API fails, and when
 it answers again; information for throttling and its end.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from ._health import HealthState, Notice
+from .sched.health import HealthState, Notice
 
 __all__ = ["describe_errors", "log_notice", "notice_text"]
 

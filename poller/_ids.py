@@ -13,18 +13,23 @@ import re
 from typing import Final
 
 from .errors import InvalidJobIdError
+from .models import JobId
 
-__all__ = ["MAX_JOB_ID_LENGTH", "fast_valid", "validate_job_id"]
+__all__ = ["MAX_JOB_ID_LENGTH", "validate_job_id"]
 
 MAX_JOB_ID_LENGTH: Final = 256
 _VALID: Final = re.compile(r"[A-Za-z0-9_.~:\-]+")
-fast_valid: Final = _VALID.fullmatch
-"""The character check alone (None: refused), for hot paths; see :func:`validate_job_id`."""
 
 
-def validate_job_id(job_id: object) -> str:
-    """Return ``job_id`` (as a plain ``str``) if it is a safe job ID; raise
-    :class:`InvalidJobIdError` otherwise."""
+def validate_job_id(job_id: object) -> JobId:
+    """Check that ``job_id`` is a safe job ID, once: the :data:`~poller.JobId` returned
+    (a plain ``str`` at run time) is trusted from then on, by the engine and by every
+    transport, and never checked again.
+
+    Raises:
+        InvalidJobIdError: not a ``str``, empty, too long, or holding a character that
+            could address another resource (see the module docstring).
+    """
     if not isinstance(job_id, str):
         raise InvalidJobIdError(f"job ID must be a str, not {type(job_id).__name__}")
     if type(job_id) is not str:
@@ -43,4 +48,4 @@ def validate_job_id(job_id: object) -> str:
             f"job ID {shown!r} holds characters that are not allowed "
             "(letters, digits and _ - . ~ : only, and not '.' or '..')"
         )
-    return job_id
+    return JobId(job_id)

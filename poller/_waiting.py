@@ -11,15 +11,15 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 
 import anyio
 
-from ._core import Job
 from ._driver import Settle
 from ._health_log import describe_errors
 from .errors import PollerClosedError, PollerError
 from .models import JobStatus
+from .sched.queue import TrackedJob
 
 __all__ = ["timeout_message", "wait_for_jobs"]
 
@@ -27,7 +27,7 @@ _NAMED: Final = 3  # jobs and organisations named in a timeout's message, at mos
 
 
 async def wait_for_jobs(
-    jobs: Iterable[Job], waiters: dict[str, list[Settle]], timeout_s: float | None
+    jobs: Iterable[TrackedJob[Any]], waiters: dict[str, list[Settle]], timeout_s: float | None
 ) -> dict[str, JobStatus | PollerError]:
     """Each job's outcome, by job ID: its terminal payload, or the error that ended its
     tracking.
@@ -83,7 +83,9 @@ async def wait_for_jobs(
     return results
 
 
-def timeout_message(jobs: Sequence[Job], waited_for: int, timeout_s: float | None) -> str:
+def timeout_message(
+    jobs: Sequence[TrackedJob[Any]], waited_for: int, timeout_s: float | None
+) -> str:
     """What a timed-out wait says: where its unfinished jobs stand, and whether their
     requests fail (``still in_progress after 6 s; organisation org_a: last 4 requests
     failed: ConnectError x4 since 12:03:11``)."""

@@ -44,6 +44,11 @@ class Credential:
         scheme: how the key is sent (``Api-Key`` header by default).
         access_token: sent as the ``access_token`` query parameter when given.
 
+    What a transport sends for it (secret, all of them: never log them):
+    :attr:`auth_headers`, the headers as one dict, and :attr:`auth_query`, the encoded
+    query part; read-only, both (:attr:`headers` and :attr:`params` are the same as
+    read-only mappings).
+
     Raises:
         ConfigError: no key and no token, or a key with whitespace or control characters.
     """
@@ -57,8 +62,8 @@ class Credential:
         "_headers",
         "_params",
         "_secrets",
-        "_wire_headers",
-        "_wire_query",
+        "auth_headers",
+        "auth_query",
         "scheme",
     )
 
@@ -108,9 +113,17 @@ class Credential:
         self._params: Mapping[str, str] = MappingProxyType(
             {"access_token": access_token} if access_token is not None else {}
         )
-        # What the transport sends on every request, ready-made (private: secret).
-        self._wire_headers = dict(headers)
-        self._wire_query = urlencode(dict(self._params))
+        # What a transport sends on every request, ready-made: read on every poll, so
+        # plain attributes (no property call); documented as read-only. Secret.
+        self.auth_headers: dict[str, str] = dict(headers)
+        """The headers this credential adds to a request (``Api-Key``, or
+        ``Authorization``), as the one dict a transport passes on every request: read it,
+        never change it (:attr:`headers` is the same, as a read-only view). Secret: never
+        log it."""
+        self.auth_query: str = urlencode(dict(self._params))
+        """The query part this credential adds to a request URL, encoded
+        (``access_token=...``; empty without a token), to join to a URL's own query
+        with ``&``. Secret: never log it."""
 
     @property
     def fingerprint(self) -> str:

@@ -16,17 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._callbacks import CallbackHandle, EventCallback, LatestTransitions, TransitionCallback
-from ._learn import LearnedDurations
-from .engine import Poller
+from .engine import Poller, PollerArgs
 from .errors import PollerClosedError
 from .events import Event, Stats
 from .models import Job, JobStatus, Status
+from .sched.learn import LearnedDurations
 
 __all__ = ["BlockingPoller"]
 
@@ -41,16 +41,20 @@ class BlockingPoller:
             p.track("job_123")
             job = p.wait("job_123", timeout_s=600)
 
-    Takes the same arguments as :class:`~poller.Poller`. Unlike the async engine's, its
-    ``on_transition`` first replays the latest transition of each job already seen (see
-    :meth:`on_transition`), so a callback registered after ``track`` misses no job. For
-    that it keeps each tracked job's latest transition, with its payload: about 0.8 kB a
-    job on top of the engine's own.
+    Takes the same arguments as :class:`~poller.Poller` (checked when entered). Unlike the
+    async engine's, its ``on_transition`` first replays the latest transition of each job
+    already seen (see :meth:`on_transition`), so a callback registered after ``track``
+    misses no job. For that it keeps each tracked job's latest transition, with its
+    payload: about 0.8 kB a job on top of the engine's own.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._args = args
-        self._kwargs = kwargs
+    def __init__(
+        self, api_key: str | None = None, base_url: str | None = None, **args: Unpack[PollerArgs]
+    ) -> None:
+        def make() -> Poller:  # called in the loop's thread, when entered
+            return Poller(api_key, base_url, **args)
+
+        self._make_poller = make
         self._stack: ExitStack | None = None
         self._portal: BlockingPortal | None = None
         self._poller: Poller | None = None
@@ -74,7 +78,7 @@ class BlockingPoller:
         return self
 
     async def _make(self) -> Poller:
-        poller = Poller(*self._args, **self._kwargs)
+        poller = self._make_poller()  # in the loop's thread
         # The first callback, before any job is tracked: it sees every transition.
         self._latest = LatestTransitions(lambda job_id: poller.status(job_id) is not None)
         poller.on_transition(self._latest)
@@ -91,10 +95,22 @@ class BlockingPoller:
             raise PollerClosedError("the BlockingPoller is not open")
         return self._portal, self._poller
 
-    def track(self, job_id: str, *, api_key: str | None = None) -> None:
+    def track(
+        self,
+        job_id: str,
+        *,
+        api_key: str | None = None,
+        last_status: Status | str | None = None,
+        last_seq: int = 0,
+    ) -> None:
         """See :meth:`poller.Poller.track`."""
         portal, poller = self._open()
-        portal.call(_sync, lambda: poller.track(job_id, api_key=api_key))
+        portal.call(
+            _sync,
+            lambda: poller.track(
+                job_id, api_key=api_key, last_status=last_status, last_seq=last_seq
+            ),
+        )
 
     def untrack(self, job_id: str) -> bool:
         """See :meth:`poller.Poller.untrack`."""

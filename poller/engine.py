@@ -1,7 +1,7 @@
 """The engine: one scheduler, one connection pool, every tracked job.
 
 :class:`Poller` is the thin asynchronous shell around the pure
-:class:`~poller._core.Scheduler`. It owns one transport (one aiohttp session)
+:class:`~poller.sched.core.Scheduler`. It owns one transport (one aiohttp session)
 and one task group holding a fixed set of tasks, however many jobs are tracked:
 
 - ``max_connections`` workers. A worker asks the core for the next due job,
@@ -18,27 +18,23 @@ so ``expires_at`` and ``observed_at`` compare directly.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Final, Literal, overload
+from typing import Any, Final, Literal, Unpack, overload
 
 import anyio
 
 from ._boundary import detached
 from ._callbacks import CallbackHandle, CallbackRunner, EventCallback, TransitionCallback
-from ._core import Job, Scheduler
-from ._driver import Driver, Settle
+from ._driver import Driver, FetchStatus, Settle
 from ._ids import validate_job_id
-from ._learn import LearnedDurations
-from ._metrics import Recorder
+from ._recorder import Recorder
 from ._waiting import wait_for_jobs
-from .auth import AuthScheme, Credential
-from .backoff import Backoff
+from .auth import Credential
 from .errors import (
     ConfigError,
     JobsFailedError,
@@ -49,18 +45,31 @@ from .errors import (
     UntrackedError,
 )
 from .events import Stats
-from .models import Job as FullJob
-from .models import JobStatus, Status
-from .ratelimit import AdaptiveBudget, Budget, RateLimit, TokenBucket
+from .models import Job, JobStatus, Status
+from .options import PollerOptions, PollerSettings, with_settings
+from .sched.core import Scheduler
+from .sched.learn import LearnedDurations
+from .sched.queue import TrackedJob
+from .sched.ratelimit import AdaptiveBudget, Budget, RateLimit, TokenBucket
 from .subscription import Subscription
 from .transport import AiohttpTransport, Transport
 
-__all__ = ["Poller"]
+__all__ = ["Poller", "PollerArgs"]
 
 log = logging.getLogger("poller")
 
 _CLOSED: Final = "the Poller is closed"
 _CALLBACK_DRAIN_S: Final = 5.0
+
+
+class PollerArgs(PollerSettings, total=False):
+    """The keyword arguments of :class:`Poller` (and of ``BlockingPoller``, which passes
+    them on): its settings, and the four that are no settings."""
+
+    options: PollerOptions | None
+    access_token: str | None
+    transport: Transport | None
+    clock: Callable[[], float]
 
 
 class Poller:
@@ -76,33 +85,14 @@ class Poller:
         api_key: the default API key; None reads ``RETAB_API_KEY``. Jobs may also carry
             their own key (``track(..., api_key=...)``), in which case no default is needed.
         base_url: API root; None reads ``RETAB_API_BASE_URL``, else ``https://api.retab.com``.
-        max_connections: size of the connection pool, and the number of requests in flight
-            at most.
-        request_timeout_s: limit on one request, connect to last byte.
-        auth_scheme: ``"api-key"`` (``Api-Key`` header, the default) or ``"bearer"``.
+        options: the engine's settings (:class:`~poller.PollerOptions`); default: its
+            defaults.
         access_token: sent as the ``access_token`` query parameter with the default key.
-        backoff: polling intervals (see :class:`~poller.backoff.Backoff`).
-        rate_limit: default budget of every organisation; None: uncapped until the server
-            answers 429. Either way 429s pause the organisation for the ``Retry-After`` and
-            lower its rate to what the server accepts, which then regrows (never past the
-            configured rate).
-        org_rate_limits: budgets of particular organisations, by organisation ID.
-        max_rate_per_s: a cap on all requests together, shared by organisations by weight.
-        first_poll_rate_per_s: newly tracked jobs get their first polls paced at this rate
-            so a burst does not go out at once; None: no pacing.
-        terminal_retention_s: how long a finished job is remembered, so that ``wait``
-            answers without a request.
-        subscriber_buffer: default buffer of each subscription (see :meth:`subscribe`).
-        callback_concurrency: async callbacks running at once at most.
-        callback_queue_size: async callback invocations queued per lane at most.
-        insecure_skip_tls_verify: disable TLS certificate checks (warned; never in production).
         transport: a custom :class:`~poller.transport.Transport` (tests, simulators);
             ``base_url``, ``max_connections`` and TLS settings are then unused.
-        seed: seed of the jitter; set it for reproducible schedules.
         clock: Unix-time source.
-        learned_durations: what an earlier engine learned about how long jobs stay in each
-            status (:meth:`learned_durations`), to poll well from the first job instead of
-            learning afresh. Needs ``backoff.learn``.
+        **settings: any field of :class:`~poller.PollerOptions` (``max_connections=8``,
+            ``backoff=...``, ...), in place of the one in ``options``.
 
     Raises:
         ConfigError: an invalid setting; the message names it.
@@ -113,82 +103,45 @@ class Poller:
         api_key: str | None = None,
         base_url: str | None = None,
         *,
-        max_connections: int = 64,
-        request_timeout_s: float = 10.0,
-        auth_scheme: AuthScheme | str = AuthScheme.API_KEY,
+        options: PollerOptions | None = None,
         access_token: str | None = None,
-        backoff: Backoff | None = None,
-        rate_limit: RateLimit | None = None,
-        org_rate_limits: Mapping[str, RateLimit] | None = None,
-        max_rate_per_s: float | None = None,
-        first_poll_rate_per_s: float | None = 1000.0,
-        terminal_retention_s: float = 3600.0,
-        subscriber_buffer: int = 10_000,
-        callback_concurrency: int = 16,
-        callback_queue_size: int = 10_000,
-        insecure_skip_tls_verify: bool = False,
         transport: Transport | None = None,
-        seed: int | None = None,
         clock: Callable[[], float] = time.time,
-        learned_durations: LearnedDurations | None = None,
+        **settings: Unpack[PollerSettings],
     ) -> None:
-        if not isinstance(max_connections, int) or max_connections < 1:
-            raise ConfigError("max_connections: must be an integer >= 1")
-        if first_poll_rate_per_s is not None and not first_poll_rate_per_s > 0:
-            raise ConfigError("first_poll_rate_per_s: must be > 0 or None")
-        if not terminal_retention_s >= 0:
-            raise ConfigError("terminal_retention_s: must be >= 0")
-        if not isinstance(subscriber_buffer, int) or subscriber_buffer < 1:
-            raise ConfigError("subscriber_buffer: must be an integer >= 1")
-        try:
-            self._auth_scheme = AuthScheme(auth_scheme)
-        except ValueError:
-            raise ConfigError("auth_scheme: must be 'api-key' or 'bearer'") from None
+        self._options = options = with_settings(options, settings)
         self._default_credential: Credential | None = None
         if api_key is not None or access_token is not None or os.environ.get("RETAB_API_KEY"):
             self._default_credential = Credential(
-                api_key, scheme=self._auth_scheme, access_token=access_token
+                api_key, scheme=options.auth_scheme, access_token=access_token
             )
-        self._rate_limit = rate_limit
-        self._org_rate_limits = dict(org_rate_limits or {})
-        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
-            raise ConfigError("rate_limit: must be a poller.RateLimit or None")
-        for org_id, limit in self._org_rate_limits.items():
-            if not isinstance(limit, RateLimit):
-                raise ConfigError(f"org_rate_limits[{org_id!r}]: must be a RateLimit")
         global_budget = None
-        if max_rate_per_s is not None:
-            if not (isinstance(max_rate_per_s, int | float) and 0 < max_rate_per_s < math.inf):
-                raise ConfigError("max_rate_per_s: must be a finite number > 0 or None")
-            global_budget = TokenBucket.from_limit(RateLimit(per_s=max_rate_per_s))
-        self._transport_settings: dict[str, Any] = {
-            "base_url": base_url,
-            "max_connections": max_connections,
-            "request_timeout_s": request_timeout_s,
-            "insecure_skip_tls_verify": insecure_skip_tls_verify,
-        }
+        if options.max_rate_per_s is not None:
+            global_budget = TokenBucket.from_limit(RateLimit(per_s=options.max_rate_per_s))
+        self._base_url = base_url  # resolved below, when the engine makes its transport
         if transport is None:
             # Validate now, not at __aenter__, so a typo fails where it was made.
-            AiohttpTransport.check_settings(
-                base_url, max_connections, request_timeout_s, insecure_skip_tls_verify
+            self._base_url = AiohttpTransport.check_settings(
+                base_url,
+                options.max_connections,
+                options.request_timeout_s,
+                options.insecure_skip_tls_verify,
             )
         self._given_transport = transport
         self._transport: Transport | None = None
-        self._workers = max_connections
         self._clock = clock
-        self._subscriber_buffer = subscriber_buffer
-        self._core = Scheduler(
-            backoff=backoff if backoff is not None else Backoff(),
+        self._core: Scheduler[Credential] = Scheduler(
+            backoff=options.backoff,
             budget_for=self._budget_for,
             weight_for=self._weight_for,
             global_budget=global_budget,
-            rng=random.Random(seed),
-            first_poll_rate_per_s=first_poll_rate_per_s,
-            terminal_retention_s=terminal_retention_s,
-            learned=learned_durations,
+            rng=random.Random(options.seed),
+            first_poll_rate_per_s=options.first_poll_rate_per_s,
+            terminal_retention_s=options.terminal_retention_s,
+            learned=options.learned_durations,
         )
         self._callbacks = CallbackRunner(
-            lanes=callback_concurrency, lane_capacity=callback_queue_size
+            lanes=options.callback_concurrency, lane_capacity=options.callback_queue_size
         )
         # Weak: a key's Credential lives as long as jobs use it, then the entry goes.
         self._credentials: weakref.WeakValueDictionary[str, Credential] = (
@@ -201,6 +154,11 @@ class Poller:
         self._open = False
         self._metrics = Recorder()
 
+    @property
+    def options(self) -> PollerOptions:
+        """The settings this engine runs with."""
+        return self._options
+
     # -- lifecycle ---------------------------------------------------------------
 
     async def __aenter__(self) -> Poller:
@@ -209,7 +167,21 @@ class Poller:
         stack = AsyncExitStack()
         self._stack = stack
         try:
-            self._transport = self._given_transport or AiohttpTransport(**self._transport_settings)
+            fetch_status: FetchStatus
+            if self._given_transport is None:
+                own = AiohttpTransport(
+                    self._base_url,
+                    max_connections=self._options.max_connections,
+                    request_timeout_s=self._options.request_timeout_s,
+                    insecure_skip_tls_verify=self._options.insecure_skip_tls_verify,
+                )
+                # Every ID was checked when its job was tracked: the engine's own transport
+                # is spared checking it again on every poll. A given transport gets the
+                # Transport method, whose JobId it may trust as well.
+                self._transport, fetch_status = own, own.get_checked_status
+            else:
+                self._transport = self._given_transport
+                fetch_status = self._given_transport.get_status
             stack.push_async_callback(self._transport.aclose)
             stack.callback(self._finalize)
             task_group = await stack.enter_async_context(anyio.create_task_group())
@@ -218,7 +190,7 @@ class Poller:
             self._callbacks.start(task_group)
             self._driver = driver = Driver(
                 core=self._core,
-                transport=self._transport,
+                fetch_status=fetch_status,
                 clock=self._clock,
                 metrics=self._metrics,
                 callbacks=self._callbacks,
@@ -226,7 +198,7 @@ class Poller:
                 subscriptions=self._subscriptions,
             )
             task_group.start_soon(driver.dispatch, name="poller-dispatcher")
-            for _ in range(self._workers):
+            for _ in range(self._options.max_connections):
                 task_group.start_soon(driver.work, name="poller-worker")
         except BaseException:
             await stack.aclose()
@@ -298,7 +270,7 @@ class Poller:
         api_key: str | None,
         last_status: Status | None = None,
         last_seq: int = 0,
-    ) -> Job:
+    ) -> TrackedJob[Credential]:
         self._check_open()
         job_id = validate_job_id(job_id)
         job = self._core.get(job_id)
@@ -413,7 +385,7 @@ class Poller:
         """
         self._check_open()
         subscription = Subscription(
-            max_buffer=max_buffer if max_buffer is not None else self._subscriber_buffer,
+            max_buffer=max_buffer if max_buffer is not None else self._options.subscriber_buffer,
             statuses=statuses,
             job_ids=job_ids,
             include_failures=include_failures,
@@ -476,7 +448,7 @@ class Poller:
         include_request: bool = False,
         include_response: bool = True,
         api_key: str | None = None,
-    ) -> FullJob:
+    ) -> Job:
         """Fetch the full job (``GET /v1/jobs/{job_id}``) over the same pool and budget.
 
         Raises:
@@ -557,14 +529,15 @@ class Poller:
             return self._default_credential
         credential = self._credentials.get(api_key)
         if credential is None:
-            credential = Credential(api_key, scheme=self._auth_scheme)
+            credential = Credential(api_key, scheme=self._options.auth_scheme)
             self._credentials[api_key] = credential
         return credential
 
     def _limit_for(self, org_id: str | None) -> RateLimit | None:
+        default = self._options.rate_limit
         if org_id is None:
-            return self._rate_limit
-        return self._org_rate_limits.get(org_id, self._rate_limit)
+            return default
+        return self._options.org_rate_limits.get(org_id, default)
 
     def _budget_for(self, org_id: str | None) -> Budget:
         return AdaptiveBudget(self._limit_for(org_id))

@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 if TYPE_CHECKING:
     from .models import JobStatus
@@ -121,6 +121,19 @@ class JobsFailedError(PollerError):
         self.errors = dict(errors)
 
 
+class _Context(TypedDict, total=False):
+    """What every :class:`RequestError` carries besides its message (keyword arguments
+    of each subclass's constructor, passed on as they are)."""
+
+    job_id: str | None
+    status: int | None
+    request_id: str | None
+
+
+class _APIContext(_Context, total=False):
+    detail: str | None
+
+
 class RequestError(PollerError):
     """A request for one job failed.
 
@@ -163,16 +176,8 @@ class DecodeError(RequestError):
 
     retryable = True
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        excerpt: str,
-        job_id: str | None = None,
-        status: int | None = None,
-        request_id: str | None = None,
-    ) -> None:
-        super().__init__(message, job_id=job_id, status=status, request_id=request_id)
+    def __init__(self, message: str, *, excerpt: str, **context: Unpack[_Context]) -> None:
+        super().__init__(message, **context)
         self.excerpt = excerpt
 
 
@@ -206,15 +211,9 @@ class APIError(RequestError):
     """The server answered with an error status; ``detail`` is its error text, if any."""
 
     def __init__(
-        self,
-        message: str,
-        *,
-        job_id: str | None = None,
-        status: int | None = None,
-        request_id: str | None = None,
-        detail: str | None = None,
+        self, message: str, *, detail: str | None = None, **context: Unpack[_Context]
     ) -> None:
-        super().__init__(message, job_id=job_id, status=status, request_id=request_id)
+        super().__init__(message, **context)
         self.detail = detail
 
 
@@ -232,18 +231,9 @@ class JobNotFoundError(APIError):
 
 class _RetryAfterError(APIError):
     def __init__(
-        self,
-        message: str,
-        *,
-        retry_after_s: float | None = None,
-        job_id: str | None = None,
-        status: int | None = None,
-        request_id: str | None = None,
-        detail: str | None = None,
+        self, message: str, *, retry_after_s: float | None = None, **context: Unpack[_APIContext]
     ) -> None:
-        super().__init__(
-            message, job_id=job_id, status=status, request_id=request_id, detail=detail
-        )
+        super().__init__(message, **context)
         self.retry_after_s = retry_after_s
 
 

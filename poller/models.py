@@ -11,12 +11,26 @@ the generated SDK types do) are accepted and converted; see ``poller._decode``.
 
 from __future__ import annotations
 
-__all__ = ["Endpoint", "Job", "JobError", "JobResponse", "JobStatus", "JobWarning", "Status"]
+__all__ = [
+    "Endpoint",
+    "Job",
+    "JobError",
+    "JobId",
+    "JobResponse",
+    "JobStatus",
+    "JobWarning",
+    "Status",
+]
 
 import enum
-from typing import Any, Final
+from typing import Any, Final, NewType
 
 import msgspec
+
+JobId = NewType("JobId", str)
+JobId.__doc__ = """A job ID that :func:`poller.validate_job_id` checked, and the only way to
+make one: letters, digits and ``_ - . ~ :``, at most 256 characters, not ``.`` or ``..``.
+Whatever holds one may put it in a URL path as it is; every transport may trust it."""
 
 
 class _OpenStrEnum(enum.StrEnum):

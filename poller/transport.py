@@ -1,16 +1,17 @@
 """The transport seam: how the engine fetches one job, and the aiohttp implementation.
 
 The engine talks only to the :class:`Transport` protocol, so tests and benchmarks
-can put the simulator or a canned server behind it. :class:`AiohttpTransport`
-owns exactly one ``aiohttp.ClientSession`` over one ``TCPConnector`` shared by
-every request, and maps every failure through ``poller._boundary``.
+can put the simulator or a canned server behind it. A job ID crosses the seam as a
+:data:`~poller.JobId`: checked once, when the job was tracked, and trusted by every
+transport from then on. :class:`AiohttpTransport` owns exactly one
+``aiohttp.ClientSession`` over one ``TCPConnector`` shared by every request, and maps
+every failure through ``poller._boundary``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import ssl
 import time
 import warnings
@@ -23,13 +24,14 @@ import aiohttp
 from yarl import URL
 
 from ._boundary import client_error, error_for_status, raise_mapped, scrub
+from ._checks import check_bool, check_int, check_number
 from ._deadline import Deadlines
-from ._decode import decode_job, decode_status, excerpt
-from ._ids import MAX_JOB_ID_LENGTH, fast_valid, validate_job_id
+from ._decode import Decode, decode_job, decode_status, invalid_body
+from ._ids import validate_job_id
 from ._version import __version__
 from .auth import Credential, is_loopback, resolve_base_url
 from .errors import ConfigError, DecodeError, InvalidJobIdError, PollerClosedError, RequestError
-from .models import Job, JobStatus
+from .models import Job, JobId, JobStatus
 
 __all__ = ["AiohttpTransport", "Transport"]
 
@@ -42,14 +44,17 @@ MAX_ERROR_BODY_BYTES: Final = 64 << 10
 _ENCODING: Final = "Content-Encoding"
 
 S = TypeVar("S", JobStatus, Job)
-Decode = Callable[[bytes, str, "str | None"], S]
-"""A decoder of response bodies: (body, job ID, request ID) -> payload."""
 
 
 class Transport(Protocol):
-    """Fetches jobs. Implementations raise only :class:`poller.errors.RequestError` subclasses."""
+    """Fetches jobs. Implementations raise only :class:`poller.errors.RequestError` subclasses.
 
-    def get_status(self, job_id: str, credential: Credential) -> Awaitable[JobStatus]:
+    Every ``job_id`` the engine passes is a :data:`~poller.JobId`: checked by
+    :func:`poller.validate_job_id` when the job was tracked, so an implementation may
+    put it in a URL path as it is, and need not check it on every poll.
+    """
+
+    def get_status(self, job_id: JobId, credential: Credential) -> Awaitable[JobStatus]:
         """``GET /v1/jobs/{job_id}/status``. An ``async def`` implements this (it is
         declared as returning an awaitable so that an implementation may hand back the
         coroutine that does the work instead of wrapping it in one more)."""
@@ -57,7 +62,7 @@ class Transport(Protocol):
 
     async def get_job(
         self,
-        job_id: str,
+        job_id: JobId,
         credential: Credential,
         *,
         include_request: bool = False,
@@ -156,19 +161,9 @@ class AiohttpTransport:
         Raises:
             ConfigError: a setting is invalid (the message names it).
         """
-        if not isinstance(insecure_skip_tls_verify, bool):
-            raise ConfigError(
-                "insecure_skip_tls_verify: must be True or False, "
-                f"not {type(insecure_skip_tls_verify).__name__}"
-            )
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
-            raise ConfigError("max_connections: must be an integer >= 1")
-        if max_connections < 1:
-            raise ConfigError("max_connections: must be an integer >= 1")
-        if isinstance(request_timeout_s, bool) or not isinstance(request_timeout_s, int | float):
-            raise ConfigError("request_timeout_s: must be a finite number > 0")
-        if not 0 < request_timeout_s < math.inf:
-            raise ConfigError("request_timeout_s: must be a finite number > 0")
+        check_bool("insecure_skip_tls_verify", insecure_skip_tls_verify)
+        check_int("max_connections", max_connections)
+        check_number("request_timeout_s", request_timeout_s, above=0)
         resolved = resolve_base_url(base_url)
         remote_plain = resolved.startswith("http:") and not _is_loopback(resolved)
         if remote_plain and not insecure_skip_tls_verify:
@@ -188,20 +183,6 @@ class AiohttpTransport:
     def __repr__(self) -> str:
         return f"AiohttpTransport(base_url={self.base_url!r})"
 
-    def _url(self, job_id: str, suffix: str, credential: Credential, query: str = "") -> URL:
-        auth_query = credential._wire_query
-        if auth_query:
-            query = f"{query}&{auth_query}" if query else auth_query
-        # A valid ID holds unreserved URL characters and ':' only, so escaping ':' makes
-        # it fully percent-encoded and no byte of it can act as a separator (this is what
-        # quote(job_id, safe="") gives, without its cost on every poll); encoded=True
-        # stops yarl from re-parsing it.
-        segment = validate_job_id(job_id)
-        if ":" in segment:
-            segment = segment.replace(":", "%3A")
-        path = f"{self._jobs_prefix}{segment}{suffix}"
-        return URL(f"{path}?{query}" if query else path, encoded=True)
-
     async def _fetch(
         self, url: URL, job_id: str, credential: Credential, limit: int, decode: Decode[S]
     ) -> S:
@@ -217,7 +198,7 @@ class AiohttpTransport:
             # connection whose body was not read to the end closes it).
             resp = await self._session.get(
                 url,
-                headers=credential._wire_headers,
+                headers=credential.auth_headers,
                 allow_redirects=False,
                 timeout=self._timeouts[task is not None],
             )
@@ -226,7 +207,7 @@ class AiohttpTransport:
                 request_id = headers.get("x-request-id")
                 length = resp.content_length
                 if resp.status == 200 and length is not None and length <= limit:
-                    if _ENCODING not in headers:  # the common case, inlined
+                    if _ENCODING not in headers:  # the length is the body's: read at once
                         body = await resp.read()
                     else:
                         body = await _read_limited(resp, limit, job_id, request_id)
@@ -286,31 +267,30 @@ class AiohttpTransport:
         )
 
     def get_status(self, job_id: str, credential: Credential) -> Awaitable[JobStatus]:
-        """Fetch a job's lifecycle payload. Raises :class:`poller.errors.RequestError`.
+        """Fetch a job's lifecycle payload, for any ``job_id``: it is checked first
+        (:func:`poller.validate_job_id`; the error is raised when the result is
+        awaited). Raises :class:`poller.errors.RequestError`."""
+        try:
+            checked = validate_job_id(job_id)
+        except InvalidJobIdError as exc:
+            return _raise(exc)
+        return self.get_checked_status(checked, credential)
+
+    def get_checked_status(self, job_id: JobId, credential: Credential) -> Awaitable[JobStatus]:
+        """:meth:`get_status` for a :data:`~poller.JobId`, which is not checked again: what
+        the engine calls on every poll of its own transport (it checks each ID once, when
+        the job is tracked). Raises :class:`poller.errors.RequestError`.
 
         A plain method returning the request's coroutine, so that awaiting it costs no
         coroutine frame of its own: every resumption of an ``await`` passes through each
         frame of the chain, and this one runs on every poll. Errors are raised when the
         result is awaited, as from a coroutine function."""
-        # What _url does, inlined for the hot path (one call less on every poll).
-        if (
-            type(job_id) is not str
-            or fast_valid(job_id) is None
-            or job_id in (".", "..")
-            or len(job_id) > MAX_JOB_ID_LENGTH
-        ):
-            try:
-                job_id = validate_job_id(job_id)  # raises saying why, or a str subclass
-            except InvalidJobIdError as exc:  # becomes a plain str
-                return _raise(exc)
-        return self._get_checked_status(job_id, credential)
-
-    def _get_checked_status(self, job_id: str, credential: Credential) -> Awaitable[JobStatus]:
-        """:meth:`get_status` for a job ID already checked by
-        :func:`poller._ids.validate_job_id` (the engine checks each when it is tracked).
-        Private on purpose: an unchecked ID here could break out of the URL path."""
+        # A JobId holds unreserved URL characters and ':' only, so escaping ':' makes it
+        # fully percent-encoded and no byte of it can act as a separator (this is what
+        # quote(job_id, safe="") gives, without its cost on every poll); encoded=True
+        # stops yarl from re-parsing it.
         segment = job_id.replace(":", "%3A") if ":" in job_id else job_id
-        query = credential._wire_query
+        query = credential.auth_query
         path = f"{self._jobs_prefix}{segment}/status"
         url = URL(f"{path}?{query}" if query else path, encoded=True)
         return self._fetch(url, job_id, credential, MAX_STATUS_BODY_BYTES, decode_status)
@@ -323,15 +303,19 @@ class AiohttpTransport:
         include_request: bool = False,
         include_response: bool = True,
     ) -> Job:
-        """Fetch the full job. Raises :class:`poller.errors.RequestError`."""
+        """Fetch the full job, for any ``job_id`` (it is checked first, as by
+        :meth:`get_status`). Raises :class:`poller.errors.RequestError`."""
+        checked = validate_job_id(job_id)
+        segment = checked.replace(":", "%3A")  # percent-encoded, as in get_checked_status
         flags = urlencode(
             {
                 "include_request": "true" if include_request else "false",
                 "include_response": "true" if include_response else "false",
             }
         )
-        url = self._url(job_id, "", credential, flags)
-        return await self._fetch(url, job_id, credential, MAX_JOB_BODY_BYTES, decode_job)
+        query = f"{flags}&{credential.auth_query}" if credential.auth_query else flags
+        url = URL(f"{self._jobs_prefix}{segment}?{query}", encoded=True)
+        return await self._fetch(url, checked, credential, MAX_JOB_BODY_BYTES, decode_job)
 
     async def aclose(self) -> None:
         """Close the session and every pooled connection. Idempotent."""
@@ -359,13 +343,8 @@ async def _read_limited(
     async for chunk in resp.content.iter_any():
         size += len(chunk)
         if size > limit:
-            raise DecodeError(
-                f"response body exceeds {limit} bytes",
-                excerpt=excerpt(b"".join(chunks)),
-                job_id=job_id,
-                status=resp.status,
-                request_id=request_id,
-            )
+            message = f"response body exceeds {limit} bytes"
+            raise invalid_body(message, b"".join(chunks), job_id, request_id, resp.status)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -386,11 +365,6 @@ async def _raise(exc: BaseException) -> NoReturn:
 def _check_id(decoded: S, job_id: str, body: bytes, request_id: str | None) -> S:
     # A payload for another job would be attributed to the wrong job: refuse it.
     if decoded.id != job_id:
-        raise DecodeError(
-            f"payload is for job {decoded.id[:80]!r}, not the job requested",
-            excerpt=excerpt(body),
-            job_id=job_id,
-            status=200,
-            request_id=request_id,
-        )
+        message = f"payload is for job {decoded.id[:80]!r}, not the job requested"
+        raise invalid_body(message, body, job_id, request_id)
     return decoded

@@ -17,9 +17,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from poller.auth import Credential
-from poller.backoff import Backoff
 from poller.errors import JobNotFoundError, PollerClosedError, RequestError
 from poller.models import Endpoint, Job, JobStatus, Status
+from poller.sched.backoff import Backoff
 from poller.transport import Transport
 
 # Fast polling for simulated jobs that last tens of milliseconds.

@@ -50,6 +50,26 @@ def test_access_token_is_a_query_parameter_alongside_the_key() -> None:
     assert dict(credential.params) == {"access_token": TOKEN}
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "headers", "query"),
+    [
+        ({}, {"Api-Key": KEY}, ""),
+        ({"scheme": "bearer"}, {"Authorization": f"Bearer {KEY}"}, ""),
+        ({"access_token": "t/ok+n"}, {"Api-Key": KEY}, "access_token=t%2Fok%2Bn"),
+    ],
+)
+def test_the_parts_a_transport_sends(
+    kwargs: dict[str, str], headers: dict[str, str], query: str
+) -> None:
+    """What a transport reads on every request: the same as the read-only views, ready
+    to send (the query part encoded)."""
+    credential = Credential(KEY, environ=NO_ENV, **kwargs)  # type: ignore[arg-type]
+
+    assert credential.auth_headers == headers == dict(credential.headers)
+    assert credential.auth_query == query
+    assert credential.auth_headers is credential.auth_headers  # one dict, made once
+
+
 def test_access_token_alone_is_enough() -> None:
     credential = Credential(access_token=TOKEN, environ=NO_ENV)
 

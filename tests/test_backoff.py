@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from poller.backoff import Backoff
 from poller.errors import ConfigError
 from poller.models import Status
+from poller.sched.backoff import Backoff
 
 _PROPERTY = settings(max_examples=200, derandomize=True, database=None, deadline=None)
 

@@ -11,8 +11,10 @@ import pytest
 from poller import (
     Backoff,
     BlockingPoller,
+    ConfigError,
     JobNotFoundError,
     PollerClosedError,
+    PollerOptions,
     Status,
     Transition,
 )
@@ -194,3 +196,29 @@ def test_late_callbacks_replay_as_asked(
     assert [(t.job_id, t.seq) for t in queued_only] == [(job_id, 2)]
     assert [t.seq for t in fresh] == [3]
     assert async_seen == [2, 3]  # the latest transition, then the live one
+
+
+def test_track_resumes_a_job_as_the_async_engine_does(served: tuple[JobsSimulator, str]) -> None:
+    """``last_status`` and ``last_seq``: seeing that status again is no transition, and
+    ``seq`` goes on from there."""
+    sim, base_url = served
+    job = scripted(sim, ("in_progress", 0.0), ("completed", 0.05))
+    seen: list[Transition] = []
+    with engine(base_url) as poller:
+        poller.on_transition(seen.append)
+        poller.track(job, last_status="in_progress", last_seq=4)
+        assert poller.wait(job, timeout_s=10).status is Status.COMPLETED
+    assert [(t.previous, t.current, t.seq) for t in seen] == [
+        (Status.IN_PROGRESS, Status.COMPLETED, 5)
+    ]
+
+
+def test_settings_are_checked_and_options_are_shared() -> None:
+    with (
+        pytest.raises(ConfigError, match=r"^max_connections:"),
+        BlockingPoller(api_key=TEST_API_KEY, max_connections=0),
+    ):
+        pass
+    options = PollerOptions(max_connections=3, backoff=FAST)
+    with BlockingPoller(api_key=TEST_API_KEY, options=options, seed=7) as poller:
+        assert poller.stats().tracked == 0

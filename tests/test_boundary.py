@@ -7,7 +7,7 @@ import email.utils
 import errno
 import json
 import traceback
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import aiohttp
 import pytest
@@ -19,11 +19,12 @@ from yarl import URL
 
 from poller._boundary import (
     MAX_RETRY_AFTER_S,
+    client_error,
     error_for_status,
-    map_client_errors,
     parse_retry_after,
     scrub,
 )
+from poller.auth import Credential
 from poller.errors import (
     APIError,
     AuthenticationError,
@@ -42,6 +43,7 @@ from poller.errors import (
     TransportError,
     UnexpectedStatusError,
 )
+from poller.transport import AiohttpTransport
 
 # Wed, 21 Oct 2015 07:28:00 GMT
 NOW = 1445412480.0
@@ -369,13 +371,32 @@ MAPPED: dict[str, tuple[BaseException, type[TransportError]]] = {
 }
 
 
+async def raised_by_a_request(
+    original: BaseException | Callable[[], Awaitable[None]], *, job_id: str = JOB_ID
+) -> BaseException:
+    """What a request raises when aiohttp raises ``original`` (or when this awaitable
+    does): the production path, AiohttpTransport's one place that translates errors,
+    with a credential whose secrets are KEY and TOKEN."""
+
+    async def get(*args: object, **kwargs: object) -> None:
+        if isinstance(original, BaseException):
+            raise original
+        await original()
+
+    async with AiohttpTransport("http://127.0.0.1:9") as transport:
+        transport._session.get = get  # type: ignore[method-assign,assignment]
+        with pytest.raises(BaseException) as info:
+            await transport.get_status(job_id, Credential(KEY, access_token=TOKEN))
+    return info.value
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize(("original", "kind"), MAPPED.values(), ids=list(MAPPED))
-def test_client_errors_map_to_transport_errors_chained(
+async def test_client_errors_map_to_transport_errors_chained(
     original: BaseException, kind: type[TransportError]
 ) -> None:
-    with pytest.raises(TransportError) as info, map_client_errors(JOB_ID, SECRETS):
-        raise original
-    error = info.value
+    error = await raised_by_a_request(original)
+    assert isinstance(error, TransportError)
 
     assert type(error) is kind
     assert error.__cause__ is original
@@ -386,26 +407,21 @@ def test_client_errors_map_to_transport_errors_chained(
     assert type(original).__name__ in str(error)
 
 
-def test_connector_error_message_names_the_host() -> None:
+@pytest.mark.anyio
+async def test_connector_error_message_names_the_host() -> None:
     original = aiohttp.ClientConnectorError(
         connection_key(), OSError(errno.ECONNREFUSED, "Connection refused")
     )
-    with pytest.raises(ConnectError) as info, map_client_errors(JOB_ID):
-        raise original
-    assert "could not connect" in str(info.value)
-    assert "api.retab.com:443" in str(info.value)
+    error = await raised_by_a_request(original)
+    assert isinstance(error, ConnectError)
+    assert "could not connect" in str(error)
+    assert "api.retab.com:443" in str(error)
 
 
 def test_without_job_id() -> None:
-    with pytest.raises(ConnectionLostError) as info, map_client_errors(None):
-        raise aiohttp.ServerDisconnectedError()
-    assert info.value.job_id is None
-
-
-def test_no_error_no_change() -> None:
-    with map_client_errors(JOB_ID, SECRETS):
-        value = 1 + 1
-    assert value == 2
+    error = client_error(aiohttp.ServerDisconnectedError(), None)
+    assert isinstance(error, ConnectionLostError)
+    assert error.job_id is None
 
 
 def _secret_bearing_errors() -> dict[str, BaseException]:
@@ -424,12 +440,11 @@ def _secret_bearing_errors() -> dict[str, BaseException]:
     }
 
 
+@pytest.mark.anyio
 @pytest.mark.parametrize("name", list(_secret_bearing_errors()))
-def test_an_original_holding_a_secret_is_not_chained_nor_quoted(name: str) -> None:
-    original = _secret_bearing_errors()[name]
-    with pytest.raises(TransportError) as info, map_client_errors(JOB_ID, SECRETS):
-        raise original
-    error = info.value
+async def test_an_original_holding_a_secret_is_not_chained_nor_quoted(name: str) -> None:
+    error = await raised_by_a_request(_secret_bearing_errors()[name])
+    assert isinstance(error, TransportError)
 
     assert error.__cause__ is None
     assert error.__suppress_context__ is True
@@ -441,18 +456,19 @@ def test_an_original_holding_a_secret_is_not_chained_nor_quoted(name: str) -> No
     assert TOKEN not in printed
 
 
-def test_a_scrubbed_message_keeps_the_rest_of_the_original() -> None:
-    with pytest.raises(ConnectionLostError) as info, map_client_errors(JOB_ID, SECRETS):
-        raise aiohttp.ClientOSError(errno.ECONNRESET, f"reset while sending Api-Key {KEY}")
-    assert "reset while sending Api-Key [REDACTED]" in str(info.value)
+@pytest.mark.anyio
+async def test_a_scrubbed_message_keeps_the_rest_of_the_original() -> None:
+    original = aiohttp.ClientOSError(errno.ECONNRESET, f"reset while sending Api-Key {KEY}")
+    error = await raised_by_a_request(original)
+    assert isinstance(error, ConnectionLostError)
+    assert "reset while sending Api-Key [REDACTED]" in str(error)
 
 
+@pytest.mark.anyio
 @pytest.mark.parametrize("name", list(_secret_bearing_errors()))
-def test_an_original_holding_a_secret_is_not_reachable_at_all(name: str) -> None:
-    original = _secret_bearing_errors()[name]
-    with pytest.raises(TransportError) as info, map_client_errors(JOB_ID, SECRETS):
-        raise original
-    seen: BaseException | None = info.value
+async def test_an_original_holding_a_secret_is_not_reachable_at_all(name: str) -> None:
+    seen: BaseException | None = await raised_by_a_request(_secret_bearing_errors()[name])
+    assert isinstance(seen, TransportError)
     while seen is not None:
         assert KEY not in repr(seen)
         assert TOKEN not in repr(seen)
@@ -473,39 +489,36 @@ PASS_THROUGH: dict[str, BaseException] = {
 }
 
 
+@pytest.mark.anyio
 @pytest.mark.parametrize("original", PASS_THROUGH.values(), ids=list(PASS_THROUGH))
-def test_other_exceptions_pass_through_untouched(original: BaseException) -> None:
-    with pytest.raises(BaseException) as info, map_client_errors(JOB_ID, SECRETS):
-        raise original
-    assert info.value is original
-    assert info.value.__cause__ is None
+async def test_other_exceptions_pass_through_untouched(original: BaseException) -> None:
+    error = await raised_by_a_request(original)
+    assert error is original
+    assert error.__cause__ is None
     if isinstance(original, PollerError):
-        assert info.value.__context__ is None
+        assert error.__context__ is None
 
 
 @pytest.mark.anyio
-async def test_cancellation_inside_the_block_passes_through() -> None:
+async def test_cancellation_of_a_request_passes_through() -> None:
     entered = asyncio.Event()
-    reached_after = False
 
-    async def request() -> None:
-        nonlocal reached_after
-        with map_client_errors(JOB_ID, SECRETS):
-            entered.set()
-            await asyncio.Event().wait()  # a request that never answers
-        reached_after = True
+    async def never_answers() -> None:
+        entered.set()
+        await asyncio.Event().wait()
 
-    task = asyncio.create_task(request())
+    task = asyncio.create_task(raised_by_a_request(never_answers))
     await entered.wait()
     task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert task.cancelled()
-    assert not reached_after
+    error = await task  # what the request raised: the cancellation, as it was
+    assert type(error) is asyncio.CancelledError
 
 
 @pytest.mark.anyio
-async def test_a_real_timeout_inside_the_block_becomes_request_timeout() -> None:
-    with pytest.raises(RequestTimeoutError) as info, map_client_errors(JOB_ID):
+async def test_a_real_timeout_in_a_request_becomes_request_timeout() -> None:
+    async def times_out() -> None:
         await asyncio.wait_for(asyncio.Event().wait(), timeout=0)
-    assert isinstance(info.value.__cause__, TimeoutError)
+
+    error = await raised_by_a_request(times_out)
+    assert isinstance(error, RequestTimeoutError)
+    assert isinstance(error.__cause__, TimeoutError)

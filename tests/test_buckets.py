@@ -5,11 +5,11 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from poller._core import Scheduler
 from poller.auth import Credential
-from poller.backoff import Backoff
 from poller.models import Endpoint, JobStatus, Status
-from poller.ratelimit import AdaptiveBudget, Budget, RateLimit, TokenBucket
+from poller.sched.backoff import Backoff
+from poller.sched.core import Scheduler
+from poller.sched.ratelimit import AdaptiveBudget, Budget, RateLimit, TokenBucket
 
 T0 = 1_800_000_000.0
 KEYS = {org: Credential(f"rt_test_{org}", environ={}) for org in ("big", "small", "heavy")}

@@ -14,11 +14,12 @@ import msgspec
 import pytest
 
 from poller import JobNotFoundError, Status, TrackingFailure, Transition, __version__
-from poller.cli import main
+from poller.commands.cli import main
+from poller.commands.tally import Outcome, Tally
+from poller.commands.watch import trouble_line, watch
+from poller.commands.watch_view import JsonView, PlainView, RichView, describe, make_view
 from poller.daemon.config import Settings, engine_options, load_settings
 from poller.daemon.options import Secret
-from poller.daemon.watch import Outcome, Tally, trouble_line, watch
-from poller.daemon.watch_view import JsonView, PlainView, RichView, describe, make_view
 from poller.events import HealthStats, Histogram, OrgStats, Stats
 from poller.models import JobError, JobStatus
 from poller.testing import Change, SimServer
@@ -333,8 +334,9 @@ async def test_watch_takes_its_key_and_engine_settings_from_the_config_file(
     )
     settings = load_settings({}, {}, str(config))  # no RETAB_API_KEY: the file's key
     options = engine_options(settings)
-    assert options["auth_scheme"] == "bearer" and options["max_connections"] == 4
-    assert options["rate_limit"].per_s == 40 and options["api_key"] == KEY
+    assert options.auth_scheme == "bearer" and options.max_connections == 4
+    assert options.rate_limit is not None and options.rate_limit.per_s == 40
+    assert settings.api_key is not None and settings.api_key.reveal() == KEY
     job = retab_sim.sim.add_job(org_id="org_test", script=DONE)
     out = io.StringIO()
     assert await watch([job], JsonView(out), settings=settings) == 0

@@ -8,10 +8,7 @@ import random
 import msgspec
 import pytest
 
-from poller._core import ORG_IDLE_S, PENDING, Job, Scheduler
-from poller._learn import DurationModel, LearnedDurations
 from poller.auth import Credential
-from poller.backoff import Backoff
 from poller.errors import (
     AuthenticationError,
     ConfigError,
@@ -25,7 +22,11 @@ from poller.errors import (
 )
 from poller.events import TrackingFailure, Transition
 from poller.models import Endpoint, JobStatus, Status
-from poller.ratelimit import AdaptiveBudget, Budget, RateLimit
+from poller.sched.backoff import Backoff
+from poller.sched.core import ORG_IDLE_S, PENDING, Scheduler
+from poller.sched.learn import DurationModel, LearnedDurations
+from poller.sched.queue import TrackedJob
+from poller.sched.ratelimit import AdaptiveBudget, Budget, RateLimit
 
 T0 = 1_700_000_000.0
 KEY = Credential("rt_test_core", environ={})
@@ -66,7 +67,7 @@ def make(
     return core
 
 
-def drain(core: Scheduler, now: float) -> list[Job]:
+def drain(core: Scheduler, now: float) -> list[TrackedJob]:
     jobs = []
     while (job := core.next_due(now)) is not None:
         jobs.append(job)
@@ -559,7 +560,7 @@ def _validating(job_id: str, *, created_at: float) -> JobStatus:
     )
 
 
-def _poll(core: Scheduler, now: float) -> tuple[Job, float]:
+def _poll(core: Scheduler, now: float) -> tuple[TrackedJob, float]:
     """The next job the core sends, and when (spurious wake-ups skipped)."""
     while (job := core.next_due(now)) is None:
         wake = core.next_wakeup(now)

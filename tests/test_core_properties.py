@@ -1,6 +1,6 @@
 """Properties of the scheduling core, for any sequence of results and clock advances.
 
-Hypothesis drives ``poller._core.Scheduler`` directly with a fake clock (no event loop)
+Hypothesis drives ``poller.sched.core.Scheduler`` directly with a fake clock (no event loop)
 through random interleavings of track, untrack, dispatch (``next_due``), outcomes (status
 payloads, 429 / 503 with and without ``Retry-After``, 5xx, resets, malformed bodies, 404,
 401) and clock advances, and checks after every step that:
@@ -31,10 +31,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from poller._buckets import Bucket
-from poller._core import Job, Scheduler
 from poller.auth import Credential
-from poller.backoff import Backoff
 from poller.errors import (
     AuthenticationError,
     ConnectionLostError,
@@ -46,7 +43,10 @@ from poller.errors import (
 )
 from poller.events import TrackingFailure, Transition
 from poller.models import Endpoint, JobStatus, Status
-from poller.ratelimit import AdaptiveBudget, RateLimit
+from poller.sched.backoff import Backoff
+from poller.sched.core import Scheduler
+from poller.sched.queue import Bucket, TrackedJob
+from poller.sched.ratelimit import AdaptiveBudget, RateLimit
 
 T0 = 1_700_000_000.0
 PER_S, BURST = 20.0, 2.0
@@ -146,10 +146,10 @@ class Harness:
     expires_in_s: float
     budget_for_none: RateLimit | None = field(default_factory=lambda: RateLimit(PER_S, BURST))
     now: float = T0
-    in_flight: list[tuple[Job, int]] = field(default_factory=list)  # (job, key index)
-    key_of: dict[int, int] = field(default_factory=dict)  # id(Job) -> key index
-    answered_at: dict[int, float] = field(default_factory=dict)  # id(Job) -> last answer
-    gone: set[int] = field(default_factory=set)  # id(Job) of untracked or finished jobs
+    in_flight: list[tuple[TrackedJob, int]] = field(default_factory=list)  # (job, key index)
+    key_of: dict[int, int] = field(default_factory=dict)  # id(TrackedJob) -> key index
+    answered_at: dict[int, float] = field(default_factory=dict)  # id(TrackedJob) -> last answer
+    gone: set[int] = field(default_factory=set)  # id(TrackedJob) of untracked or finished jobs
     sent: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     # (key, its organisation was known then, from, until)
     pauses: list[tuple[int, bool, float, float]] = field(default_factory=list)
@@ -157,7 +157,7 @@ class Harness:
     events: dict[int, list[Transition | TrackingFailure]] = field(
         default_factory=lambda: defaultdict(list)
     )
-    jobs_seen: dict[int, Job] = field(default_factory=dict)
+    jobs_seen: dict[int, TrackedJob] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def budget_for(org_id: str | None) -> AdaptiveBudget:
@@ -230,7 +230,7 @@ class Harness:
             error = _error(kind, arg, job.job_id)
             org_known = KEYS[key] in self.core._key_orgs
             self.core.on_failure(job, error, self.now)
-            # A 503 pauses the organisation only when 503s track load (poller._health);
+            # A 503 pauses the organisation only when 503s track load (poller.sched.health);
             # else it holds back its own job only, for its Retry-After.
             load = kind == "503" and job.bucket.health.load_signal(self.now)
             if tracked_before and (kind == "429" or (load and arg is not None)):
@@ -264,7 +264,7 @@ class Harness:
 
     # the server's answer
 
-    def payload(self, job: Job, key: int, status: Status) -> JobStatus:
+    def payload(self, job: TrackedJob, key: int, status: Status) -> JobStatus:
         # Recent timestamps: ages under a second keep the intervals short and the budget busy.
         started = int(self.now) if status is not Status.QUEUED else None
         done = int(self.now) if status.is_terminal else None
@@ -281,7 +281,7 @@ class Harness:
 
     # checks
 
-    def check_dispatch(self, job: Job) -> None:
+    def check_dispatch(self, job: TrackedJob) -> None:
         key = self.key_of[id(job)]
         assert id(job) not in self.gone, f"{job.job_id} polled after it was untracked or ended"
         assert self.core.get(job.job_id) is job, "only tracked jobs are polled"

@@ -209,8 +209,8 @@ async def test_healthz_and_metrics(
     async def delivered() -> bool:
         async with http.get(f"{daemon}/metrics") as response:
             text = await response.text()
-        return 'poller_jobs{status="completed"} 1' in text and (
-            'poller_sink_backlog{sink="jsonl"} 0' in text
+        return 'poller_jobs{status="completed"} 1.0' in text and (
+            'poller_sink_backlog{sink="jsonl"} 0.0' in text
         )
 
     await eventually(delivered)

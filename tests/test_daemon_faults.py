@@ -351,8 +351,8 @@ async def test_an_api_that_stops_answering_makes_healthz_degraded_and_shows_in_m
         assert api["reason"] == "unreachable" and "ServerError x" in api["message"]
         async with http.get(f"{url}/metrics") as response:
             text = await response.text()
-        assert 'poller_api_health{state="down"} 1' in text
-        assert 'poller_org_health{org="org_test",state="down"} 1' in text
+        assert 'poller_api_health{state="down"} 1.0' in text
+        assert 'poller_org_health{org="org_test",state="down"} 1.0' in text
         retab_sim.sim.faults = Faults()
 
         async def recovered() -> bool:

@@ -31,12 +31,12 @@ import pytest
 from _helpers import MemoryTransport, poller_tasks
 
 from poller import Backoff, Poller
-from poller._core import Scheduler
 from poller.auth import Credential
 from poller.errors import RateLimitedError, ServerError
 from poller.events import Transition
 from poller.models import Endpoint, JobStatus, Status
-from poller.ratelimit import AdaptiveBudget
+from poller.sched.core import Scheduler
+from poller.sched.ratelimit import AdaptiveBudget
 from poller.testing import Change, draw_endpoint, draw_lifecycle
 
 T0 = 1_800_000_000.0

@@ -1,6 +1,6 @@
 """Health of the API, in virtual time: faults against rate signals, outages, notices.
 
-First the pure :class:`poller._health.Health` with a fake clock, then the scheduling
+First the pure :class:`poller.sched.health.Health` with a fake clock, then the scheduling
 core driven through faults and outages by a small virtual-time loop (requests take
 ``LATENCY_S`` each, many in flight at once), no event loop and no sleeping.
 """
@@ -13,8 +13,20 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from poller._core import Job, Scheduler
-from poller._health import (
+from poller._health_log import notice_text
+from poller.auth import Credential
+from poller.errors import (
+    ConnectError,
+    ConnectionLostError,
+    RateLimitedError,
+    RequestError,
+    ServerError,
+)
+from poller.events import TrackingFailure, Transition
+from poller.models import Endpoint, JobStatus, Status
+from poller.sched.backoff import Backoff
+from poller.sched.core import Scheduler
+from poller.sched.health import (
     DEGRADED_MIN,
     PROBE_FIRST_S,
     PROBE_MAX_S,
@@ -25,19 +37,8 @@ from poller._health import (
     Health,
     HealthState,
 )
-from poller._health_log import notice_text
-from poller.auth import Credential
-from poller.backoff import Backoff
-from poller.errors import (
-    ConnectError,
-    ConnectionLostError,
-    RateLimitedError,
-    RequestError,
-    ServerError,
-)
-from poller.events import TrackingFailure, Transition
-from poller.models import Endpoint, JobStatus, Status
-from poller.ratelimit import AdaptiveBudget
+from poller.sched.queue import TrackedJob
+from poller.sched.ratelimit import AdaptiveBudget
 
 T0 = 1_700_000_000.0
 LATENCY_S = 0.05
@@ -224,9 +225,9 @@ class World:
     """The core, a fake API answering through ``answer``, and a log of what was sent."""
 
     core: Scheduler
-    answer: Callable[[Job, float], JobStatus | RequestError]
+    answer: Callable[[TrackedJob, float], JobStatus | RequestError]
     now: float = T0
-    in_flight: list[tuple[float, Job]] = field(default_factory=list)
+    in_flight: list[tuple[float, TrackedJob]] = field(default_factory=list)
     sent: list[tuple[float, str]] = field(default_factory=list)
     events: list[Transition | TrackingFailure] = field(default_factory=list)
     max_in_flight: int = 0
@@ -263,7 +264,7 @@ OTHER = Credential("rt_test_health_b", environ={})
 ORG_OF = {KEY: "org_a", OTHER: "org_b"}
 
 
-def status(job: Job, now: float, state: Status = Status.IN_PROGRESS) -> JobStatus:
+def status(job: TrackedJob, now: float, state: Status = Status.IN_PROGRESS) -> JobStatus:
     return JobStatus(
         id=job.job_id,
         status=state,
@@ -292,7 +293,7 @@ def test_a_sporadic_503_holds_back_its_own_job_and_not_the_organisation() -> Non
     unlucky = "job_0007"
     refused: list[float] = []
 
-    def answer(job: Job, now: float) -> JobStatus | RequestError:
+    def answer(job: TrackedJob, now: float) -> JobStatus | RequestError:
         if job.job_id == unlucky and not refused and now >= T0 + 5:
             refused.append(now)
             return ServerError("unavailable", status=503, retry_after_s=3.0)
@@ -312,7 +313,7 @@ def test_a_sporadic_503_holds_back_its_own_job_and_not_the_organisation() -> Non
 def test_503s_that_track_load_pause_and_slow_the_organisation() -> None:
     draws = random.Random(11)
 
-    def answer(job: Job, now: float) -> JobStatus | RequestError:
+    def answer(job: TrackedJob, now: float) -> JobStatus | RequestError:
         if now >= T0 + 5 and draws.random() < 0.33:
             return ServerError("overloaded", status=503, retry_after_s=1.0)
         return status(job, now)
@@ -327,7 +328,7 @@ def test_503s_that_track_load_pause_and_slow_the_organisation() -> None:
 def test_an_outage_probes_one_at_a_time_ends_no_job_and_recovers_without_a_herd() -> None:
     down_from, down_until = T0 + 10.0, T0 + 10.0 + 2 * 3600.0
 
-    def answer(job: Job, now: float) -> JobStatus | RequestError:
+    def answer(job: TrackedJob, now: float) -> JobStatus | RequestError:
         if down_from <= now < down_until:
             return ConnectError("connection refused")
         return status(job, now)
@@ -358,7 +359,7 @@ def test_an_outage_probes_one_at_a_time_ends_no_job_and_recovers_without_a_herd(
 def test_when_one_organisation_answers_again_the_others_probe_at_once() -> None:
     down_until = T0 + 40.0
 
-    def answer(job: Job, now: float) -> JobStatus | RequestError:
+    def answer(job: TrackedJob, now: float) -> JobStatus | RequestError:
         if T0 + 5.0 <= now < down_until:
             return ConnectionLostError("reset")
         return status(job, now)
@@ -377,7 +378,7 @@ def test_when_one_organisation_answers_again_the_others_probe_at_once() -> None:
 
 
 def test_one_organisation_down_is_not_the_api_down() -> None:
-    def answer(job: Job, now: float) -> JobStatus | RequestError:
+    def answer(job: TrackedJob, now: float) -> JobStatus | RequestError:
         if job.credential is KEY and now >= T0 + 5.0:
             return ServerError("boom", status=500)
         return status(job, now)
@@ -393,7 +394,7 @@ def test_one_organisation_down_is_not_the_api_down() -> None:
 
 
 def test_a_job_that_always_fails_while_its_organisation_answers_ends() -> None:
-    def answer(job: Job, now: float) -> JobStatus | RequestError:
+    def answer(job: TrackedJob, now: float) -> JobStatus | RequestError:
         if job.job_id == "job_0003":
             return ServerError("boom", status=500)
         return status(job, now)
@@ -406,7 +407,7 @@ def test_a_job_that_always_fails_while_its_organisation_answers_ends() -> None:
 
 
 def test_a_429_is_an_answer_not_a_fault() -> None:
-    def answer(job: Job, now: float) -> JobStatus | RequestError:
+    def answer(job: TrackedJob, now: float) -> JobStatus | RequestError:
         if now >= T0 + 5.0:
             return RateLimitedError("slow down", status=429, retry_after_s=1.0)
         return status(job, now)

@@ -179,3 +179,23 @@ def test_a_str_subclass_is_checked_and_returned_as_the_plain_string() -> None:
     checked = validate_job_id(_Disguised("job_1"))
     assert type(checked) is str and checked == "job_1"
     assert f"/v1/jobs/{checked}/status" == "/v1/jobs/job_1/status"
+
+
+def test_only_validate_job_id_makes_a_job_id() -> None:
+    """Every transport trusts a JobId: nothing in the package but validate_job_id may
+    make one out of a str (a cast would do it too: there is none either)."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parent.parent / "poller"
+    makers = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+                first = node.args[0] if node.args else None
+                is_cast = name == "cast" and isinstance(first, ast.Name) and first.id == "JobId"
+                if name == "JobId" or is_cast:
+                    makers.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert [m.split(":")[0] for m in makers] == ["_ids.py"], makers

@@ -11,19 +11,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from poller._learn import (
+from poller.auth import Credential
+from poller.errors import ConfigError
+from poller.models import Endpoint, JobId, JobStatus, Status
+from poller.sched.backoff import Backoff
+from poller.sched.core import Scheduler
+from poller.sched.learn import (
     LAYOUT,
     DurationModel,
     DurationSketch,
     LearnedDurations,
     LearnedKind,
     solve_step,
-    status_age,
     steady_hazard_step,
     tail_step,
 )
-from poller.errors import ConfigError
-from poller.models import Endpoint, JobStatus, Status
+from poller.sched.ratelimit import AdaptiveBudget
 
 T0 = 1_800_000_000
 
@@ -84,17 +87,45 @@ def test_nothing_is_known_before_enough_samples() -> None:
     model = DurationModel(min_samples=30)
     teach(model, [20.0] * 29)
     running = payload(Status.IN_PROGRESS, started=T0 + 10)
-    assert model.row(running, T0 + 15) is None
+    assert model.row_at_age(running, 5.0) is None
     teach(model, [20.0])
-    assert isinstance(model.row(running, T0 + 15), array)
+    assert isinstance(model.row_at_age(running, 5.0), array)
 
 
 def test_statuses_without_an_age_are_not_modelled() -> None:
     model = DurationModel(min_samples=1)
     teach(model, [20.0] * 10)
-    assert model.row(payload(Status.VALIDATING), T0 + 1) is None
-    assert model.row(payload(Status("postprocessing")), T0 + 1) is None
-    assert status_age(payload(Status.IN_PROGRESS), T0) is None, "no started_at, no age"
+    assert model.row_at_age(payload(Status.VALIDATING), 1.0) is None
+    assert model.row_at_age(payload(Status("postprocessing")), 1.0) is None
+
+
+def test_a_job_in_progress_without_started_at_has_no_age_and_backs_off() -> None:
+    """The scheduler takes a job's age in its status from the payload's own timestamps:
+    without ``started_at``, a job in progress has none, and is polled by the geometric
+    backoff even where the model knows its kind."""
+    model = DurationModel(min_samples=30)
+    teach(model, [600.0] * 100)  # long jobs: the learned step at age 5 s is long
+    backoff = Backoff(jitter=0.0, default_interval_s=1.0, initial_interval_s={})
+    key = Credential("rt_test_learn", environ={})
+
+    def next_poll_after(answer: JobStatus) -> float:
+        core: Scheduler[Credential] = Scheduler(
+            backoff=backoff,
+            budget_for=lambda org: AdaptiveBudget(),
+            rng=random.Random(0),
+            first_poll_rate_per_s=None,
+            learned=model.snapshot(),
+        )
+        core.track(JobId("job_1"), key, T0)
+        job = core.next_due(T0)
+        assert job is not None
+        core.on_success(job, answer, T0 + 15)
+        wakeup = core.next_wakeup(T0 + 15)
+        assert wakeup is not None
+        return wakeup - (T0 + 15)
+
+    assert next_poll_after(payload(Status.IN_PROGRESS)) == pytest.approx(1.0)
+    assert next_poll_after(payload(Status.IN_PROGRESS, started=T0 + 10)) > 5.0
 
 
 def test_steps_follow_the_hazard() -> None:
@@ -103,7 +134,7 @@ def test_steps_follow_the_hazard() -> None:
     teach(model, [rng.lognormvariate(math.log(60), 0.3) for _ in range(500)])
 
     def step(age: float, theta: float = 0.125) -> float:
-        row = model.row(payload(Status.IN_PROGRESS, started=T0 + 10), T0 + 10 + age)
+        row = model.row_at_age(payload(Status.IN_PROGRESS, started=T0 + 10), age)
         assert isinstance(row, array)
         return solve_step(row, theta)
 
@@ -117,7 +148,7 @@ def test_a_job_older_than_the_data_is_in_the_tail() -> None:
     model = DurationModel(min_samples=30)
     teach(model, [10.0 + i % 5 for i in range(100)])
     old = payload(Status.IN_PROGRESS, started=T0 + 10)
-    assert model.row(old, T0 + 10 + 500) == "tail"
+    assert model.row_at_age(old, 500.0) == "tail"
 
 
 def test_queued_time_is_learned_from_started_minus_created() -> None:
@@ -126,7 +157,7 @@ def test_queued_time_is_learned_from_started_minus_created() -> None:
         started = payload(Status.IN_PROGRESS, started=T0 + 3)
         model.observe(started, Status.QUEUED)
     queued = payload(Status.QUEUED)
-    row = model.row(queued, T0 + 1)
+    row = model.row_at_age(queued, 1.0)
     assert isinstance(row, array)
     # Everything starts 3 s after creation: at age 1 the change is ~2 s away.
     assert 1.0 <= solve_step(row, 0.125) <= 3.5
@@ -164,8 +195,8 @@ def test_organisations_and_endpoints_learn_separately() -> None:
     model = DurationModel(min_samples=30)
     teach(model, [5.0] * 100, org="org_fast")
     teach(model, [500.0] * 100, org="org_slow")
-    fast = model.row(payload(Status.IN_PROGRESS, started=T0, org="org_fast"), T0 + 2)
-    slow = model.row(payload(Status.IN_PROGRESS, started=T0, org="org_slow"), T0 + 2)
+    fast = model.row_at_age(payload(Status.IN_PROGRESS, started=T0, org="org_fast"), 2.0)
+    slow = model.row_at_age(payload(Status.IN_PROGRESS, started=T0, org="org_slow"), 2.0)
     assert isinstance(fast, array) and isinstance(slow, array)
     assert solve_step(fast, 0.125) < solve_step(slow, 0.125) / 10
 
@@ -275,7 +306,7 @@ def _steps(model: DurationModel) -> list[float]:
     running = payload(Status.IN_PROGRESS, started=T0 + 10)
     steps = []
     for age in (1.0, 20.0, 55.0, 90.0):
-        row = model.row(running, T0 + 10 + age)
+        row = model.row_at_age(running, age)
         assert isinstance(row, array)
         steps.append(solve_step(row, 0.125))
     return steps

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poller.errors import ConfigError
-from poller.ratelimit import HEADROOM, AdaptiveBudget, RateLimit, TokenBucket, default_burst
+from poller.sched.ratelimit import HEADROOM, AdaptiveBudget, RateLimit, TokenBucket, default_burst
 
 UNIX_NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z: clock values of realistic magnitude
 

@@ -165,6 +165,17 @@ def blocking(block: Block, request: pytest.FixtureRequest) -> None:
     assert lines[-1] == "completed"
 
 
+def metrics(block: Block, request: pytest.FixtureRequest) -> None:
+    lines = run_against_the_simulator(block, request)
+    assert "# TYPE poller_polls_total counter" in lines
+    assert any(
+        line.startswith('poller_polls_total{org="org_test",outcome="ok"} ') for line in lines
+    )
+    assert any(
+        re.fullmatch(r'poller_tracked_jobs\{status="completed"\} 1\.0', line) for line in lines
+    )
+
+
 def warm_start(block: Block, request: pytest.FixtureRequest) -> None:
     run_against_the_simulator(block, request)  # learns, saves
     saved = Path("learned.json")  # in the temporary directory
@@ -194,6 +205,7 @@ RUNNERS: dict[tuple[str, int], Runner] = {
     ("Example", 0): example,
     ("Example", 1): stream,
     ("Example", 2): blocking,
+    ("Metrics", 0): metrics,
     ("How requests are spent", 0): warm_start,
     ("Testing your code offline", 0): offline,
 }

@@ -20,7 +20,7 @@ from urllib.parse import quote
 import anyio
 import orjson
 import pytest
-from _helpers import Handler, LocalServer
+from _helpers import Handler, LocalServer, exception_texts
 from aiohttp import web
 
 from poller.auth import AuthScheme, Credential
@@ -749,28 +749,6 @@ async def test_an_unusual_valid_id_addresses_exactly_its_own_path(
 
 
 # -- secrets -----------------------------------------------------------------------------
-
-
-def exception_chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and everything reachable through ``__cause__`` and ``__context__``."""
-    seen: list[BaseException] = []
-    stack: list[BaseException | None] = [exc]
-    while stack:
-        current = stack.pop()
-        if current is None or any(current is s for s in seen):
-            continue
-        seen.append(current)
-        stack += [current.__cause__, current.__context__]
-    return seen
-
-
-def exception_texts(exc: BaseException) -> Iterator[str]:
-    for current in exception_chain(exc):
-        yield str(current)
-        yield repr(current)
-        yield repr(current.args)
-        yield from (str(arg) for arg in current.args)
-        yield repr(getattr(current, "__dict__", {}))
 
 
 def leaked(texts: Iterator[str] | list[str]) -> list[str]:

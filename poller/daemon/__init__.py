@@ -1,4 +1,4 @@
-"""The ``poller`` daemon (``poller run``) and the ``poller watch`` command.
+"""The ``poller`` daemon: ``poller run``.
 
 Modules, in the order data flows through them:
 
@@ -11,7 +11,6 @@ Modules, in the order data flows through them:
   Standard Webhooks signature), ``GET /events``.
 - ``api``, ``health``, ``metrics``: the control API, ``/healthz`` and ``/metrics``.
 - ``run``, ``command``: the daemon wired together, and its command line.
-- ``watch``, ``watch_view``: ``poller watch``.
 - ``logs``: human or JSON log lines, secrets masked.
 """
 

@@ -24,9 +24,10 @@ from typing import Any, Final
 import msgspec
 
 from ..auth import Credential, is_loopback, resolve_base_url
-from ..backoff import Backoff
 from ..errors import ConfigError
-from ..ratelimit import RateLimit
+from ..options import PollerOptions
+from ..sched.backoff import Backoff
+from ..sched.ratelimit import RateLimit
 from .options import BY_NAME, OPTIONS, Secret, text
 
 __all__ = [
@@ -240,19 +241,18 @@ def _check(settings: Settings) -> None:
         raise ConfigError("jsonl: must not be the database file")
 
 
-def engine_options(settings: Settings) -> dict[str, Any]:
-    """The :class:`~poller.Poller` arguments these settings give (connection, budget and
-    polling settings; ``poller run`` and ``poller watch`` alike)."""
+def engine_options(settings: Settings) -> PollerOptions:
+    """The engine's settings these give (connections, timeout, auth scheme, budget and
+    polling; ``poller run`` and ``poller watch`` alike). The key and the base URL are the
+    engine's arguments: ``settings.api_key`` and ``settings.base_url``."""
     rate = settings.rate_limit_per_s
-    return {
-        "api_key": settings.api_key.reveal() if settings.api_key is not None else None,
-        "base_url": settings.base_url,
-        "auth_scheme": settings.auth_scheme,
-        "max_connections": settings.max_connections,
-        "request_timeout_s": settings.request_timeout_s,
-        "rate_limit": RateLimit(rate) if rate is not None else None,
-        "backoff": backoff_for(settings.poll_interval_s, settings.max_interval_s),
-    }
+    return PollerOptions(
+        auth_scheme=settings.auth_scheme,
+        max_connections=settings.max_connections,
+        request_timeout_s=settings.request_timeout_s,
+        rate_limit=RateLimit(rate) if rate is not None else None,
+        backoff=backoff_for(settings.poll_interval_s, settings.max_interval_s),
+    )
 
 
 def backoff_for(poll_interval_s: float | None, max_interval_s: float = 30.0) -> Backoff:

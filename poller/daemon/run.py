@@ -33,9 +33,9 @@ from typing import Final
 import anyio
 import msgspec
 
-from .._learn import LearnedDurations
 from ..engine import Poller
 from ..errors import ConfigError
+from ..sched.learn import LearnedDurations
 from ..transport import Transport
 from .api import ControlServer, build_app
 from .config import Settings, engine_options
@@ -50,7 +50,7 @@ from .health import (
     store_reasons,
 )
 from .intake import Intake
-from .metrics import SinkCounters, render
+from .metrics import DaemonCollector, DaemonSnapshot, SinkCounters, daemon_registry, render
 from .outbox import Changes, Outbox
 from .signature import signing_key
 from .sinks import Feed, JsonlSink, Sink
@@ -73,17 +73,17 @@ _HEALTH_QUERY_S: Final = 1.0
 def _engine(
     settings: Settings, transport: Transport | None, learned: LearnedDurations | None
 ) -> Poller:
-    options = {
-        **engine_options(settings),
-        "terminal_retention_s": _TERMINAL_RETENTION_S,
-        "transport": transport,
-    }
+    key = settings.api_key.reveal() if settings.api_key is not None else None
+    options = msgspec.structs.replace(
+        engine_options(settings), terminal_retention_s=_TERMINAL_RETENTION_S
+    )
     if learned is not None:
         try:
-            return Poller(**options, learned_durations=learned)
+            with_learned = msgspec.structs.replace(options, learned_durations=learned)
+            return Poller(key, settings.base_url, options=with_learned, transport=transport)
         except ConfigError as exc:  # saved by another version, or learning is now off
             log.warning("learned durations from the last run not used (%s); learning afresh", exc)
-    return Poller(**options)
+    return Poller(key, settings.base_url, options=options, transport=transport)
 
 
 async def _load_learned(store: Store) -> LearnedDurations | None:
@@ -245,6 +245,8 @@ class _Daemon:
         self.outbox = Outbox(store, self.changes)
         self.feeds = [Feed(store, self.changes, sink.name) for sink in sinks]
         self.engine = _engine(settings, transport, learned)
+        self.daemon_metrics = DaemonCollector()
+        self.registry = daemon_registry(self.engine, self.daemon_metrics)
         self.started_at = time.time()
         self.stopping = False
         self.events: EventStream | None = None
@@ -380,11 +382,10 @@ class _Daemon:
     async def _metrics(self) -> str:
         counts = await self.store.call(self.store.counts)
         backlog = await self.store.call(self.store.backlog)
-        return render(
-            self.engine.stats(),
+        self.daemon_metrics.snapshot = DaemonSnapshot(
             jobs_by_status=counts,
             backlog=backlog,
-            sinks=[
+            sinks=tuple(
                 SinkCounters(
                     name=s.name,
                     delivered=s.delivered,
@@ -392,10 +393,11 @@ class _Daemon:
                     errors=s.errors,
                 )
                 for s in self.sinks
-            ],
+            ),
             outbox_backlog=self.outbox.backlog,
             sse_clients=self.events.clients if self.events is not None else 0,
         )
+        return render(self.registry)
 
     async def _health(self) -> Health:
         undelivered: dict[str, int] | None = None

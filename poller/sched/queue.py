@@ -1,10 +1,12 @@
-"""Buckets and the fair queue: which job, of which organisation, is polled next.
+"""Tracked jobs, buckets and the fair queue: which job, of which organisation, is polled next.
 
-A *bucket* holds the jobs that share one rate budget (an organisation, or a key
-whose organisation is not known yet).
+A :class:`TrackedJob` is what the scheduler knows of one tracked job; its ``phase`` says
+where it is (waiting in a bucket, in flight, done, removed). A *bucket* holds the
+jobs that share one rate budget (an organisation, or a key whose organisation is not
+known yet).
 
 **Within a bucket: the most likely change first.** Each waiting job piles up
-expected detection lag ``G`` from its last poll on (see ``poller._learn``): the
+expected detection lag ``G`` from its last poll on (see ``poller.sched.learn``): the
 lag that polling it now would remove. A job becomes *due* when ``G`` reaches the
 threshold ``theta`` (``Backoff.request_cost_s``). While the budget keeps up,
 every job is polled as it becomes due. When it does not, due jobs wait, and the
@@ -24,7 +26,7 @@ banks nothing for the time it did not need. Under a global cap
 (``max_rate_per_s``, or every connection busy) busy organisations share by weight
 and none can starve another; an idle one's share goes to the rest.
 
-**Outages.** A bucket whose API scope is down (``poller._health``) has a *gate*:
+**Outages.** A bucket whose API scope is down (``poller.sched.health``) has a *gate*:
 its breaker, asked before its budget, lets one probe out at a time, then ramps the
 rate back up. Its due jobs wait meanwhile, ordered by the lag they pile up.
 """
@@ -34,34 +36,129 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import Any, Final, Generic, Protocol, TypeVar
 
-from ._health import Health
+from ..errors import PollerError
+from ..models import JobId, JobStatus, Status
+from .health import Health
+from .learn import Row
 from .ratelimit import Budget, TokenBucket
 
-if TYPE_CHECKING:
-    from ._core import Job
-
-__all__ = ["LEVELS", "LEVEL_GROWTH", "Bucket", "Crossing", "FairQueue"]
+__all__ = [
+    "DONE",
+    "IN_FLIGHT",
+    "LEVELS",
+    "LEVEL_GROWTH",
+    "REMOVED",
+    "SCHEDULED",
+    "Bucket",
+    "Crossing",
+    "FairQueue",
+    "Principal",
+    "TrackedJob",
+]
 
 LEVELS: Final = 10
 LEVEL_GROWTH: Final = 4.0  # each level's threshold is this many times the one below
-_SCHEDULED: Final = 0  # mirrors poller._core: a job waiting in a heap
 _COMPACT_MIN_STALE: Final = 1024
 _BINDING_S: Final = 2.0  # a budget that refused this recently is the limit
 
-Crossing = Callable[["Job", int], float]
+# Phases of a tracked job.
+SCHEDULED: Final = 0
+"""Waiting in its bucket's heaps."""
+IN_FLIGHT: Final = 1
+"""Its request is out (in no heap)."""
+DONE: Final = 2
+"""Terminal, or its tracking failed: kept for ``terminal_retention_s``, never polled."""
+REMOVED: Final = 3
+"""Untracked: out of the table (an entry left in a heap is stale)."""
+
+
+class Principal(Protocol):
+    """What the core needs of the credential a job is polled with (the engine's
+    :class:`poller.auth.Credential` is one): equal, and hashing alike, for the same key,
+    so that a key's jobs share what is known of it; and a fingerprint that names it
+    without the secret."""
+
+    @property
+    def fingerprint(self) -> str:
+        """A short, non-reversible name of the key."""
+        ...
+
+    def __hash__(self) -> int: ...
+
+    def __eq__(self, other: object) -> bool: ...
+
+
+C = TypeVar("C", bound=Principal)
+
+
+class TrackedJob(Generic[C]):
+    """One tracked job: what the scheduler knows of it. Opaque to users.
+
+    Kept small on purpose (slots, small ints, shared status members): the engine
+    holds one per tracked job, and the goal is well under 600 bytes each.
+    """
+
+    __slots__ = (
+        "base_s",
+        "bucket",
+        "credential",
+        "errors",
+        "final",
+        "job_id",
+        "phase",
+        "polled_at",
+        "row",
+        "seen_at",
+        "seq",
+        "status",
+        "unchanged",
+    )
+
+    def __init__(self, job_id: JobId, credential: C, bucket: Bucket) -> None:
+        self.job_id = job_id
+        self.credential = credential
+        self.bucket = bucket
+        self.phase = SCHEDULED
+        # How its lag piles up since polled_at: along a learned table row, else as if the
+        # hazard were steady with first step base_s, else (never seen) one second a second.
+        self.polled_at = 0.0
+        self.row: Row | None = None
+        self.base_s = 0.0
+        self.status: Status | None = None
+        # When it was first seen validating, if seen from its creation; else 0.0.
+        self.seen_at = 0.0
+        self.seq = 0
+        self.unchanged = 0
+        self.errors = 0
+        self.final: JobStatus | PollerError | None = None
+
+    def __lt__(self, other: TrackedJob[Any]) -> bool:
+        # Only consulted when two jobs are due at the same instant: keep it deterministic.
+        return self.job_id < other.job_id
+
+    @property
+    def done(self) -> bool:
+        """True once the job reached a terminal status or its tracking failed."""
+        return self.phase == DONE
+
+    def __repr__(self) -> str:
+        return f"<TrackedJob {self.job_id!r} status={self.status} phase={self.phase}>"
+
+
+Crossing = Callable[[TrackedJob[Any], int], float]
 """When a job's piled-up lag reaches level ``k``'s threshold (``k >= 1``)."""
 
-_Entry = tuple[float, "Job"]
+_Entry = tuple[float, TrackedJob[Any]]
 
 
 class Bucket:
     """The jobs sharing one budget, and that budget."""
 
     __slots__ = (
-        "_high",
         "budget",
+        "climbed",
         "emptied_at",
         "gate",
         "health",
@@ -84,7 +181,9 @@ class Bucket:
         self.weight = weight
         self.levels: list[list[_Entry]] = [[] for _ in range(LEVELS)]
         self.stale = 0
-        self._high = 0  # entries above level 0, stale ones included
+        # Entries above level 0, stale ones included: while 0, the live top of level 0 is
+        # the next job (the fair queue's fast path reads it).
+        self.climbed = 0
         self.refused_at = -math.inf  # when the budget last said "not yet"
         self.vtime = 0.0
         self.waiting_at: float | None = None
@@ -110,31 +209,21 @@ class Bucket:
     def _top(self, level: int) -> _Entry | None:
         heap = self.levels[level]
         while heap:
-            if heap[0][1].phase == _SCHEDULED:
+            if heap[0][1].phase == SCHEDULED:
                 return heap[0]
             heapq.heappop(heap)
             self.stale -= 1
         return None
 
-    def push(self, job: Job, due: float) -> None:
-        """File ``job`` as due at ``due`` (on level 0)."""
-        heapq.heappush(self.levels[0], (due, job))
-
     def next_due(self) -> float | None:
         """When the first job becomes due: -inf if one already climbed, None if empty."""
-        if self._high:
+        if self.climbed:
             for level in range(LEVELS - 1, 0, -1):
                 if self._top(level) is not None:
                     return -math.inf
-            self._high = 0  # only stale entries were left up there
-        heap = self.levels[0]  # _top(0), inlined: this runs twice a poll
-        while heap:
-            entry = heap[0]
-            if entry[1].phase == _SCHEDULED:
-                return entry[0]
-            heapq.heappop(heap)
-            self.stale -= 1
-        return None
+            self.climbed = 0  # only stale entries were left up there
+        top = self._top(0)
+        return top[0] if top is not None else None
 
     def climb(self, now: float, crossing: Crossing) -> None:
         """Move every job whose lag passed a threshold by ``now`` up to its level."""
@@ -143,39 +232,38 @@ class Bucket:
             heap = levels[level]
             while heap and heap[0][0] <= now:
                 _, job = heapq.heappop(heap)
-                if job.phase != _SCHEDULED:
+                if job.phase != SCHEDULED:
                     self.stale -= 1
                     continue
                 heapq.heappush(levels[level + 1], (crossing(job, level + 1), job))
-                self._high += level == 0
+                self.climbed += level == 0
 
-    def pop_best(self, now: float) -> Job | None:
+    def pop_best(self, now: float) -> TrackedJob[Any] | None:
         """Remove and return the due job with the most lag piled up: the top of the highest
         level climbed (see :meth:`climb`), else the earliest due; None when none is due."""
-        if self._high:
+        if self.climbed:
             for level in range(LEVELS - 1, 0, -1):
                 if self._top(level) is not None:
-                    self._high -= 1
+                    self.climbed -= 1
                     return heapq.heappop(self.levels[level])[1]
-        heap = self.levels[0]
-        top = heap[0] if heap and heap[0][1].phase == _SCHEDULED else self._top(0)
+        top = self._top(0)
         if top is None or top[0] > now:
             return None
-        return heapq.heappop(heap)[1]
+        return heapq.heappop(self.levels[0])[1]
 
     def drain(self) -> list[_Entry]:
         """Remove and return every live entry with the time it is (or was) due (the bucket
         is being merged into another)."""
-        live = [entry for entry in self.levels[0] if entry[1].phase == _SCHEDULED]
+        live = [entry for entry in self.levels[0] if entry[1].phase == SCHEDULED]
         live += [
             (job.polled_at, job)
             for level in self.levels[1:]
             for _, job in level
-            if job.phase == _SCHEDULED
+            if job.phase == SCHEDULED
         ]
         self.levels = [[] for _ in range(LEVELS)]
         self.stale = 0
-        self._high = 0
+        self.climbed = 0
         return live
 
     def forget_one(self) -> None:
@@ -183,12 +271,12 @@ class Bucket:
         self.stale += 1
         if self.stale > _COMPACT_MIN_STALE and self.stale * 2 > len(self) + self.stale:
             self.levels = [
-                [entry for entry in level if entry[1].phase == _SCHEDULED] for level in self.levels
+                [entry for entry in level if entry[1].phase == SCHEDULED] for level in self.levels
             ]
             for level in self.levels:
                 heapq.heapify(level)
             self.stale = 0
-            self._high = sum(len(level) for level in self.levels[1:])
+            self.climbed = sum(len(level) for level in self.levels[1:])
 
 
 class FairQueue:
@@ -235,15 +323,15 @@ class FairQueue:
         if not bucket.in_fair and bucket.next_due() is not None:
             self._wait(bucket, at)
 
-    def push(self, bucket: Bucket, job: Job, due: float) -> None:
+    def push(self, bucket: Bucket, job: TrackedJob[Any], due: float) -> None:
         """File ``job`` in ``bucket`` and make sure the bucket is looked at in time."""
-        heapq.heappush(bucket.levels[0], (due, job))  # Bucket.push, inlined: every poll
+        heapq.heappush(bucket.levels[0], (due, job))  # on level 0: it climbs from there
         if not bucket.in_fair:
             waiting_at = bucket.waiting_at
             if waiting_at is None or due < waiting_at:
                 self._wait(bucket, due)
 
-    def take(self, now: float) -> Job | None:
+    def take(self, now: float) -> TrackedJob[Any] | None:
         """Pop the next job to send now, its budgets charged; None if none may go now."""
         waiting = self._waiting
         while waiting and waiting[0][0] <= now:
@@ -263,8 +351,10 @@ class FairQueue:
                 # The budget is the limit: order due jobs by the lag they piled up. While it
                 # is not, every due job goes at once, and earliest due first is as good.
                 bucket.climb(now, self._crossing)
-            levels0 = bucket.levels[0]  # next_due(), for the common case, inlined
-            if not bucket._high and levels0 and levels0[0][1].phase == _SCHEDULED:
+            # Nothing climbed and a live top: that top is next_due()'s answer, read here
+            # without the call (this runs on every poll); else ask next_due().
+            levels0 = bucket.levels[0]
+            if not bucket.climbed and levels0 and levels0[0][1].phase == SCHEDULED:
                 due: float | None = levels0[0][0]
             else:
                 due = bucket.next_due()
@@ -289,17 +379,17 @@ class FairQueue:
                 continue
             if self._global is not None:
                 self._global.try_acquire(now)
-            if bucket._high:
+            if bucket.climbed:
                 popped = bucket.pop_best(now)
                 assert popped is not None
                 job = popped
-            else:  # pop_best(), for the common case: the live top of level 0 is due
+            else:  # nothing climbed: the live top of level 0, due, is pop_best()'s answer
                 job = heapq.heappop(levels0)[1]
             if gate is not None:
                 gate.sent(job)
             self._vclock = vtime
             bucket.vtime = vtime + 1.0 / bucket.weight
-            if not bucket._high and levels0 and levels0[0][1].phase == _SCHEDULED:
+            if not bucket.climbed and levels0 and levels0[0][1].phase == SCHEDULED:  # as above
                 following: float | None = levels0[0][0]
             else:
                 following = bucket.next_due()

@@ -36,7 +36,7 @@ import math
 from enum import StrEnum
 from typing import Final
 
-from .events import HealthStats
+from ..events import HealthStats
 
 __all__ = [
     "DEGRADED_MIN",

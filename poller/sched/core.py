@@ -7,16 +7,16 @@ driver asks :meth:`Scheduler.next_due` for work, reports each outcome with
 :meth:`Scheduler.next_wakeup`, and drains the events with :meth:`Scheduler.take_events`.
 
 Structure. Jobs are grouped in buckets, one per rate budget, and a fair queue
-picks the bucket that sends next (``poller._buckets``). Taking the next poll is
+picks the bucket that sends next (``poller.sched.queue``). Taking the next poll is
 O(log buckets + log jobs). A job sits in at most one heap at a time (none while
 its request is in flight); untracking leaves a stale entry that is skipped when
 met and compacted away when stale entries outnumber live ones.
 
 Intervals. After a response the next poll is placed where the expected detection
 lag piled up since the poll reaches ``Backoff.request_cost_s``: by the learned
-duration model (``poller._learn``) when it knows the job's kind, else by the
+duration model (``poller.sched.learn``) when it knows the job's kind, else by the
 geometric backoff. When a budget cannot keep up, due jobs wait and the one with
-the most lag piled up goes first (``poller._buckets``).
+the most lag piled up goes first (``poller.sched.queue``).
 """
 
 from __future__ import annotations
@@ -26,21 +26,9 @@ import random
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Final
+from typing import Final, Generic
 
-from ._buckets import LEVEL_GROWTH, Bucket, FairQueue
-from ._health import Health, HealthState, Notice
-from ._learn import (
-    DurationModel,
-    LearnedDurations,
-    Row,
-    solve_step,
-    steady_hazard_step,
-    tail_step,
-)
-from .auth import Credential
-from .backoff import Backoff
-from .errors import (
+from ..errors import (
     AuthenticationError,
     ConfigError,
     DecodeError,
@@ -54,11 +42,25 @@ from .errors import (
     TrackingExpiredError,
     TransportError,
 )
-from .events import Event, HealthStats, TrackingFailure, Transition
-from .models import TERMINAL, JobStatus, Status
+from ..events import Event, HealthStats, TrackingFailure, Transition
+from ..models import TERMINAL, JobId, JobStatus, Status
+from .backoff import Backoff
+from .health import Health, HealthState, Notice
+from .learn import DurationModel, LearnedDurations, solve_step, steady_hazard_step, tail_step
+from .queue import (
+    DONE,
+    IN_FLIGHT,
+    LEVEL_GROWTH,
+    REMOVED,
+    SCHEDULED,
+    Bucket,
+    C,
+    FairQueue,
+    TrackedJob,
+)
 from .ratelimit import Budget, ProbeBudget, TokenBucket
 
-__all__ = ["PENDING", "Job", "Scheduler"]
+__all__ = ["ERROR", "ORG_IDLE_S", "PENDING", "BudgetFactory", "Scheduler"]
 
 # A job never seen has its creation and, typically, three more changes ahead of it
 # (queued, in progress, a terminal status), so its unseen lag piles up about three
@@ -88,72 +90,11 @@ PENDING: Final = "pending"
 ERROR: Final = "error"
 """``by_status`` key of jobs whose tracking ended in an error."""
 
-# Phases of a tracked job.
-_SCHEDULED: Final = 0
-_IN_FLIGHT: Final = 1
-_DONE: Final = 2
-_REMOVED: Final = 3
-
-
-class Job:
-    """One tracked job: what the scheduler knows of it. Opaque to users.
-
-    Kept small on purpose (slots, small ints, shared status members): the engine
-    holds one per tracked job, and the goal is well under 600 bytes each.
-    """
-
-    __slots__ = (
-        "base_s",
-        "bucket",
-        "credential",
-        "errors",
-        "final",
-        "job_id",
-        "phase",
-        "polled_at",
-        "row",
-        "seen_at",
-        "seq",
-        "status",
-        "unchanged",
-    )
-
-    def __init__(self, job_id: str, credential: Credential, bucket: Bucket) -> None:
-        self.job_id = job_id
-        self.credential = credential
-        self.bucket = bucket
-        self.phase = _SCHEDULED
-        # How its lag piles up since polled_at: along a learned table row, else as if the
-        # hazard were steady with first step base_s, else (never seen) one second a second.
-        self.polled_at = 0.0
-        self.row: Row | None = None
-        self.base_s = 0.0
-        self.status: Status | None = None
-        # When it was first seen validating, if seen from its creation; else 0.0.
-        self.seen_at = 0.0
-        self.seq = 0
-        self.unchanged = 0
-        self.errors = 0
-        self.final: JobStatus | PollerError | None = None
-
-    def __lt__(self, other: Job) -> bool:
-        # Only consulted when two jobs are due at the same instant: keep it deterministic.
-        return self.job_id < other.job_id
-
-    @property
-    def done(self) -> bool:
-        """True once the job reached a terminal status or its tracking failed."""
-        return self.phase == _DONE
-
-    def __repr__(self) -> str:
-        return f"<Job {self.job_id!r} status={self.status} phase={self.phase}>"
-
-
 BudgetFactory = Callable[[str | None], Budget]
 """Makes the budget of an organisation (its ID), or of a key not resolved yet (None)."""
 
 
-class Scheduler:
+class Scheduler(Generic[C]):
     """Per-job state and due times for every tracked job.
 
     Args:
@@ -198,21 +139,21 @@ class Scheduler:
         self._intake_cursor = 0.0
         self._retention_s = terminal_retention_s
         self._expiry_grace_s = expiry_grace_s
-        self._jobs: dict[str, Job] = {}
+        self._jobs: dict[str, TrackedJob[C]] = {}
         self._buckets: dict[str, Bucket] = {}
-        self._key_orgs: dict[Credential, str] = {}
-        self._refused: dict[Credential, tuple[PollerError, float]] = {}
-        self._users: dict[Credential, int] = {}  # jobs in the table, per credential
-        self._retired: deque[tuple[float, Job]] = deque()
+        self._key_orgs: dict[C, str] = {}
+        self._refused: dict[C, tuple[PollerError, float]] = {}
+        self._users: dict[C, int] = {}  # jobs in the table, per credential
+        self._retired: deque[tuple[float, TrackedJob[C]]] = deque()
         self._next_sweep = 0.0
         self._api = Health("api", breaker=False)
         self._next_check = 0.0
         self.new_notices: list[Notice] = []  # drained by take_notices
         # Drained by take_events / take_finished; the driver may test them for emptiness.
         self.new_events: list[Event] = []
-        self.new_finished: list[Job] = []
+        self.new_finished: list[TrackedJob[C]] = []
         self._counts: dict[str, int] = {}
-        self._flying: set[Job] = set()
+        self._flying: set[TrackedJob[C]] = set()
         self.transitions = 0
         self.failures = 0
 
@@ -224,11 +165,11 @@ class Scheduler:
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._jobs
 
-    def get(self, job_id: str) -> Job | None:
+    def get(self, job_id: str) -> TrackedJob[C] | None:
         """The tracked job, or None."""
         return self._jobs.get(job_id)
 
-    def jobs(self) -> Iterator[Job]:
+    def jobs(self) -> Iterator[TrackedJob[C]]:
         """Every job in the table."""
         return iter(self._jobs.values())
 
@@ -273,7 +214,7 @@ class Scheduler:
         """Whether :meth:`take_finished` has anything (cheap: the hot path asks each poll)."""
         return bool(self.new_finished)
 
-    def take_finished(self) -> list[Job]:
+    def take_finished(self) -> list[TrackedJob[C]]:
         """The jobs that finished (terminal, or tracking failed) since the last call. Not
         every finish is an event: a job resumed in a terminal status finishes silently."""
         finished, self.new_finished = self.new_finished, []
@@ -290,14 +231,14 @@ class Scheduler:
 
     def track(
         self,
-        job_id: str,
-        credential: Credential,
+        job_id: JobId,
+        credential: C,
         now: float,
         *,
         last_status: Status | None = None,
         last_seq: int = 0,
-    ) -> Job:
-        """Start tracking ``job_id`` (validated by the caller); idempotent.
+    ) -> TrackedJob[C]:
+        """Start tracking ``job_id`` (checked by the caller: a :data:`~poller.JobId`); idempotent.
 
         A job already in the table is returned as is, whatever its state. A job whose
         credential was refused before ends at once with a :class:`TrackingFailure`.
@@ -307,7 +248,7 @@ class Scheduler:
         job = self._jobs.get(job_id)
         if job is not None:
             return job
-        job = Job(job_id, credential, self._bucket_for(credential, None))
+        job = TrackedJob(job_id, credential, self._bucket_for(credential, None))
         job.bucket.join()
         job.status, job.seq = last_status, last_seq
         self._jobs[job_id] = job
@@ -327,7 +268,7 @@ class Scheduler:
         self._push(job, due)
         return job
 
-    def untrack(self, job_id: str) -> Job | None:
+    def untrack(self, job_id: str) -> TrackedJob[C] | None:
         """Stop tracking ``job_id``; returns the removed job, or None if it was not tracked.
         A request in flight for it completes, and its result is ignored."""
         job = self._jobs.pop(job_id, None)
@@ -336,15 +277,15 @@ class Scheduler:
         self._count(self._count_key(job), -1)
         job.bucket.members -= 1
         self._release(job.credential)
-        was_scheduled = job.phase == _SCHEDULED
-        job.phase = _REMOVED
+        was_scheduled = job.phase == SCHEDULED
+        job.phase = REMOVED
         if was_scheduled:
             job.bucket.forget_one()
         return job
 
     # -- the poll cycle ----------------------------------------------------------
 
-    def next_due(self, now: float) -> Job | None:
+    def next_due(self, now: float) -> TrackedJob[C] | None:
         """The next job to poll now, with its budget already charged; None if nothing is
         due (or every due job's budget is spent). The job is in flight until its outcome
         is reported."""
@@ -354,17 +295,16 @@ class Scheduler:
             self._check_health(now)
         job = self._queue.take(now)
         if job is not None:
-            job.phase = _IN_FLIGHT
+            job.phase = IN_FLIGHT
             self._flying.add(job)
         return job
 
-    def on_success(self, job: Job, payload: JobStatus, now: float) -> None:
+    def on_success(self, job: TrackedJob[C], payload: JobStatus, now: float) -> None:
         """Record a status payload for a job returned by :meth:`next_due`."""
-        # The hot path of every poll: _landed inlined.
-        if job not in self._flying:
-            return
+        # Landed: a job untracked, refused or abandoned meanwhile has left IN_FLIGHT
+        # (while in flight, a job is in _flying exactly when its phase is IN_FLIGHT).
         self._flying.discard(job)
-        if job.phase != _IN_FLIGHT:
+        if job.phase != IN_FLIGHT:
             return
         job.errors = 0
         bucket = job.bucket
@@ -427,17 +367,18 @@ class Scheduler:
             if due > payload.expires_at >= now:
                 # Look once just after expiry: the server then reports "expired".
                 due = payload.expires_at + self._backoff.min_interval_s
-            job.phase = _SCHEDULED
+            job.phase = SCHEDULED
             self._queue.push(job.bucket, job, due)
 
-    def on_failure(self, job: Job, error: RequestError, now: float) -> None:
+    def on_failure(self, job: TrackedJob[C], error: RequestError, now: float) -> None:
         """Record a failed request for a job returned by :meth:`next_due`.
 
         A 429 is a rate signal: the organisation pauses and slows down. A fault (5xx,
         transport error, garbage body) is the request's own: the job retries it after
         its backoff (never before a ``Retry-After``), unless 503s track load or the
-        organisation is down (``poller._health``)."""
-        if not self._landed(job):
+        organisation is down (``poller.sched.health``)."""
+        self._flying.discard(job)  # landed, as in on_success
+        if job.phase != IN_FLIGHT:
             return
         bucket = job.bucket
         health = bucket.health
@@ -504,25 +445,23 @@ class Scheduler:
             retry_after_s = min(retry_after_s, self._backoff.error_max_s)
         self._retry_at(job, now, self._backoff.error_delay_s(job.errors, retry_after_s, self._rng))
 
-    def abandon(self, job: Job, error: PollerError, now: float) -> None:
+    def abandon(self, job: TrackedJob[C], error: PollerError, now: float) -> None:
         """End tracking of ``job`` with ``error`` whatever state it is in: the driver's last
         resort when recording an outcome failed (a bug must cost one job, not the engine)."""
         self._flying.discard(job)
-        if self._jobs.get(job.job_id) is not job or job.phase == _DONE:
+        if self._jobs.get(job.job_id) is not job or job.phase == DONE:
             return
-        if job.phase == _SCHEDULED:
-            job.phase = _DONE
+        if job.phase == SCHEDULED:
+            job.phase = DONE
             job.bucket.forget_one()
         self._fail(job, error, now)
 
-    def budget_wait(self, credential: Credential, now: float) -> float:
+    def budget_wait(self, credential: C, now: float) -> float:
         """Charge one request to ``credential``'s budget outside the poll cycle (a full-job
         fetch). Returns 0.0 when charged, else the seconds to wait before asking again."""
         return self._bucket_for(credential, None).budget.try_acquire(now)
 
-    def throttled(
-        self, where: Credential | Bucket, retry_after_s: float | None, now: float
-    ) -> float:
+    def throttled(self, where: C | Bucket, retry_after_s: float | None, now: float) -> float:
         """The server asked a credential's (or bucket's) organisation to slow down: pause its
         budget. Returns the pause in seconds."""
         bucket = where if isinstance(where, Bucket) else self._bucket_for(where, None)
@@ -530,7 +469,9 @@ class Scheduler:
 
     # -- internals ---------------------------------------------------------------
 
-    def _landed_gated(self, job: Job, bucket: Bucket, now: float, *, answered: bool) -> None:
+    def _landed_gated(
+        self, job: TrackedJob[C], bucket: Bucket, now: float, *, answered: bool
+    ) -> None:
         """An outcome for a bucket whose breaker is not closed: the probe ended, or the
         scope came back."""
         health = bucket.health
@@ -578,26 +519,19 @@ class Scheduler:
             else:
                 self._note(bucket.health, now)
 
-    def _landed(self, job: Job) -> bool:
-        """Account for a returning request; False if the job left the table meanwhile (or
-        its outcome was already recorded)."""
-        if job not in self._flying:
-            return False
-        self._flying.discard(job)
-        return job.phase == _IN_FLIGHT
-
-    def _push(self, job: Job, due: float) -> None:
-        job.phase = _SCHEDULED
+    def _push(self, job: TrackedJob[C], due: float) -> None:
+        job.phase = SCHEDULED
         self._queue.push(job.bucket, job, due)
 
-    def _next_poll(self, job: Job, payload: JobStatus, now: float) -> float:
+    def _next_poll(self, job: TrackedJob[C], payload: JobStatus, now: float) -> float:
         """When to poll next a job whose status did not end tracking (level 0), and how its
         lag piles up meanwhile (for the higher levels)."""
         backoff = self._backoff
         job.polled_at = now
         job.row = None
         status = payload.status
-        # status_age(payload, now), inlined: this runs on every poll.
+        # How long it has been in its status, as its own timestamps tell (validating: as
+        # our polls since it was first seen tell).
         if status is Status.IN_PROGRESS and payload.started_at is not None:
             age: float | None = now - payload.started_at
         elif status is Status.QUEUED:
@@ -626,7 +560,7 @@ class Scheduler:
             step = backoff.max_interval_s
         return now + step
 
-    def _retry_at(self, job: Job, now: float, delay_s: float) -> None:
+    def _retry_at(self, job: TrackedJob[C], now: float, delay_s: float) -> None:
         """Retry a failed request after ``delay_s``; while it waits, it gains priority as
         slowly as a job with a steady hazard."""
         bucket = job.bucket
@@ -640,7 +574,7 @@ class Scheduler:
         job.seen_at = 0.0
         self._push(job, now + delay_s)
 
-    def _crossing(self, job: Job, level: int) -> float:
+    def _crossing(self, job: TrackedJob[C], level: int) -> float:
         """When ``job``'s piled-up lag reaches the threshold of ``level`` (>= 1)."""
         theta = self._backoff.request_cost_s * LEVEL_GROWTH**level
         if job.row is not None:
@@ -651,7 +585,7 @@ class Scheduler:
             )
         return job.polled_at + theta / _NEW_JOB_WEIGHT
 
-    def _bucket_for(self, credential: Credential, org_id: str | None) -> Bucket:
+    def _bucket_for(self, credential: C, org_id: str | None) -> Bucket:
         org_id = org_id or self._key_orgs.get(credential)
         key = f"org:{org_id}" if org_id is not None else f"key:{credential.fingerprint}"
         bucket = self._buckets.get(key)
@@ -664,7 +598,7 @@ class Scheduler:
             self._buckets[key] = bucket
         return bucket
 
-    def _learn_org(self, job: Job, org_id: str, now: float) -> None:
+    def _learn_org(self, job: TrackedJob[C], org_id: str, now: float) -> None:
         """The first answer for a key names its organisation. The key's bucket merges into
         the organisation's: one budget, and one queue, so the key's first polls and the
         organisation's re-polls go in due order instead of taking turns."""
@@ -683,19 +617,19 @@ class Scheduler:
         key_bucket.budget = org_bucket.budget
 
     @staticmethod
-    def _move(job: Job, bucket: Bucket) -> None:
-        if job.phase != _REMOVED:  # an untracked job in flight is no member any more
+    def _move(job: TrackedJob[C], bucket: Bucket) -> None:
+        if job.phase != REMOVED:  # an untracked job in flight is no member any more
             job.bucket.members -= 1
             bucket.join()
         job.bucket = bucket
 
-    def _finish(self, job: Job, final: JobStatus | PollerError, now: float) -> None:
-        job.phase = _DONE
+    def _finish(self, job: TrackedJob[C], final: JobStatus | PollerError, now: float) -> None:
+        job.phase = DONE
         job.final = final
         self.new_finished.append(job)
         self._retired.append((now + self._retention_s, job))
 
-    def _fail(self, job: Job, error: PollerError, now: float) -> None:
+    def _fail(self, job: TrackedJob[C], error: PollerError, now: float) -> None:
         self._count(self._count_key(job), -1)
         self._finish(job, error, now)
         self._count(ERROR, 1)
@@ -706,13 +640,13 @@ class Scheduler:
             )
         )
 
-    def _refuse(self, credential: Credential, error: PollerError, now: float) -> None:
+    def _refuse(self, credential: C, error: PollerError, now: float) -> None:
         """The server refused a credential: end every live job that uses it."""
         self._refused[credential] = (error, now + _REFUSAL_S)
         for job in list(self._jobs.values()):
-            if job.credential == credential and job.phase in (_SCHEDULED, _IN_FLIGHT):
-                if job.phase == _SCHEDULED:
-                    job.phase = _DONE
+            if job.credential == credential and job.phase in (SCHEDULED, IN_FLIGHT):
+                if job.phase == SCHEDULED:
+                    job.phase = DONE
                     job.bucket.forget_one()
                 self._fail(job, error, now)
 
@@ -741,7 +675,7 @@ class Scheduler:
             elif now - bucket.emptied_at >= ORG_IDLE_S:
                 del self._buckets[key]
 
-    def _release(self, credential: Credential) -> None:
+    def _release(self, credential: C) -> None:
         """A job left the table: once a key has none left, forget what was kept for it
         (a worker rotating through many keys must not keep them all)."""
         users = self._users[credential] - 1
@@ -754,7 +688,7 @@ class Scheduler:
         if key in self._buckets and not len(self._buckets[key]):
             del self._buckets[key]
 
-    def _count_key(self, job: Job) -> str:
+    def _count_key(self, job: TrackedJob[C]) -> str:
         if isinstance(job.final, PollerError):
             return ERROR
         return job.status.value if job.status is not None else PENDING

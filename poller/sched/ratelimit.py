@@ -20,7 +20,7 @@ from typing import Final, Protocol
 
 import msgspec
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["AdaptiveBudget", "Budget", "ProbeBudget", "RateLimit", "TokenBucket"]
 
@@ -29,6 +29,9 @@ __all__ = ["AdaptiveBudget", "Budget", "ProbeBudget", "RateLimit", "TokenBucket"
 _MIN_EVIDENCE: Final = 2.0
 # Float refills land a hair under a whole token; count those as whole.
 _EPSILON: Final = 1e-9
+# AdaptiveBudget counts the answers of the last second in ten bins of 100 ms.
+_BIN_S: Final = 0.1
+_BINS: Final = 10
 
 
 class RateLimit(msgspec.Struct, frozen=True):
@@ -152,37 +155,6 @@ class TokenBucket:
         self._tokens = min(self._tokens, burst)
 
 
-class _Window:
-    """Counts events in the last second, in ten 100 ms bins."""
-
-    __slots__ = ("_bins", "_epoch")
-
-    _BIN_S: Final = 0.1
-    _BINS: Final = 10
-
-    def __init__(self) -> None:
-        self._bins = [0] * self._BINS
-        self._epoch = 0  # index of the newest bin, in bins since time zero
-
-    def _advance(self, now: float) -> int:
-        epoch = int(now / self._BIN_S)
-        if epoch > self._epoch:
-            for index in range(self._epoch + 1, min(epoch, self._epoch + self._BINS) + 1):
-                self._bins[index % self._BINS] = 0
-            self._epoch = epoch
-        return epoch
-
-    def add(self, now: float) -> None:
-        epoch = int(now / self._BIN_S)
-        if epoch != self._epoch:  # a new bin: rare next to the calls (every answer)
-            epoch = self._advance(now)
-        self._bins[epoch % self._BINS] += 1
-
-    def count(self, now: float) -> int:
-        self._advance(now)
-        return sum(self._bins)
-
-
 class AdaptiveBudget:
     """An organisation's budget, learning the server's limit from 429s (see the module).
 
@@ -198,11 +170,12 @@ class AdaptiveBudget:
     """
 
     __slots__ = (
-        "_accepted",
+        "_bins",
         "_bucket",
         "_ceiling",
         "_ceiling_burst",
         "_cut_at",
+        "_epoch",
         "_grown_at",
         "_growth_s",
         "_last_refused",
@@ -245,7 +218,10 @@ class AdaptiveBudget:
         self._grown_at = 0.0
         self._last_refused = -math.inf
         self._paused_until = -math.inf
-        self._accepted = _Window()
+        # Answers accepted in the last second, by 100 ms bin; _epoch: the newest bin's
+        # index, in bins since time zero.
+        self._bins = [0] * _BINS
+        self._epoch = 0
         self.throttles = 0
 
     @property
@@ -298,12 +274,21 @@ class AdaptiveBudget:
         return wait
 
     def on_accepted(self, now: float) -> None:
-        """See :meth:`Budget.on_accepted`."""
-        window = self._accepted  # _Window.add, inlined: this runs on every answer
-        epoch = int(now / _Window._BIN_S)
-        if epoch != window._epoch:
-            epoch = window._advance(now)
-        window._bins[epoch % _Window._BINS] += 1
+        """See :meth:`Budget.on_accepted`. Runs on every answer."""
+        epoch = int(now / _BIN_S)
+        if epoch != self._epoch:  # a new bin: rare next to the calls
+            epoch = self._advance(now)
+        self._bins[epoch % _BINS] += 1
+
+    def _advance(self, now: float) -> int:
+        """Move the bins on to ``now`` (emptying those that left the last second); returns
+        the index of ``now``'s bin."""
+        epoch = int(now / _BIN_S)
+        if epoch > self._epoch:
+            for index in range(self._epoch + 1, min(epoch, self._epoch + _BINS) + 1):
+                self._bins[index % _BINS] = 0
+            self._epoch = epoch
+        return epoch
 
     def on_throttled(self, now: float, retry_after_s: float | None) -> float:
         """See :meth:`Budget.on_throttled`."""
@@ -311,7 +296,8 @@ class AdaptiveBudget:
         pause_s = self.default_pause_s if retry_after_s is None else retry_after_s
         self._paused_until = max(self._paused_until, now + pause_s)
         # Answers to requests sent before the cut arrive after it: cut once per second.
-        accepted = float(self._accepted.count(now))
+        self._advance(now)
+        accepted = float(sum(self._bins))
         # A 429 after next to nothing sent says nothing of our rate (the limit is shared,
         # or was spent before we came): pause, but do not cut the rate on it.
         evidence = accepted >= _MIN_EVIDENCE or self._bucket is not None

@@ -22,14 +22,14 @@ from typing import TextIO
 
 import anyio
 
-from ._ids import validate_job_id
-from .auth import API_KEY_ENV
-from .engine import Poller
-from .errors import ConfigError, JobsFailedError, PollerError
-from .events import Event, Stats, TrackingFailure, Transition
-from .subscription import Subscription
-from .testing import Faults, JobsSimulator, SimServer
-from .testing.lag import LagSummary, detection_lags, summarize_lags
+from .._ids import validate_job_id
+from ..auth import API_KEY_ENV
+from ..engine import Poller
+from ..errors import ConfigError, JobsFailedError, PollerError
+from ..events import Event, Stats, TrackingFailure, Transition
+from ..subscription import Subscription
+from ..testing import Faults, JobsSimulator, SimServer
+from ..testing.lag import LagSummary, detection_lags, summarize_lags
 
 __all__ = ["add_arguments", "run"]
 

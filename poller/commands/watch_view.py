@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO
+from typing import Any, Final, Protocol, TextIO
 
 import msgspec
 
-if TYPE_CHECKING:
-    from .watch import Outcome, Tally
+from .tally import Outcome, Tally
 
 __all__ = ["JsonView", "PlainView", "RichView", "View", "describe", "make_view"]
 

@@ -9,11 +9,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .._version import __version__
+from ..daemon import command as run_command
+from ..testing import cli as sim_cli
 from . import demo
-from ._version import __version__
-from .daemon import command as run_command
-from .daemon import watch as watch_command
-from .testing import cli as sim_cli
+from . import watch as watch_command
 
 __all__ = ["build_parser", "main"]
 

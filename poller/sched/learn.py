@@ -23,7 +23,7 @@ optimal inspection rule for minimising lag plus ``theta`` per request (for a ste
 hazard ``h`` it gives ``d = sqrt(2 theta / h)``): jobs likely to change soon are
 polled often, jobs unlikely to change for a while are left alone. ``theta`` is
 ``Backoff.request_cost_s`` times the organisation's pressure (see
-``poller._buckets``), so a scarce budget goes where a change is likeliest.
+``poller.sched.queue``), so a scarce budget goes where a change is likeliest.
 
 ``G`` comes from a precomputed table per key (ages x steps), rebuilt as samples
 arrive, so finding the step for a threshold costs a binary search.
@@ -44,8 +44,8 @@ from typing import Final, Literal, TypeAlias
 
 import msgspec
 
-from .errors import ConfigError
-from .models import JobStatus, Status
+from ..errors import ConfigError
+from ..models import JobStatus, Status
 
 __all__ = [
     "DurationModel",
@@ -53,7 +53,6 @@ __all__ = [
     "LearnedDurations",
     "LearnedKind",
     "solve_step",
-    "status_age",
     "steady_hazard_step",
     "tail_step",
 ]
@@ -245,17 +244,6 @@ def steady_hazard_step(first_step_s: float, theta0: float, theta: float) -> floa
     return x / hazard
 
 
-def status_age(payload: JobStatus, now: float) -> float | None:
-    """How long the job has been in its status, as its own timestamps tell: since
-    ``created_at`` while queued, since ``started_at`` while in progress; None otherwise."""
-    status = payload.status
-    if status is Status.QUEUED:
-        return max(0.0, now - payload.created_at)
-    if status is Status.IN_PROGRESS and payload.started_at is not None:
-        return max(0.0, now - payload.started_at)
-    return None
-
-
 def tail_step(age_s: float, theta: float) -> float:
     """The step for a job older than the data: with nothing better to go on, assume (as
     Lindy's law does) that it has about as long ahead of it as behind it, a steady hazard
@@ -409,15 +397,12 @@ class DurationModel:
             return  # a clock that stepped, not a duration
         self._add((organization_id, endpoint, Status.VALIDATING.value), low_s, high_s)
 
-    def row(self, payload: JobStatus, now: float) -> Row | Literal["tail"] | None:
-        """The lag table row for a job in ``payload``'s state now (see :func:`solve_step`);
-        ``"tail"`` when the job has outlived almost every job of its kind seen so far; None
-        when there is nothing to go on (unlearned key, or a status not modelled)."""
-        age = status_age(payload, now)
-        return None if age is None else self.row_at_age(payload, age)
-
     def row_at_age(self, payload: JobStatus, age_s: float) -> Row | Literal["tail"] | None:
-        """:meth:`row`, for a caller that knows the job's age in its status already."""
+        """The lag table row (see :func:`solve_step`) for a job in ``payload``'s state, in
+        that status for ``age_s`` seconds (the scheduler tells, from the payload's own
+        timestamps); ``"tail"`` when the job has outlived almost every job of its kind seen
+        so far; None when there is nothing to go on (unlearned key, or a status not
+        modelled)."""
         key = (payload.organization_id, payload.endpoint.value, payload.status.value)
         entry = self._entries.get(key)
         if entry is None or entry.table is None:

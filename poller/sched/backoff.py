@@ -18,8 +18,8 @@ from typing import Final
 
 import msgspec
 
-from .errors import ConfigError
-from .models import Status
+from ..errors import ConfigError
+from ..models import Status
 
 __all__ = ["Backoff"]
 

@@ -27,185 +27,30 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Final
 
 import anyio
 import msgspec
 
 from .._health_log import describe_errors
 from .._ids import validate_job_id
+from ..daemon.config import Settings, engine_options, load_settings
+from ..daemon.logs import configure_logging
 from ..engine import Poller
-from ..errors import ConfigError, InvalidJobIdError, PollerError
-from ..events import Stats, TrackingFailure, Transition
+from ..errors import ConfigError, InvalidJobIdError
+from ..events import Stats
 from ..testing import JobsSimulator, SimServer
-from .config import Settings, engine_options, load_settings
-from .logs import configure_logging
-from .records import error_info
-from .store import ERROR
+from .tally import Tally
 from .watch_view import View, make_view
 
-__all__ = ["Outcome", "Tally", "add_arguments", "run", "watch"]
+__all__ = ["add_arguments", "run", "trouble_line", "watch"]
 
-COMPLETED: Final = "completed"
-TIMED_OUT: Final = "timed_out"
-PENDING: Final = "pending"
 _SIM_ORG: Final = "org_sim"
 _SIM_KEY: Final = "rt_test_watch"
 _SIM_JOBS: Final = 20
-
-# The ``code`` of a tracking failure's error: short, stable words for scripts. Other
-# errors get their class name in snake case.
-_FAILURE_CODES: Final = {
-    "JobNotFoundError": "not_found",
-    "AuthenticationError": "authentication_failed",
-    "PermissionDeniedError": "permission_denied",
-    "TrackingExpiredError": "tracking_expired",
-    "RateLimitedError": "rate_limited",
-    "ServerError": "server_error",
-    "ConnectError": "connect_error",
-    "ConnectionLostError": "connection_lost",
-    "RequestTimeoutError": "request_timeout",
-    "DecodeError": "decode_error",
-    "UnexpectedStatusError": "unexpected_status",
-}
-
-
-class Outcome(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """How one job ended, as ``--json`` prints it.
-
-    Attributes:
-        job_id: the job.
-        status: its terminal status; ``error`` when it could not be tracked (the word
-            ``poller run``'s ``GET /jobs/ID`` uses); ``timed_out`` at ``--timeout``.
-        watched_s: seconds from the start of the watch until the end was seen.
-        duration_s: the job's own duration, ``completed_at - created_at`` from its
-            timestamps (whole seconds), when both are known.
-        organization_id: the owning organisation, when known.
-        error: a failed job's ``{code, message}`` from the API; for ``error``, why
-            tracking ended: ``code`` (``not_found`` for a 404, ...) and, as ``poller
-            run`` records it, ``kind`` (the exception class), ``message``, ``status``
-            (HTTP, or null) and ``retryable``.
-    """
-
-    job_id: str
-    status: str
-    watched_s: float
-    duration_s: int | None = None
-    organization_id: str | None = None
-    error: dict[str, Any] | None = None
-
-
-class Tally:
-    """What is known of the watched jobs: pure bookkeeping, fed with engine events.
-
-    Args:
-        job_ids: the jobs (duplicates are counted once).
-        started_at: the start (Unix seconds), to report each job's elapsed time.
-    """
-
-    def __init__(self, job_ids: Sequence[str], started_at: float) -> None:
-        self.status: dict[str, str] = dict.fromkeys(job_ids, PENDING)
-        self.outcomes: dict[str, Outcome] = {}
-        self._started_at = started_at
-
-    @property
-    def total(self) -> int:
-        """How many jobs are watched."""
-        return len(self.status)
-
-    @property
-    def finished(self) -> int:
-        """How many jobs ended."""
-        return len(self.outcomes)
-
-    @property
-    def done(self) -> bool:
-        """True when every job ended."""
-        return len(self.outcomes) == len(self.status)
-
-    def counts(self) -> dict[str, int]:
-        """Jobs by current status, most advanced first."""
-        counts: dict[str, int] = {}
-        for status in self.status.values():
-            counts[status] = counts.get(status, 0) + 1
-        return dict(sorted(counts.items(), key=lambda item: (_rank(item[0]), item[0])))
-
-    def observe(self, event: Transition | TrackingFailure) -> Outcome | None:
-        """Record an event; returns the job's outcome if the event ended it."""
-        job_id = event.job_id
-        if job_id not in self.status or job_id in self.outcomes:
-            return None
-        if isinstance(event, Transition):
-            self.status[job_id] = event.current.value
-            if not event.current.is_terminal:
-                return None
-            job, error = event.job, event.job.error
-            detail = {"code": error.code, "message": error.message} if error else None
-            duration_s = None
-            if job.completed_at is not None:
-                duration_s = max(0, job.completed_at - job.created_at)
-            return self._end(event, event.current.value, detail, duration_s)
-        self.status[job_id] = ERROR
-        return self._end(event, ERROR, failure_detail(event.error), None)
-
-    def _end(
-        self,
-        event: Transition | TrackingFailure,
-        status: str,
-        error: dict[str, Any] | None,
-        duration_s: int | None,
-    ) -> Outcome:
-        outcome = Outcome(
-            job_id=event.job_id,
-            status=status,
-            watched_s=self._watched_s(event.observed_at),
-            duration_s=duration_s,
-            organization_id=event.organization_id,
-            error=error,
-        )
-        self.outcomes[event.job_id] = outcome
-        return outcome
-
-    def _watched_s(self, at: float) -> float:
-        return round(max(0.0, at - self._started_at), 3)
-
-    def time_out(self, now: float) -> list[Outcome]:
-        """End every unfinished job as ``timed_out``."""
-        watched_s = self._watched_s(now)
-        ended = []
-        for job_id in self.status:
-            if job_id not in self.outcomes:
-                outcome = Outcome(job_id=job_id, status=TIMED_OUT, watched_s=watched_s)
-                self.outcomes[job_id] = outcome
-                self.status[job_id] = TIMED_OUT
-                ended.append(outcome)
-        return ended
-
-    @property
-    def exit_status(self) -> int:
-        """0 if every job completed, else 1."""
-        ok = self.done and all(o.status == COMPLETED for o in self.outcomes.values())
-        return 0 if ok else 1
-
-
-def failure_detail(error: PollerError) -> dict[str, Any]:
-    """The ``error`` of an outcome whose tracking ended with ``error``: a ``code`` for
-    scripts, then the fields ``poller run`` records for it (``kind``, ``message``,
-    ``status``, ``retryable``)."""
-    kind = type(error).__name__
-    code = _FAILURE_CODES.get(kind) or re.sub(r"(?<!^)(?=[A-Z])", "_", kind).lower()
-    return {"code": code, **msgspec.structs.asdict(error_info(error))}
-
-
-_ORDER: Final = (COMPLETED, "failed", "cancelled", "expired", ERROR, TIMED_OUT)
-
-
-def _rank(status: str) -> int:
-    return _ORDER.index(status) if status in _ORDER else len(_ORDER)
 
 
 async def watch(
@@ -222,11 +67,14 @@ async def watch(
     track its jobs instead."""
     tally = Tally(job_ids, time.time())
     options = engine_options(settings)
+    key = settings.api_key.reveal() if settings.api_key is not None else None
+    base_url = settings.base_url
     async with contextlib.AsyncExitStack() as stack:
         if sim is not None:
             server = await stack.enter_async_context(SimServer(sim))
-            options.update(base_url=server.base_url, api_key=_SIM_KEY, auth_scheme="api-key")
-        engine = await stack.enter_async_context(Poller(**options))
+            key, base_url = _SIM_KEY, server.base_url
+            options = msgspec.structs.replace(options, auth_scheme="api-key")
+        engine = await stack.enter_async_context(Poller(key, base_url, options=options))
         stream = await stack.enter_async_context(
             engine.subscribe(job_ids=tally.status, max_buffer=max(10_000, 8 * tally.total))
         )
