@@ -39,6 +39,7 @@ from ._metrics import Recorder
 from ._waiting import wait_for_jobs
 from .auth import AuthScheme, Credential
 from .backoff import Backoff
+from .coordination import Coordinator, EngineLink
 from .errors import (
     ConfigError,
     JobsFailedError,
@@ -103,6 +104,8 @@ class Poller:
         learned_durations: what an earlier engine learned about how long jobs stay in each
             status (:meth:`learned_durations`), to poll well from the first job instead of
             learning afresh. Needs ``backoff.learn``.
+        coordinator: shares each organisation's budget and the learned durations with
+            other engines (``poller.redis.RedisCoordinator``); None: this engine alone.
 
     Raises:
         ConfigError: an invalid setting; the message names it.
@@ -131,6 +134,7 @@ class Poller:
         seed: int | None = None,
         clock: Callable[[], float] = time.time,
         learned_durations: LearnedDurations | None = None,
+        coordinator: Coordinator | None = None,
     ) -> None:
         if not isinstance(max_connections, int) or max_connections < 1:
             raise ConfigError("max_connections: must be an integer >= 1")
@@ -200,6 +204,7 @@ class Poller:
         self._stack: AsyncExitStack | None = None
         self._open = False
         self._metrics = Recorder()
+        self._coordinator = coordinator
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -228,6 +233,9 @@ class Poller:
             task_group.start_soon(driver.dispatch, name="poller-dispatcher")
             for _ in range(self._workers):
                 task_group.start_soon(driver.work, name="poller-worker")
+            if self._coordinator is not None:
+                link = EngineLink(self._clock, self._core.learned, self._core.load_learned)
+                task_group.start_soon(self._coordinator.run, link, name="poller-coordinator")
         except BaseException:
             await stack.aclose()
             raise
@@ -567,6 +575,8 @@ class Poller:
         return self._org_rate_limits.get(org_id, self._rate_limit)
 
     def _budget_for(self, org_id: str | None) -> Budget:
+        if self._coordinator is not None and org_id is not None:
+            return self._coordinator.budget(org_id, self._limit_for(org_id))
         return AdaptiveBudget(self._limit_for(org_id))
 
     def _weight_for(self, org_id: str | None) -> float:
