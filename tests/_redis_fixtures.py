@@ -80,6 +80,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *self._debug_option(),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -90,6 +91,12 @@ class RedisServer:
                 self.kill()
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.02)
+
+    def _debug_option(self) -> list[str]:
+        """``DEBUG SLEEP`` (a paused server) needs leave from Redis 7 on."""
+        out = subprocess.run([self.binary, "--version"], capture_output=True, text=True).stdout
+        major = out.split("v=", 1)[-1].split(".", 1)[0]
+        return ["--enable-debug-command", "local"] if major.isdigit() and int(major) >= 7 else []
 
     def kill(self) -> None:
         """Kill it at once (SIGKILL), as a crash would."""
