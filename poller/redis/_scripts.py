@@ -269,7 +269,7 @@ _LEARN_LUA: Final = r"""
 local now
 if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
   local t = redis.call('TIME'); now = tonumber(t[1]) + tonumber(t[2]) / 1e6 end
-local since, max_weight = tonumber(ARGV[2]), tonumber(ARGV[5])
+local since, max_weight = ARGV[2], tonumber(ARGV[5])
 local max_kinds, ttl, prefix = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 redis.call('SET', KEYS[2], ARGV[4], 'NX', 'EX', ttl)
 local epoch = redis.call('GET', KEYS[2])
