@@ -63,6 +63,14 @@ def test_a_slot_left_past_the_grace_is_forfeited() -> None:
     assert budget.held == 1
 
 
+def test_slots_keep_while_the_rate_does_not_bind() -> None:
+    """Below the limit the fleet cannot overshoot it: a late slot is still good."""
+    budget = LeasedBudget("org_a", RateLimit(per_s=10), grace_s=0.02)
+    budget.granted(T0, grant(3, start_in_s=0.0, step_s=0.001, tight=False))
+    assert budget.try_acquire(T0 + 5.0) == 0.0
+    assert budget.expired == 0 and budget.held == 2
+
+
 def test_a_429_pauses_at_once_drops_the_slots_and_is_queued_for_the_fleet() -> None:
     woken = []
     budget = LeasedBudget("org_a", RateLimit(per_s=10), wake=lambda: woken.append(1))

@@ -48,7 +48,7 @@ class Org:
     ) -> tuple[int, float, float, float | None, float, float, int]:
         argv = [now, engine, weight, demand, want, give_back, accepted, self.ceiling, ""]
         argv += [0.25, 60, 2.0, *_ADAPTIVE]
-        count, start, step, rate, share, pause, engines = await self.client.run(
+        count, start, step, rate, share, pause, engines, _ = await self.client.run(
             LEASE, [self.key], argv
         )
         rate_per_s = float(rate)
@@ -160,11 +160,12 @@ async def test_the_rate_regrows_while_engines_want_more(
     org = Org(client, redis_ns, ceiling=None)
     await org.throttle(T0, 0.1, accepted=100)
     rates = []
-    for second in range(1, 41):
-        rates.append((await org.lease(T0 + second, "a", 1000))[3])
-    assert rates[0] == pytest.approx(91.0, abs=0.1)  # one second up the curve
+    for tick in range(1, 81):  # every 0.5 s, always wanting more than is granted
+        rates.append((await org.lease(T0 + tick / 2, "a", 1000))[3])
+    assert rates[0] == pytest.approx(90.0)  # nobody wanted more yet
+    assert rates[2] == pytest.approx(91.0, abs=0.1)  # one second up the curve
     assert rates == sorted(rates)
-    assert rates[28] < 100.0 < rates[-1]  # back at w_max after recovery_s, then probing
+    assert rates[56] < 100.0 < rates[-1]  # back at w_max after recovery_s, then probing
 
 
 async def test_a_throttle_is_published(client: ScriptClient, redis_ns: str) -> None:

@@ -469,7 +469,7 @@ class RedisCoordinator:
 
 
 def _grant(result: list[Any]) -> LeaseGrant:
-    count, start_in, step, rate, share, pause, engines = result
+    count, start_in, step, rate, share, pause, engines, tight = result
     rate_per_s = float(rate)
     return LeaseGrant(
         count=int(count),
@@ -479,6 +479,7 @@ def _grant(result: list[Any]) -> LeaseGrant:
         share_per_s=float(share),
         pause_s=float(pause),
         engines=int(engines),
+        tight=tight == "1",
     )
 
 

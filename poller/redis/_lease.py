@@ -12,9 +12,11 @@ background task (``poller.redis._coordinator``) keeps it supplied:
   may be spent from ``start + k * step`` on, where ``step`` is the fleet's interval
   (one over the organisation's rate). The shared bucket hands out consecutive
   slots of one schedule to every engine, so however the fleet is spread, the server
-  sees the organisation's rate, not the sum of bursts. A slot left unspent past
+  sees the organisation's rate, not the sum of bursts. While the rate binds (some
+  engine wants more than it gets: the grant is *tight*), a slot left unspent past
   ``grace_s`` is forfeited: spent late it would bunch up with later ones, and a
-  1-second window at the server could then hold more than the limit;
+  1-second window at the server could then hold more than the limit. While it does
+  not, the fleet is below the limit and slots keep until spent;
 - a 429 here pauses this budget at once, drops its slots and is queued for the
   coordinator (:meth:`LeasedBudget.take_throttle`), which tells the fleet; a 429 seen
   elsewhere arrives as :meth:`LeasedBudget.fleet_paused`.
@@ -83,6 +85,7 @@ class LeaseGrant:
         share_per_s: this engine's fair share of it.
         pause_s: the organisation is paused this much longer (0: not paused).
         engines: engines of this organisation with a fresh demand report.
+        tight: the rate binds: slots must be spent on time or be forfeited.
     """
 
     count: int
@@ -92,6 +95,7 @@ class LeaseGrant:
     share_per_s: float
     pause_s: float
     engines: int
+    tight: bool = True
 
 
 class LeasedBudget:
@@ -109,6 +113,7 @@ class LeasedBudget:
         "_accepted",
         "_blocks",
         "_demand",
+        "_grace",
         "_hungry",
         "_left",
         "_local",
@@ -144,11 +149,13 @@ class LeasedBudget:
         self.mode: Mode = "joining"
         self._local: AdaptiveBudget | None = None
         self._uncapped = False
-        # The block being spent (next slot, interval, slots left), then later blocks.
+        # The block being spent (next slot, interval, slots left, how late a slot may be
+        # spent), then later blocks.
         self._next_at = 0.0
         self._step = 0.0
         self._left = 0
-        self._blocks: deque[tuple[float, float, int]] = deque()
+        self._grace = grace_s
+        self._blocks: deque[tuple[float, float, int, float]] = deque()
         self._paused_until = -math.inf
         self._sent = 0
         self._accepted = 0
@@ -191,11 +198,11 @@ class LeasedBudget:
                         self._hungry = True
                         self._wake()
                     return _DRY_RETRY_S
-                self._next_at, self._step, self._left = self._blocks.popleft()
+                self._next_at, self._step, self._left, self._grace = self._blocks.popleft()
             at = self._next_at
             if at > now:
                 return at - now
-            late = now - self.grace_s - at
+            late = now - self._grace - at
             if late > 0.0:
                 skip = min(self._left, int(late / self._step) + 1 if self._step > 0 else 1)
                 self._left -= skip
@@ -279,9 +286,12 @@ class LeasedBudget:
         if grant.pause_s > 0.0:
             self._pause(now, grant.pause_s)
         if grant.count > 0:
-            block = (now + grant.start_in_s, grant.step_s, grant.count)
+            grace = self.grace_s if grant.tight else math.inf
+            # Slots dated before the answer came are due now (the burst after a quiet
+            # spell): date them on arrival, or the grace would already be running.
+            block = (now + max(0.0, grant.start_in_s), grant.step_s, grant.count, grace)
             if self._left <= 0 and not self._blocks:
-                self._next_at, self._step, self._left = block
+                self._next_at, self._step, self._left, self._grace = block
             else:
                 self._blocks.append(block)
 
@@ -337,11 +347,11 @@ class LeasedBudget:
         """Remove up to ``count`` of the latest slots; returns how many were removed."""
         taken = 0
         while taken < count and self._blocks:
-            start, step, left = self._blocks.pop()
+            start, step, left, grace = self._blocks.pop()
             take = min(left, count - taken)
             taken += take
             if left > take:
-                self._blocks.append((start, step, left - take))
+                self._blocks.append((start, step, left - take, grace))
         if taken < count and self._left > 0:
             take = min(self._left, count - taken)
             self._left -= take

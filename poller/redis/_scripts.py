@@ -82,11 +82,23 @@ local function target(s, P)
   return rate
 end
 
--- Climb only while some engine wanted more than it got in the last second.
+-- Climb only while some engine wanted more than the rate let it have in the last second
+-- (hungry_at: the last grant cut short by the fleet's room or the engine's share).
 local function regrow(s, now)
   if s.wmax ~= nil and now > s.grown_at then
     if now - s.hungry_at < 1.0 then s.growth = s.growth + (now - s.grown_at) end
     s.grown_at = now
+  end
+end
+
+-- Within a second of a cut, engines' reports of what was accepted before it are still
+-- arriving (they report every lease period): the cut was measured against too little.
+-- Lift w_max to what the window holds now, never above the rate before the cut.
+local function lift(s, now)
+  if s.wmax ~= nil and now - s.cut_at < 1.0 then
+    local seen = accepted(s, now)
+    if s.pre ~= nil then seen = math.min(seen, s.pre) end
+    if seen > s.wmax then s.wmax = seen end
   end
 end
 
@@ -120,7 +132,7 @@ local P = params(ARGV, 13)
 local s = load(KEYS[1])
 configure(s, ARGV[8], ARGV[9])
 add_accepted(s, now, acc)
-if demand < 0 then s.hungry_at = now end
+lift(s, now)
 regrow(s, now)
 local rate = target(s, P)
 
@@ -189,8 +201,12 @@ end
 save(KEYS[1], s, ttl)
 local rate_out = '-1'
 if rate ~= nil then rate_out = tostring(rate) end
+-- Tight: some engine wanted more than it got in the last second, so the rate binds and
+-- slots must be spent on time; otherwise they may be spent whenever needed.
+local tight = '0'
+if rate ~= nil and now - s.hungry_at < 1.0 then tight = '1' end
 return {tostring(grant), tostring(start - now), tostring(step), rate_out, tostring(share),
-        tostring(pause), tostring(#list)}
+        tostring(pause), tostring(#list), tight}
 """
 )
 
@@ -221,13 +237,8 @@ if seen >= 2 or before ~= nil then
     s.wmax = math.max(P.min_rate, seen)
     s.cut_at, s.grown_at, s.growth = now, now, 0
     cut = 1
-  elseif seen > s.wmax then
-    -- Within a second of the cut, engines' reports of what was accepted before it are
-    -- still arriving: the cut was measured against too little. Lift it, never above the
-    -- rate the fleet had before the cut.
-    local lifted = seen
-    if s.pre ~= nil then lifted = math.min(lifted, s.pre) end
-    s.wmax = math.max(s.wmax, lifted)
+  else
+    lift(s, now)
   end
 end
 local rate = target(s, P)
