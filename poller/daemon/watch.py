@@ -290,6 +290,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--base-url", metavar="URL", help="API root (env RETAB_API_BASE_URL)")
     parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share budgets and learned durations with other engines through Redis "
+        "(env POLLER_REDIS_URL; a password only from there or --config)",
+    )
+    parser.add_argument(
         "--config",
         metavar="FILE",
         help="TOML file of settings, as for 'poller run' (env POLLER_CONFIG); its key, "
@@ -365,7 +371,11 @@ def _simulator(args: argparse.Namespace, job_ids: list[str]) -> tuple[JobsSimula
 def run(args: argparse.Namespace) -> int:
     """``poller watch``; returns the exit status (see the module docstring)."""
     try:
-        flags = {"base_url": args.base_url, "poll_interval_s": args.poll_interval}
+        flags = {
+            "base_url": args.base_url,
+            "poll_interval_s": args.poll_interval,
+            "redis_url": args.redis,
+        }
         settings = load_settings(flags, os.environ, args.config, daemon=False)
         job_ids = _read_ids(args)
         sim: JobsSimulator | None = None
