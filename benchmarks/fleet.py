@@ -285,6 +285,20 @@ def _cost_rounds(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return rounds
 
 
+def _row(
+    name: str, seconds: float, sim: dict[str, Any], engines: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "run": name,
+        "seconds": seconds,
+        "accepted_per_s": round(sim["accepted_per_s"], 1),
+        "utilization": round(sim["accepted_per_s"] / LIMIT, 3),
+        "throttled_share": round(sim["throttled_share"], 4),
+        "max_in_any_second": sim["max_in_any_second"],
+        "engine_polls": [e["polls"] for e in engines],
+    }
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     """The three measurements of the module docstring."""
     plan = _plan(quick)
@@ -299,24 +313,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     ratio = median([r["ratio"] for r in rounds])
     per_poll = max(r["commands_per_poll"] for r in rounds)
     table = [
-        {
-            "run": "(a) configured 100/s",
-            "seconds": seconds,
-            "accepted_per_s": round(configured_sim["accepted_per_s"], 1),
-            "utilization": round(configured_sim["accepted_per_s"] / LIMIT, 3),
-            "throttled_share": round(configured_sim["throttled_share"], 4),
-            "max_in_any_second": configured_sim["max_in_any_second"],
-            "engine_polls": [e["polls"] for e in configured_engines],
-        },
-        {
-            "run": "(b) undisclosed 100/s",
-            "seconds": seconds,
-            "accepted_per_s": round(hidden_sim["accepted_per_s"], 1),
-            "utilization": round(hidden_sim["accepted_per_s"] / LIMIT, 3),
-            "throttled_share": round(hidden_sim["throttled_share"], 4),
-            "max_in_any_second": hidden_sim["max_in_any_second"],
-            "engine_polls": [e["polls"] for e in hidden_engines],
-        },
+        _row("(a) configured 100/s", seconds, configured_sim, configured_engines),
+        _row("(b) undisclosed 100/s", seconds, hidden_sim, hidden_engines),
     ]
     a, b = table
     goals = [

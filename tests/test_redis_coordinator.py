@@ -242,7 +242,7 @@ def _teach(model: DurationModel, samples: int) -> None:
         model.observe(payload, None)
 
 
-async def _until(condition: Callable[[], bool], timeout_s: float = 3.0) -> None:
+async def _until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:

@@ -11,12 +11,11 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
 
 import anyio
 import pytest
 from _redis_fixtures import DelayProxy, RedisServer
-from test_redis_coordinator import ORG, _teach
+from test_redis_coordinator import ORG, _teach, _until
 
 from poller import RateLimit
 from poller._learn import DurationModel
@@ -127,11 +126,3 @@ async def _spend_for(budget: LeasedBudget, seconds: float) -> int:
         sent += wait == 0.0
         await asyncio.sleep(wait)
     return sent
-
-
-async def _until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
