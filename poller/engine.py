@@ -35,6 +35,7 @@ from ._ids import validate_job_id
 from ._recorder import Recorder
 from ._waiting import wait_for_jobs
 from .auth import Credential
+from .coordination import Coordinator, EngineLink
 from .errors import (
     ConfigError,
     JobsFailedError,
@@ -91,6 +92,8 @@ class Poller:
         transport: a custom :class:`~poller.transport.Transport` (tests, simulators);
             ``base_url``, ``max_connections`` and TLS settings are then unused.
         clock: Unix-time source.
+        coordinator: shares each organisation's budget and the learned durations with
+            other engines (``poller.redis.RedisCoordinator``); None: this engine alone.
         **settings: any field of :class:`~poller.PollerOptions` (``max_connections=8``,
             ``backoff=...``, ...), in place of the one in ``options``.
 
@@ -107,6 +110,7 @@ class Poller:
         access_token: str | None = None,
         transport: Transport | None = None,
         clock: Callable[[], float] = time.time,
+        coordinator: Coordinator | None = None,
         **settings: Unpack[PollerSettings],
     ) -> None:
         self._options = options = with_settings(options, settings)
@@ -153,6 +157,7 @@ class Poller:
         self._stack: AsyncExitStack | None = None
         self._open = False
         self._metrics = Recorder()
+        self._coordinator = coordinator
 
     @property
     def options(self) -> PollerOptions:
@@ -200,6 +205,9 @@ class Poller:
             task_group.start_soon(driver.dispatch, name="poller-dispatcher")
             for _ in range(self._options.max_connections):
                 task_group.start_soon(driver.work, name="poller-worker")
+            if self._coordinator is not None:
+                link = EngineLink(self._clock, self._core.learned, self._core.load_learned)
+                task_group.start_soon(self._coordinator.run, link, name="poller-coordinator")
         except BaseException:
             await stack.aclose()
             raise
@@ -540,6 +548,8 @@ class Poller:
         return self._options.org_rate_limits.get(org_id, default)
 
     def _budget_for(self, org_id: str | None) -> Budget:
+        if self._coordinator is not None and org_id is not None:
+            return self._coordinator.budget(org_id, self._limit_for(org_id))
         return AdaptiveBudget(self._limit_for(org_id))
 
     def _weight_for(self, org_id: str | None) -> float:

@@ -37,7 +37,7 @@ import msgspec
 
 from .._health_log import describe_errors
 from .._ids import validate_job_id
-from ..daemon.config import Settings, engine_options, load_settings
+from ..daemon.config import Settings, coordinator_for, engine_options, load_settings
 from ..daemon.logs import configure_logging
 from ..engine import Poller
 from ..errors import ConfigError, InvalidJobIdError
@@ -74,7 +74,9 @@ async def watch(
             server = await stack.enter_async_context(SimServer(sim))
             key, base_url = _SIM_KEY, server.base_url
             options = msgspec.structs.replace(options, auth_scheme="api-key")
-        engine = await stack.enter_async_context(Poller(key, base_url, options=options))
+        engine = await stack.enter_async_context(
+            Poller(key, base_url, options=options, coordinator=coordinator_for(settings))
+        )
         stream = await stack.enter_async_context(
             engine.subscribe(job_ids=tally.status, max_buffer=max(10_000, 8 * tally.total))
         )
@@ -148,6 +150,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=float, metavar="SECONDS", help="stop waiting after this (exit 1)"
     )
     parser.add_argument("--base-url", metavar="URL", help="API root (env RETAB_API_BASE_URL)")
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share budgets and learned durations with other engines through Redis "
+        "(env POLLER_REDIS_URL; a password only from there or --config)",
+    )
     parser.add_argument(
         "--config",
         metavar="FILE",
@@ -224,7 +232,11 @@ def _simulator(args: argparse.Namespace, job_ids: list[str]) -> tuple[JobsSimula
 def run(args: argparse.Namespace) -> int:
     """``poller watch``; returns the exit status (see the module docstring)."""
     try:
-        flags = {"base_url": args.base_url, "poll_interval_s": args.poll_interval}
+        flags = {
+            "base_url": args.base_url,
+            "poll_interval_s": args.poll_interval,
+            "redis_url": args.redis,
+        }
         settings = load_settings(flags, os.environ, args.config, daemon=False)
         job_ids = _read_ids(args)
         sim: JobsSimulator | None = None

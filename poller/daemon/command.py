@@ -59,6 +59,7 @@ _METAVARS: Final = {
     "log_format": "FORMAT",
     "log_level": "LEVEL",
     "rate_limit_per_s": "RATE",
+    "redis_url": "URL",
 }
 
 

@@ -20,10 +20,12 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import msgspec
 
 from ..auth import Credential, is_loopback, resolve_base_url
+from ..coordination import Coordinator
 from ..errors import ConfigError
 from ..options import PollerOptions
 from ..sched.backoff import Backoff
@@ -36,6 +38,7 @@ __all__ = [
     "Settings",
     "backoff_for",
     "check_files",
+    "coordinator_for",
     "engine_options",
     "is_loopback",
     "load_settings",
@@ -50,6 +53,7 @@ ENGINE_SETTINGS: Final = frozenset(
         "max_connections",
         "request_timeout_s",
         "rate_limit_per_s",
+        "redis_url",
         "poll_interval_s",
         "max_interval_s",
     }
@@ -86,6 +90,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_connections: int = 64
     request_timeout_s: float = 10.0
     rate_limit_per_s: float | None = None
+    redis_url: Secret | None = None
     poll_interval_s: float | None = None
     max_interval_s: float = 30.0
     shutdown_timeout_s: float = 8.0
@@ -96,7 +101,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """Every secret value, for scrubbing log lines."""
         found = [self.api_key, self.control_token, self.webhook_secret]
         found += self.credentials.values()
-        return tuple(s.reveal() for s in found if s is not None)
+        secrets = [s.reveal() for s in found if s is not None]
+        if self.redis_url is not None:  # its password: the rest is worth seeing in logs
+            secrets += [p for p in [_password(self.redis_url.reveal())] if p]
+        return tuple(secrets)
 
     @property
     def dead_letter_path(self) -> str:
@@ -145,6 +153,12 @@ def load_settings(
                 values[option.name] = option.parse(raw)
             except ValueError as exc:
                 raise ConfigError(f"{option.name}: {exc} (from {where})") from None
+            if option.name == "redis_url" and where == option.flag and _has_password(raw):
+                # Flags show in `ps` and shell histories.
+                raise ConfigError(
+                    "redis_url: a password only from POLLER_REDIS_URL or the config file, "
+                    "never from --redis"
+                )
             break
     if daemon:
         values["credentials"] = _credentials(file_values.get("credentials"), environ, path)
@@ -253,6 +267,30 @@ def engine_options(settings: Settings) -> PollerOptions:
         rate_limit=RateLimit(rate) if rate is not None else None,
         backoff=backoff_for(settings.poll_interval_s, settings.max_interval_s),
     )
+
+
+def _password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def _has_password(raw: object) -> bool:
+    return isinstance(raw, str) and _password(raw) is not None
+
+
+def coordinator_for(settings: Settings) -> Coordinator | None:
+    """The engine's coordinator for these settings: a ``RedisCoordinator`` for
+    ``redis_url``, or None (the engine alone)."""
+    url = settings.redis_url
+    if url is None:
+        return None
+    try:
+        from ..redis import RedisCoordinator
+    except ImportError:
+        raise ConfigError("redis_url: needs the redis extra: pip install 'poller[redis]'") from None
+    return RedisCoordinator(url.reveal())
 
 
 def backoff_for(poll_interval_s: float | None, max_interval_s: float = 30.0) -> Backoff:

@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Callable
 from typing import Final, NamedTuple
+from urllib.parse import urlsplit
 
 from yarl import URL
 
@@ -141,6 +142,20 @@ def _urls(value: object) -> tuple[str, ...]:
     return urls
 
 
+def _redis_url(value: object) -> Secret:
+    """A Redis URL (``redis://``, ``rediss://``, ``unix://``); secret, as it may hold a
+    password. Its text is never quoted back."""
+    url = text(value)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError("must be a URL such as redis://127.0.0.1:6379/0") from None
+    if parts.scheme not in ("redis", "rediss", "unix") or " " in url:
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return Secret(url)
+
+
 class Option(NamedTuple):
     """A setting: its parser, flag (None: not settable by flag), variable and help."""
 
@@ -198,6 +213,13 @@ OPTIONS: Final[tuple[Option, ...]] = (
     _o("max_connections", _integer(1, 10_000), "Retab API requests in flight at most"),
     _o("request_timeout_s", _number(0.0), "limit on one Retab API request"),
     _o("rate_limit_per_s", _number(0.0), "requests per second per organisation at most"),
+    _o(
+        "redis_url",
+        _redis_url,
+        "share budgets and learned durations with other engines through Redis at URL "
+        "(a password only from the environment or the config file)",
+        flag="--redis",
+    ),
     _o("poll_interval_s", _number(0.0), "first polling interval of every status"),
     _o("max_interval_s", _number(0.0), "longest wait between two polls of a job"),
     _o("shutdown_timeout_s", _number(0.0, 60.0), "SIGTERM drain deadline"),

@@ -38,7 +38,7 @@ from ..errors import ConfigError
 from ..sched.learn import LearnedDurations
 from ..transport import Transport
 from .api import ControlServer, build_app
-from .config import Settings, engine_options
+from .config import Settings, coordinator_for, engine_options
 from .health import (
     Backlog,
     Health,
@@ -77,13 +77,22 @@ def _engine(
     options = msgspec.structs.replace(
         engine_options(settings), terminal_retention_s=_TERMINAL_RETENTION_S
     )
+    coordinator = coordinator_for(settings)
     if learned is not None:
         try:
             with_learned = msgspec.structs.replace(options, learned_durations=learned)
-            return Poller(key, settings.base_url, options=with_learned, transport=transport)
+            return Poller(
+                key,
+                settings.base_url,
+                options=with_learned,
+                transport=transport,
+                coordinator=coordinator,
+            )
         except ConfigError as exc:  # saved by another version, or learning is now off
             log.warning("learned durations from the last run not used (%s); learning afresh", exc)
-    return Poller(key, settings.base_url, options=options, transport=transport)
+    return Poller(
+        key, settings.base_url, options=options, transport=transport, coordinator=coordinator
+    )
 
 
 async def _load_learned(store: Store) -> LearnedDurations | None:

@@ -205,6 +205,13 @@ class Scheduler(Generic[C]):
         """What has been learned about job durations (None: ``Backoff.learn`` is off)."""
         return self._model.snapshot() if self._model is not None else None
 
+    def load_learned(self, learned: LearnedDurations) -> None:
+        """Replace what is known of the kinds in ``learned`` by it (a fleet's merged
+        tables); a no-op when ``Backoff.learn`` is off. Raises ``ConfigError`` as
+        :meth:`DurationModel.load` does."""
+        if self._model is not None:
+            self._model.load(learned)
+
     def take_events(self) -> list[Event]:
         """The events produced since the last call, in order."""
         events, self.new_events = self.new_events, []

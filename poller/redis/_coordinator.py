@@ -1,0 +1,496 @@
+"""RedisCoordinator: engines in many processes share budgets and learning through Redis.
+
+The engine's hot path never waits on Redis: each organisation's budget is a
+:class:`~poller.redis._lease.LeasedBudget`, spending tokens leased ahead of need.
+This module is its background side, four loops in the engine's task group:
+
+- **leases** (every ``lease_period_s``, ~100 ms, sooner when a budget runs dry or
+  meets a 429): for each organisation with something to say, one ``LEASE`` script
+  call (all of them in one pipelined round trip) reports what the engine sent and
+  had accepted and its demand, and takes slots of the fleet's schedule covering
+  ~250 ms of that demand, within this engine's max-min fair share (by demand and
+  ``weight``) of the organisation's rate. A 429 is a ``THROTTLE`` call: the
+  organisation is paused and its rate cut for every engine, and the news is
+  published at once;
+- **events**: a pub/sub subscription that hears those 429s, so every engine drops
+  its unspent slots and pauses within one round trip of the first;
+- **heartbeat** (every ``heartbeat_s``): registers the engine, counts the live ones,
+  and watches the namespace's epoch (a new one: Redis lost its data);
+- **learning** (every ``sync_interval_s``): pushes what the engine learned about job
+  durations since the last push, and loads the fleet's merged tables
+  (``poller.redis._learning``); the first sync runs at once, so a new engine polls
+  with the fleet's knowledge from its first jobs.
+
+**When Redis fails** (unreachable, slower than ``timeout_s``, restarted empty),
+polling goes on: every budget falls back to a local share of its configured limit,
+the limit divided by the live engines last counted (an undisclosed limit is learned
+alone again, from 429s), with one warning; the heartbeat keeps trying, and when Redis
+answers the budgets rejoin the shared ones, with one more line in the log. The
+scripts carry the configuration on every call, so an empty Redis is re-seeded by the
+first calls, and the learned tables by the engines pushing what they know whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import anyio
+import orjson
+from redis.exceptions import RedisError
+
+from ..coordination import EngineLink
+from ..errors import ConfigError
+from ..sched.ratelimit import HEADROOM, AdaptiveBudget, Budget, RateLimit
+from ._client import Call, ScriptClient, check_namespace, check_url, redact
+from ._learning import LearnSync
+from ._lease import LEASE_HORIZON_S, LeasedBudget, LeaseGrant, LeaseReport
+from ._scripts import HEARTBEAT, LEARN, LEASE, THROTTLE
+
+__all__ = ["RedisCoordinator"]
+
+log = logging.getLogger("poller.redis")
+
+_MIN_GAP_S: Final = 0.01  # lease rounds never come closer than this
+_STALE_ENGINE_S: Final = 2.0  # a demand report older than this no longer counts
+_ALIVE_S: Final = 5.0  # an engine with no heartbeat for this long is not counted
+_BUDGET_TTL_S: Final = 60
+_ENGINES_TTL_S: Final = 60
+_CLOSE_S: Final = 0.5  # at most this long spent telling the fleet this engine leaves
+_TROUBLE: Final = (RedisError, OSError, TimeoutError)
+# The adaptive parameters travel to the scripts from AdaptiveBudget's own defaults.
+_DEFAULTS: Final = AdaptiveBudget()
+_ADAPTIVE: Final = [
+    _DEFAULTS.beta,
+    _DEFAULTS.recovery_s,
+    _DEFAULTS.min_rate_per_s,
+    _DEFAULTS.min_growth_per_s,
+    _DEFAULTS.doubling_s,
+]
+
+
+def _positive(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ConfigError(f"{name}: must be a finite number > 0")
+    return float(value)
+
+
+class RedisCoordinator:
+    """Shares every organisation's rate budget, and learned job durations, between the
+    engines that use the same Redis and ``namespace`` (see the module docstring)::
+
+        coord = RedisCoordinator("redis://127.0.0.1:6379/0", namespace="poller")
+        async with Poller(rate_limit=RateLimit(per_s=100), coordinator=coord) as p: ...
+
+    One coordinator serves one engine at a time. Every engine of a fleet should be
+    configured with the same limits; the last to speak sets an organisation's.
+
+    Args:
+        url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS) or
+            ``unix://``. The password is never logged nor shown.
+        namespace: prefix of every key; fleets that must not share use different ones.
+        weight: this engine's share of an organisation's rate, relative to the other
+            engines', when they all want more than there is.
+        timeout_s: a Redis call slower than this counts as Redis being out of reach.
+        lease_period_s: how often leases are topped up.
+        heartbeat_s: how often the engine says it is alive (and Redis is retried).
+        sync_interval_s: how often learned durations are pushed and merged.
+        learned_ttl_s: how long the fleet's learned tables outlive their last change.
+        max_learned_kinds: at most this many (organisation, endpoint, status) tables.
+
+    Raises:
+        ConfigError: a bad URL, namespace or setting.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "poller",
+        weight: float = 1.0,
+        timeout_s: float = 0.25,
+        lease_period_s: float = 0.1,
+        heartbeat_s: float = 1.0,
+        sync_interval_s: float = 5.0,
+        learned_ttl_s: float = 86_400.0,
+        max_learned_kinds: int = 2_000,
+    ) -> None:
+        self._url = check_url(url)
+        self.namespace = check_namespace(namespace)
+        self.weight = _positive("weight", weight)
+        self.timeout_s = _positive("timeout_s", timeout_s)
+        self.lease_period_s = _positive("lease_period_s", lease_period_s)
+        self.heartbeat_s = _positive("heartbeat_s", heartbeat_s)
+        self.sync_interval_s = _positive("sync_interval_s", sync_interval_s)
+        self.learned_ttl_s = int(max(1.0, _positive("learned_ttl_s", learned_ttl_s)))
+        if isinstance(max_learned_kinds, bool) or not isinstance(max_learned_kinds, int):
+            raise ConfigError("max_learned_kinds: must be an integer >= 1")
+        if max_learned_kinds < 1:
+            raise ConfigError("max_learned_kinds: must be an integer >= 1")
+        self.max_learned_kinds = max_learned_kinds
+        self.engine_id = secrets.token_hex(8)
+        self._budgets: dict[str, LeasedBudget] = {}
+        self._next_lease: dict[str, float] = {}
+        self._online: bool | None = None  # None: not known yet
+        self._engines = 1  # live engines last counted, this one included
+        self._epoch: str | None = None
+        self._learn = LearnSync()
+        self._wake: asyncio.Event | None = None
+        self._clock: Callable[[], float] | None = None
+        self._running = False
+        self.lease_calls = 0
+        self.throttle_calls = 0
+
+    def __repr__(self) -> str:
+        state = {None: "joining", True: "online", False: "offline"}[self._online]
+        return (
+            f"<RedisCoordinator {redact(self._url)} namespace={self.namespace!r} "
+            f"engine={self.engine_id} {state}>"
+        )
+
+    @property
+    def url(self) -> str:
+        """The Redis URL, password hidden."""
+        return redact(self._url)
+
+    @property
+    def online(self) -> bool:
+        """Whether budgets are shared through Redis right now."""
+        return bool(self._online)
+
+    @property
+    def engines(self) -> int:
+        """Live engines of the namespace at the last heartbeat (1 before the first)."""
+        return self._engines
+
+    # -- the Coordinator protocol ---------------------------------------------------
+
+    def budget(self, org_id: str, limit: RateLimit | None) -> Budget:
+        """See :meth:`poller.coordination.Coordinator.budget`."""
+        budget = LeasedBudget(org_id, limit, wake=self._poke)
+        if self._online is False:
+            budget.go_local(self._now(), self._engines)
+        self._budgets[org_id] = budget
+        self._next_lease.pop(org_id, None)
+        return budget
+
+    async def run(self, link: EngineLink) -> None:
+        """See :meth:`poller.coordination.Coordinator.run`."""
+        if self._running:
+            raise RuntimeError("a RedisCoordinator serves one engine at a time")
+        self._running = True
+        self._clock = link.clock
+        self._wake = asyncio.Event()
+        client = ScriptClient(self._url, timeout_s=self.timeout_s)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._heartbeats, client, name="poller-redis-heartbeat")
+                tg.start_soon(self._leases, client, name="poller-redis-leases")
+                tg.start_soon(self._events, client, name="poller-redis-events")
+                tg.start_soon(self._learning, client, link, name="poller-redis-learning")
+        finally:
+            with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(_CLOSE_S):
+                    await self._leave(client, link)
+                with anyio.move_on_after(_CLOSE_S):
+                    await client.aclose()
+            self._running = False
+
+    # -- keys -------------------------------------------------------------------------
+
+    def _budget_key(self, org_id: str) -> str:
+        return f"{self.namespace}:{{{self.namespace}:{org_id}}}:budget"
+
+    @property
+    def _channel(self) -> str:
+        return f"{self.namespace}:events"
+
+    # -- state ------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        assert self._clock is not None or not self._running
+        return self._clock() if self._clock is not None else 0.0
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _trouble(self, exc: BaseException) -> None:
+        """A Redis call failed: budgets go local (once, with one warning)."""
+        if self._online is False:
+            return
+        self._online = False
+        now = self._now()
+        for budget in self._budgets.values():
+            budget.go_local(now, self._engines)
+        log.warning(
+            "Redis at %s is out of reach (%s): each organisation's budget falls back to "
+            "1/%d of its configured limit until it answers",
+            self.url,
+            _describe(exc, self._url),
+            self._engines,
+        )
+
+    def _answered(self) -> None:
+        """A heartbeat went through: budgets (re)join the shared ones."""
+        if self._online:
+            return
+        rejoining = self._online is False
+        self._online = True
+        for budget in self._budgets.values():
+            budget.rejoin()
+        self._next_lease.clear()
+        self._poke()
+        if rejoining:
+            log.warning("Redis at %s answers again: budgets are shared again", self.url)
+
+    async def _guarded(self, what: Callable[[], Awaitable[None]]) -> bool:
+        try:
+            with anyio.fail_after(self.timeout_s * 4):
+                await what()
+        except _TROUBLE as exc:
+            self._trouble(exc)
+            return False
+        return True
+
+    # -- heartbeat ----------------------------------------------------------------------
+
+    async def _heartbeats(self, client: ScriptClient) -> None:
+        while True:
+            await self._guarded(lambda: self._heartbeat(client))
+            await anyio.sleep(self.heartbeat_s)
+
+    async def _heartbeat(self, client: ScriptClient, *, leaving: bool = False) -> None:
+        count, epoch = await client.run(
+            HEARTBEAT,
+            [f"{self.namespace}:engines", f"{self.namespace}:epoch"],
+            [
+                "",
+                self.engine_id,
+                _ALIVE_S,
+                _ENGINES_TTL_S,
+                secrets.token_hex(8),
+                "1" if leaving else "0",
+                self.learned_ttl_s,
+            ],
+        )
+        if leaving:
+            return
+        self._engines = max(1, int(count))
+        if self._epoch is not None and epoch != self._epoch:
+            log.warning("Redis at %s lost the fleet's data: re-seeding it", self.url)
+            self._learn.reset()
+        self._epoch = epoch
+        self._answered()
+
+    # -- leases ---------------------------------------------------------------------------
+
+    async def _leases(self, client: ScriptClient) -> None:
+        wake = self._wake
+        assert wake is not None
+        while True:
+            timeout = self.lease_period_s
+            if self._online and self._next_lease:
+                soonest = min(self._next_lease.values()) - self._now()
+                timeout = min(timeout, max(_MIN_GAP_S, soonest))
+            with anyio.move_on_after(timeout):
+                await wake.wait()
+            wake.clear()
+            if self._online:
+                await self._guarded(lambda: self._lease_round(client))
+            await anyio.sleep(_MIN_GAP_S)
+
+    async def _lease_round(self, client: ScriptClient) -> None:
+        now = self._now()
+        calls: list[Call] = []
+        plan: list[tuple[str, LeasedBudget, LeaseReport | None]] = []
+        report: LeaseReport | None
+        for org_id, budget in list(self._budgets.items()):
+            if budget.mode == "local":
+                continue
+            pause_s = budget.take_throttle()
+            if pause_s is not None:
+                calls.append(self._throttle_call(org_id, budget, pause_s))
+                plan.append(("throttle", budget, None))
+            if budget.needs_lease() and now >= self._next_lease.get(org_id, -math.inf):
+                report = budget.report(now)
+                calls.append(self._lease_call(org_id, budget, report))
+                plan.append((org_id, budget, report))
+        if not calls:
+            return
+        results = await client.run_many(calls)
+        arrived = self._now()
+        for (org_id, budget, report), result in zip(plan, results, strict=True):
+            if report is None:
+                self.throttle_calls += 1
+                budget.fleet_paused(arrived, float(result[0]))
+                continue
+            self.lease_calls += 1
+            grant = _grant(result)
+            budget.granted(arrived, grant)
+            full = 0 < report.want <= grant.count
+            self._next_lease[org_id] = now + (_MIN_GAP_S if full else self.lease_period_s)
+
+    def _limits(self, budget: LeasedBudget) -> list[Any]:
+        limit = budget.limit
+        if limit is None:
+            return ["", ""]
+        burst = "" if limit.burst is None else limit.burst
+        return [limit.per_s * HEADROOM, burst]
+
+    def _lease_call(self, org_id: str, budget: LeasedBudget, report: LeaseReport) -> Call:
+        argv = [
+            "",
+            self.engine_id,
+            self.weight * (budget.limit.weight if budget.limit is not None else 1.0),
+            -1 if report.hungry else report.demand_per_s,
+            report.want,
+            report.give_back,
+            report.accepted,
+            *self._limits(budget),
+            LEASE_HORIZON_S,
+            _BUDGET_TTL_S,
+            _STALE_ENGINE_S,
+            *_ADAPTIVE,
+        ]
+        return (LEASE, [self._budget_key(org_id)], argv)
+
+    def _throttle_call(self, org_id: str, budget: LeasedBudget, pause_s: float) -> Call:
+        argv = [
+            "",
+            pause_s,
+            budget.take_accepted(),
+            *self._limits(budget),
+            _BUDGET_TTL_S,
+            self._channel,
+            org_id,
+            *_ADAPTIVE,
+        ]
+        return (THROTTLE, [self._budget_key(org_id)], argv)
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def _events(self, client: ScriptClient) -> None:
+        while True:
+            with contextlib.suppress(*_TROUBLE):  # the heartbeat tells if Redis is down
+                await self._listen(client)
+            await anyio.sleep(self.heartbeat_s)
+
+    async def _listen(self, client: ScriptClient) -> None:
+        pubsub = client.redis.pubsub()
+        try:
+            with anyio.fail_after(self.timeout_s * 4):
+                await pubsub.subscribe(self._channel)
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None:
+                    self._on_event(message.get("data"))
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_S):
+                await pubsub.aclose()
+
+    def _on_event(self, data: object) -> None:
+        try:
+            event = orjson.loads(data) if isinstance(data, str | bytes) else {}
+            org_id, pause_s = event["org"], float(event["pause"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return
+        budget = self._budgets.get(org_id) if isinstance(org_id, str) else None
+        if budget is not None and budget.mode != "local" and pause_s > 0:
+            budget.fleet_paused(self._now(), pause_s)
+
+    # -- learning -------------------------------------------------------------------------
+
+    async def _learning(self, client: ScriptClient, link: EngineLink) -> None:
+        if link.learned() is None:
+            return  # learning is off in this engine
+        while True:
+            if self._online:
+                await self._guarded(lambda: self._sync(client, link))
+                await anyio.sleep(self.sync_interval_s)
+            else:
+                await anyio.sleep(min(self.heartbeat_s, self.sync_interval_s) / 2)
+
+    async def _sync(self, client: ScriptClient, link: EngineLink) -> None:
+        for _ in (0, 1):
+            deltas = self._learn.deltas(link.learned())
+            now_s, epoch, applied, body = await client.run(
+                LEARN,
+                [f"{self.namespace}:learn", f"{self.namespace}:epoch"],
+                [
+                    "",
+                    f"({self._learn.since!r}" if self._learn.since else "-inf",
+                    self._epoch or "",
+                    secrets.token_hex(8),
+                    self._learn.max_weight,
+                    self.max_learned_kinds,
+                    self.learned_ttl_s,
+                    f"{self.namespace}:learn:",
+                    orjson.dumps(deltas).decode(),
+                ],
+            )
+            if applied != "1":  # the namespace's epoch changed: push everything whole
+                self._epoch = epoch
+                self._learn.reset()
+                continue
+            tables = orjson.loads(body)
+            merged = self._learn.merge(((k, c) for k, c in tables), link.learned())
+            self._learn.since = float(now_s)
+            if merged is not None:
+                try:
+                    link.load_learned(merged)
+                except ConfigError as exc:  # a table this version cannot use
+                    log.warning("ignoring the fleet's learned durations: %s", exc)
+            return
+
+    # -- leaving ----------------------------------------------------------------------------
+
+    async def _leave(self, client: ScriptClient, link: EngineLink) -> None:
+        """Give back unspent slots, deregister, push the last learned samples."""
+        if not self._online:
+            return
+        calls: list[Call] = []
+        for org_id, budget in self._budgets.items():
+            held = budget.held
+            if held and budget.mode == "shared":
+                report = LeaseReport(0, 0, 0.0, False, 0, 0, held)
+                calls.append(self._lease_call(org_id, budget, report))
+        with contextlib.suppress(*_TROUBLE):
+            if calls:
+                await client.run_many(calls)
+            await self._heartbeat(client, leaving=True)
+            if link.learned() is not None:
+                await self._sync(client, link)
+
+
+def _grant(result: list[Any]) -> LeaseGrant:
+    count, start_in, step, rate, share, pause, engines, tight = result
+    rate_per_s = float(rate)
+    return LeaseGrant(
+        count=int(count),
+        start_in_s=float(start_in),
+        step_s=float(step),
+        rate_per_s=None if rate_per_s < 0 else rate_per_s,
+        share_per_s=float(share),
+        pause_s=float(pause),
+        engines=int(engines),
+        tight=tight == "1",
+    )
+
+
+def _describe(exc: BaseException, url: str) -> str:
+    """A failure in a few words, without the URL's password."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    password = None
+    with contextlib.suppress(ValueError):
+        from urllib.parse import urlsplit
+
+        password = urlsplit(url).password
+    if password:
+        text = text.replace(password, "***")
+    return text[:200]

@@ -1,0 +1,359 @@
+"""An organisation's budget in one engine of a fleet: tokens leased from a shared bucket.
+
+The hot path asks :meth:`LeasedBudget.try_acquire` on every poll, so the budget is
+a plain synchronous object that never touches the network. The coordinator's
+background task (``poller.redis._coordinator``) keeps it supplied:
+
+- every lease period (~100 ms) it takes a :class:`LeaseReport` (what was sent and
+  accepted since the last one, the recent demand, whether the budget ran dry, how many
+  tokens it still holds) and asks the shared bucket for enough tokens to cover
+  :data:`LEASE_HORIZON_S` of that demand;
+- the answer (:meth:`LeasedBudget.granted`) is a block of *dated slots*: token ``k``
+  may be spent from ``start + k * step`` on, where ``step`` is the fleet's interval
+  (one over the organisation's rate). The shared bucket hands out consecutive
+  slots of one schedule to every engine, so however the fleet is spread, the server
+  sees the organisation's rate, not the sum of bursts. While the rate binds (some
+  engine wants more than it gets: the grant is *tight*), a slot left unspent past
+  ``grace_s`` is forfeited: spent late it would bunch up with later ones, and a
+  1-second window at the server could then hold more than the limit. While it does
+  not, the fleet is below the limit and slots keep until spent;
+- a 429 here pauses this budget at once, drops its slots and is queued for the
+  coordinator (:meth:`LeasedBudget.take_throttle`), which tells the fleet; a 429 seen
+  elsewhere arrives as :meth:`LeasedBudget.fleet_paused`.
+
+Modes. ``joining``: no answer from the fleet yet, so no token (a fleet of engines
+starting together must not each spend the whole limit); ``shared``: spending leased
+slots, or nothing to lease while the organisation is uncapped (no limit configured
+and no 429 yet); ``local``: the shared store is unreachable, and an
+:class:`~poller.sched.ratelimit.AdaptiveBudget` with this engine's share of the configured
+limit (the limit divided by the live engines last counted) stands in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from ..sched.ratelimit import AdaptiveBudget, RateLimit
+
+__all__ = ["LEASE_HORIZON_S", "LeaseGrant", "LeaseReport", "LeasedBudget", "Mode"]
+
+LEASE_HORIZON_S: Final = 0.25
+"""Tokens are leased to cover this much of the engine's recent demand."""
+_DRY_RETRY_S: Final = 0.02  # asked with no token held: look again this much later
+_DEMAND_PAD: Final = 1.25  # demand is reported this much above the recent rate (+1)
+_DEFAULT_PAUSE_S: Final = 1.0
+
+Mode = Literal["joining", "shared", "local"]
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseReport:
+    """What a budget tells the shared bucket at a lease call.
+
+    Attributes:
+        sent: requests sent since the last report.
+        accepted: answers that were not 429 since the last report.
+        demand_per_s: the rate this engine wants (its recent rate, padded).
+        hungry: it ran out of tokens since the last report: it wants more than it has.
+        held: leased tokens not spent yet.
+        want: tokens asked for now.
+        give_back: tokens handed back (demand dropped).
+    """
+
+    sent: int
+    accepted: int
+    demand_per_s: float
+    hungry: bool
+    held: int
+    want: int
+    give_back: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """The shared bucket's answer to a lease call.
+
+    Attributes:
+        count: tokens granted.
+        start_in_s: when the first may be spent, from the answer's arrival (may be < 0).
+        step_s: the interval between the granted slots.
+        rate_per_s: the organisation's fleet-wide rate; None while uncapped.
+        share_per_s: this engine's fair share of it.
+        pause_s: the organisation is paused this much longer (0: not paused).
+        engines: engines of this organisation with a fresh demand report.
+        tight: the rate binds: slots must be spent on time or be forfeited.
+    """
+
+    count: int
+    start_in_s: float
+    step_s: float
+    rate_per_s: float | None
+    share_per_s: float
+    pause_s: float
+    engines: int
+    tight: bool = True
+
+
+class LeasedBudget:
+    """One organisation's :class:`~poller.sched.ratelimit.Budget` in a fleet (see the module).
+
+    Args:
+        org_id: the organisation.
+        limit: its configured limit; None: undisclosed.
+        wake: called (from the hot path) when the coordinator should lease now: the
+            budget ran dry, or a 429 came. Must be cheap.
+        grace_s: how late a slot may be spent before it is forfeited.
+    """
+
+    __slots__ = (
+        "_accepted",
+        "_blocks",
+        "_demand",
+        "_grace",
+        "_hungry",
+        "_left",
+        "_local",
+        "_next_at",
+        "_paused_until",
+        "_reported_at",
+        "_sent",
+        "_step",
+        "_throttles",
+        "_uncapped",
+        "_wake",
+        "expired",
+        "grace_s",
+        "limit",
+        "mode",
+        "org_id",
+        "rate_per_fleet",
+        "share_per_s",
+    )
+
+    def __init__(
+        self,
+        org_id: str,
+        limit: RateLimit | None,
+        *,
+        wake: Callable[[], None] = lambda: None,
+        grace_s: float = 0.02,
+    ) -> None:
+        self.org_id = org_id
+        self.limit = limit
+        self.grace_s = grace_s
+        self._wake = wake
+        self.mode: Mode = "joining"
+        self._local: AdaptiveBudget | None = None
+        self._uncapped = False
+        # The block being spent (next slot, interval, slots left, how late a slot may be
+        # spent), then later blocks.
+        self._next_at = 0.0
+        self._step = 0.0
+        self._left = 0
+        self._grace = grace_s
+        self._blocks: deque[tuple[float, float, int, float]] = deque()
+        self._paused_until = -math.inf
+        self._sent = 0
+        self._accepted = 0
+        self._hungry = False
+        self._demand = 0.0
+        self._reported_at: float | None = None
+        self._throttles: list[float] = []  # pauses asked by 429s, not told to the fleet yet
+        self.expired = 0  # slots forfeited, unspent
+        self.rate_per_fleet: float | None = None
+        self.share_per_s: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<LeasedBudget {self.org_id} {self.mode} held={self.held}>"
+
+    # -- the Budget protocol (the hot path) ---------------------------------------
+
+    @property
+    def rate_per_s(self) -> float | None:
+        """This engine's share of the organisation's rate; None while uncapped."""
+        if self._local is not None:
+            return self._local.rate_per_s
+        return None if self._uncapped else self.share_per_s
+
+    def try_acquire(self, now: float) -> float:
+        """See :meth:`poller.sched.ratelimit.Budget.try_acquire`."""
+        if now < self._paused_until:
+            return self._paused_until - now
+        if self._local is not None:
+            wait = self._local.try_acquire(now)
+            if wait == 0.0:
+                self._sent += 1
+            return wait
+        if self._uncapped:
+            self._sent += 1
+            return 0.0
+        while True:
+            if self._left <= 0:
+                if not self._blocks:
+                    if not self._hungry:
+                        self._hungry = True
+                        self._wake()
+                    return _DRY_RETRY_S
+                self._next_at, self._step, self._left, self._grace = self._blocks.popleft()
+            at = self._next_at
+            if at > now:
+                return at - now
+            late = now - self._grace - at
+            if late > 0.0:
+                skip = min(self._left, int(late / self._step) + 1 if self._step > 0 else 1)
+                self._left -= skip
+                self._next_at = at + skip * self._step
+                self.expired += skip
+                continue
+            self._left -= 1
+            self._next_at = at + self._step
+            self._sent += 1
+            return 0.0
+
+    def on_accepted(self, now: float) -> None:
+        """See :meth:`poller.sched.ratelimit.Budget.on_accepted`."""
+        self._accepted += 1
+        if self._local is not None:
+            self._local.on_accepted(now)
+
+    def on_throttled(self, now: float, retry_after_s: float | None) -> float:
+        """See :meth:`poller.sched.ratelimit.Budget.on_throttled`: pause here at once, and have
+        the coordinator pause the fleet (and cut its rate)."""
+        if self._local is not None:
+            pause_s = self._local.on_throttled(now, retry_after_s)
+        else:
+            pause_s = _DEFAULT_PAUSE_S if retry_after_s is None else retry_after_s
+            self._throttles.append(pause_s)
+            self._wake()
+        self._pause(now, pause_s)
+        return pause_s
+
+    # -- the coordinator's side ---------------------------------------------------
+
+    @property
+    def held(self) -> int:
+        """Leased tokens not spent (nor forfeited) yet."""
+        return max(0, self._left) + sum(block[2] for block in self._blocks)
+
+    def needs_lease(self) -> bool:
+        """Whether a lease call has anything to ask or tell."""
+        return bool(
+            self._sent or self._accepted or self._hungry or self._throttles or self.held
+        ) or (self.mode == "joining")
+
+    def report(self, now: float, horizon_s: float = LEASE_HORIZON_S) -> LeaseReport:
+        """What to tell the shared bucket now; resets the counters it reports."""
+        elapsed = now - self._reported_at if self._reported_at is not None else 0.0
+        self._reported_at = now
+        if elapsed > 0.0:
+            rate = self._sent / elapsed
+            # Smoothed over a few periods, but quick to follow a rise.
+            self._demand = rate if rate > self._demand else 0.5 * (self._demand + rate)
+        demand = self._demand * _DEMAND_PAD + 1.0 if (self._demand or self._hungry) else 0.0
+        held = self.held
+        target = max(1, math.ceil(demand * horizon_s)) if demand else 0
+        if self._hungry:
+            target = max(2 * target, 1)
+        want = max(0, target - held) if not self._uncapped else 0
+        give_back = 0
+        if not self._hungry and held > 2 * target + 2:
+            give_back = self._take_tail(held - target)
+        report = LeaseReport(
+            sent=self._sent,
+            accepted=self._accepted,
+            demand_per_s=demand,
+            hungry=self._hungry,
+            held=held - give_back,
+            want=want,
+            give_back=give_back,
+        )
+        self._sent = self._accepted = 0
+        self._hungry = False
+        return report
+
+    def granted(self, now: float, grant: LeaseGrant) -> None:
+        """Apply a lease answer that arrived at ``now`` (this engine's clock)."""
+        if self._local is not None:
+            return  # gone local while the call was out: the answer is stale
+        self.mode = "shared"
+        self.rate_per_fleet = grant.rate_per_s
+        self.share_per_s = grant.share_per_s
+        self._uncapped = grant.rate_per_s is None
+        if grant.pause_s > 0.0:
+            self._pause(now, grant.pause_s)
+        if grant.count > 0:
+            grace = self.grace_s if grant.tight else math.inf
+            # Slots dated before the answer came are due now (the burst after a quiet
+            # spell): date them on arrival, or the grace would already be running.
+            block = (now + max(0.0, grant.start_in_s), grant.step_s, grant.count, grace)
+            if self._left <= 0 and not self._blocks:
+                self._next_at, self._step, self._left, self._grace = block
+            else:
+                self._blocks.append(block)
+
+    def take_throttle(self) -> float | None:
+        """The longest pause asked by 429s since the last call, to tell the fleet; None if
+        there was none."""
+        if not self._throttles:
+            return None
+        pause_s = max(self._throttles)
+        self._throttles.clear()
+        return pause_s
+
+    def take_accepted(self) -> int:
+        """Answers counted since the last report, taken (a 429 report carries them)."""
+        accepted, self._accepted = self._accepted, 0
+        return accepted
+
+    def fleet_paused(self, now: float, pause_s: float) -> None:
+        """Another engine met a 429 for this organisation: pause, drop unspent slots."""
+        self._pause(now, pause_s)
+
+    def go_local(self, now: float, engines: int) -> None:
+        """The shared store is out of reach: spend a local share of the configured limit
+        (``limit / engines``), or learn alone when none is configured."""
+        share = None
+        if self.limit is not None:
+            per_s = self.limit.per_s / max(1, engines)
+            burst = None if self.limit.burst is None else max(1.0, self.limit.burst / engines)
+            share = RateLimit(per_s=per_s, burst=burst, weight=self.limit.weight)
+        self._local = AdaptiveBudget(share)
+        self.mode = "local"
+        self._drop()
+        self._throttles.clear()
+
+    def rejoin(self) -> None:
+        """The shared store answers again: take leases from it (none held until then)."""
+        self._local = None
+        self._uncapped = False
+        self.mode = "joining"
+        self._drop()
+
+    # -- internals ------------------------------------------------------------------
+
+    def _pause(self, now: float, pause_s: float) -> None:
+        self._paused_until = max(self._paused_until, now + pause_s)
+        self._drop()
+
+    def _drop(self) -> None:
+        self._left = 0
+        self._blocks.clear()
+
+    def _take_tail(self, count: int) -> int:
+        """Remove up to ``count`` of the latest slots; returns how many were removed."""
+        taken = 0
+        while taken < count and self._blocks:
+            start, step, left, grace = self._blocks.pop()
+            take = min(left, count - taken)
+            taken += take
+            if left > take:
+                self._blocks.append((start, step, left - take, grace))
+        if taken < count and self._left > 0:
+            take = min(self._left, count - taken)
+            self._left -= take
+            taken += take
+        return taken

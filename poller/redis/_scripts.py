@@ -1,0 +1,354 @@
+"""The Lua scripts that hold a fleet's shared state in Redis, each one atomic.
+
+Every script takes its time as its first argument: a Unix time in seconds, or an
+empty string for the server's ``TIME``. Engines pass an empty string, so that a
+fleet spread over machines whose clocks disagree still shares one clock; tests pass
+a time and are deterministic. Scripts are sent by SHA (``EVALSHA``) and loaded once
+more when a server answers ``NOSCRIPT`` (a restart, ``SCRIPT FLUSH``), see
+:class:`ScriptRunner`.
+
+Key layout (``NS`` is the namespace; keys of one organisation share the hash tag
+``{NS:ORG}``, so a script touching them could run on one Redis Cluster slot)::
+
+    NS:{NS:ORG}:budget   string, JSON: the organisation's shared bucket and adaptive
+                         state (see LEASE), and each engine's last demand report
+    NS:engines           sorted set: engine ID -> last heartbeat (live engines)
+    NS:epoch             string: a random ID made when the namespace is first used;
+                         a new one means Redis lost the namespace (restart, flush)
+    NS:learn             sorted set: learned kind -> when it last changed
+    NS:learn:SHA1        string, JSON: one kind's merged duration histogram
+    NS:events            pub/sub channel: 429s, to every engine at once
+
+Every key is written with a TTL (refreshed while in use): a fleet that stops leaves
+nothing behind. Nothing here holds an API key: organisations are named by their ID,
+engines by a random ID.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Final
+
+__all__ = ["HEARTBEAT", "LEARN", "LEASE", "THROTTLE", "Script"]
+
+# Shared by LEASE and THROTTLE: the adaptive state, as AdaptiveBudget keeps it locally.
+_COMMON: Final = r"""
+local function clock(arg)
+  if arg ~= nil and arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1e6
+end
+
+local function load(key)
+  local raw = redis.call('GET', key)
+  if raw then return cjson.decode(raw) end
+  return {tat = 0, paused = 0, growth = 0, grown_at = 0, cut_at = 0, hungry_at = -1e12,
+          ab = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, ae = 0, eng = {}}
+end
+
+-- Accepted answers in the last second, in ten 100 ms bins (ae: the newest bin's epoch).
+local function advance(s, now)
+  local epoch = math.floor(now * 10)
+  if epoch > s.ae then
+    local gap = math.min(epoch - s.ae, 10)
+    for i = 1, gap do s.ab[((s.ae + i) % 10) + 1] = 0 end
+    s.ae = epoch
+  end
+  return epoch
+end
+
+local function add_accepted(s, now, n)
+  local epoch = advance(s, now)
+  if n > 0 and epoch == s.ae then s.ab[(epoch % 10) + 1] = s.ab[(epoch % 10) + 1] + n end
+end
+
+local function accepted(s, now)
+  advance(s, now)
+  local total = 0
+  for i = 1, 10 do total = total + s.ab[i] end
+  return total
+end
+
+-- The CUBIC curve of AdaptiveBudget._target: nil while uncapped.
+local function target(s, P)
+  local ceil = s.ceil
+  if s.wmax == nil then return ceil end
+  local w, k, g = s.wmax, P.recovery, s.growth
+  local rate = w + w * (1 - P.beta) * ((g - k) / k) ^ 3
+  local linear = P.beta * w + P.min_growth * g
+  local slow_start = P.min_rate * 2 ^ math.min(g / P.doubling, 60)
+  rate = math.max(P.min_rate, rate, linear, slow_start)
+  if ceil ~= nil then rate = math.min(rate, ceil) end
+  return rate
+end
+
+-- Climb only while some engine wanted more than the rate let it have in the last second
+-- (hungry_at: the last grant cut short by the fleet's room or the engine's share).
+local function regrow(s, now)
+  if s.wmax ~= nil and now > s.grown_at then
+    if now - s.hungry_at < 1.0 then s.growth = s.growth + (now - s.grown_at) end
+    s.grown_at = now
+  end
+end
+
+-- Within a second of a cut, engines' reports of what was accepted before it are still
+-- arriving (they report every lease period): the cut was measured against too little.
+-- Lift w_max to what the window holds now, never above the rate before the cut.
+local function lift(s, now)
+  if s.wmax ~= nil and now - s.cut_at < 1.0 then
+    local seen = accepted(s, now)
+    if s.pre ~= nil then seen = math.min(seen, s.pre) end
+    if seen > s.wmax then s.wmax = seen end
+  end
+end
+
+local function params(a, i)
+  return {beta = tonumber(a[i]), recovery = tonumber(a[i + 1]), min_rate = tonumber(a[i + 2]),
+          min_growth = tonumber(a[i + 3]), doubling = tonumber(a[i + 4])}
+end
+
+local function configure(s, ceil_arg, burst_arg)
+  -- The configuration travels with every call: an empty Redis is re-seeded by the first.
+  if ceil_arg == '' then s.ceil = nil else s.ceil = tonumber(ceil_arg) end
+  if burst_arg == '' then s.burst = nil else s.burst = tonumber(burst_arg) end
+end
+
+local function save(key, s, ttl)
+  redis.call('SET', key, cjson.encode(s), 'EX', ttl)
+end
+"""
+
+_LEASE_LUA: Final = (
+    _COMMON
+    + r"""
+-- KEYS[1] budget. ARGV: now, engine, weight, demand (-1: wants more than it gets), want,
+-- give_back, accepted, ceiling ('' none), burst ('' default), horizon_s, ttl_s,
+-- stale_s, then beta, recovery_s, min_rate, min_growth, doubling_s.
+local now = clock(ARGV[1])
+local me, weight, demand = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local want, give_back, acc = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local horizon, ttl, stale = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+local P = params(ARGV, 13)
+local s = load(KEYS[1])
+configure(s, ARGV[8], ARGV[9])
+add_accepted(s, now, acc)
+lift(s, now)
+regrow(s, now)
+local rate = target(s, P)
+
+local e = s.eng[me] or {tat = 0}
+e.d, e.w, e.at = demand, weight, now
+s.eng[me] = e
+
+-- Max-min fair shares of the rate (water-filling) over engines with a fresh report:
+-- those wanting less than an equal (weighted) share get what they want, the rest
+-- share what is left by weight; what nobody wants is spread by weight over all.
+local list, wsum = {}, 0
+for id, x in pairs(s.eng) do
+  if now - x.at > stale then s.eng[id] = nil
+  else
+    local d = x.d
+    if d < 0 then d = math.huge end
+    list[#list + 1] = {id = id, d = d, w = x.w}
+    wsum = wsum + x.w
+  end
+end
+local share = 0
+if rate ~= nil then
+  table.sort(list, function(a, b)
+    if a.d / a.w == b.d / b.w then return a.id < b.id end
+    return a.d / a.w < b.d / b.w
+  end)
+  local left, wleft, alloc, all_w = rate, wsum, {}, wsum
+  for i, x in ipairs(list) do
+    local fair = left * x.w / wleft
+    if x.d <= fair then
+      alloc[x.id] = x.d
+      left, wleft = left - x.d, wleft - x.w
+    else
+      for j = i, #list do alloc[list[j].id] = left * list[j].w / wleft end
+      left = 0
+      break
+    end
+  end
+  share = alloc[me] + left * weight / all_w
+end
+
+local grant, start, step, pause = 0, now, 0, 0
+if now < s.paused then pause = s.paused - now end
+if rate ~= nil then
+  step = 1 / rate
+  local burst = s.burst or math.max(1, 0.02 * rate)
+  if give_back > 0 then
+    s.tat = math.max(now, s.tat - give_back * step)
+    if share > 0 then e.tat = math.max(now, e.tat - give_back / share) end
+  end
+  if pause == 0 and want > 0 and share > 0 then
+    -- The fleet's schedule: consecutive slots 1/rate apart, reserved at most horizon_s
+    -- ahead; after a quiet spell the first `burst` slots may already be due.
+    start = math.max(s.tat, now - (burst - 1) * step)
+    local fleet_room = math.floor((now + horizon - start) * rate + 1e-9)
+    -- This engine's own pace: at most its share, over the same horizon.
+    local own_room = math.floor((now + horizon - math.max(e.tat, now)) * share + 1e-9)
+    grant = math.max(0, math.min(want, fleet_room, own_room))
+    if grant > 0 then
+      s.tat = start + grant * step
+      e.tat = math.max(e.tat, now) + grant / share
+    end
+  end
+  if grant < want and pause == 0 then s.hungry_at = now end
+end
+save(KEYS[1], s, ttl)
+local rate_out = '-1'
+if rate ~= nil then rate_out = tostring(rate) end
+-- Tight: some engine wanted more than it got in the last second, so the rate binds and
+-- slots must be spent on time; otherwise they may be spent whenever needed.
+local tight = '0'
+if rate ~= nil and now - s.hungry_at < 1.0 then tight = '1' end
+return {tostring(grant), tostring(start - now), tostring(step), rate_out, tostring(share),
+        tostring(pause), tostring(#list), tight}
+"""
+)
+
+_THROTTLE_LUA: Final = (
+    _COMMON
+    + r"""
+-- KEYS[1] budget. ARGV: now, pause_s, accepted, ceiling, burst, ttl_s, channel, org_id,
+-- then beta, recovery_s, min_rate, min_growth, doubling_s.
+-- A 429 seen by one engine: pause the organisation for every engine, and cut its rate to
+-- a little under what the fleet had accepted over the last second, at most once a
+-- second (answers to requests sent before a cut come after it).
+local now = clock(ARGV[1])
+local pause_s, acc, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[6])
+local P = params(ARGV, 9)
+local s = load(KEYS[1])
+configure(s, ARGV[4], ARGV[5])
+add_accepted(s, now, acc)
+regrow(s, now)
+local before = target(s, P)
+local seen = accepted(s, now)
+s.paused = math.max(s.paused, now + pause_s)
+s.tat = math.max(s.tat, s.paused)
+local cut = 0
+if seen >= 2 or before ~= nil then
+  if s.wmax == nil or now - s.cut_at >= 1.0 then
+    if before ~= nil then seen = math.min(seen, before) end
+    s.pre = before
+    s.wmax = math.max(P.min_rate, seen)
+    s.cut_at, s.grown_at, s.growth = now, now, 0
+    cut = 1
+  else
+    lift(s, now)
+  end
+end
+local rate = target(s, P)
+save(KEYS[1], s, ttl)
+local rate_out = -1
+if rate ~= nil then rate_out = rate end
+redis.call('PUBLISH', ARGV[7],
+           cjson.encode({org = ARGV[8], pause = s.paused - now, rate = rate_out}))
+return {tostring(s.paused - now), tostring(rate_out), tostring(cut)}
+"""
+)
+
+_HEARTBEAT_LUA: Final = r"""
+-- KEYS[1] engines, KEYS[2] epoch. ARGV: now, engine ('' none: count only), stale_s, ttl_s,
+-- new_epoch, leaving ('1': deregister), epoch_ttl_s. Returns the live engines and the
+-- namespace's epoch (made now if it had none).
+local now
+if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
+  local t = redis.call('TIME'); now = tonumber(t[1]) + tonumber(t[2]) / 1e6 end
+local ttl = tonumber(ARGV[4])
+if ARGV[6] == '1' then redis.call('ZREM', KEYS[1], ARGV[2])
+elseif ARGV[2] ~= '' then redis.call('ZADD', KEYS[1], now, ARGV[2]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('SET', KEYS[2], ARGV[5], 'NX', 'EX', ARGV[7])
+local epoch = redis.call('GET', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[7])
+return {redis.call('ZCARD', KEYS[1]), epoch}
+"""
+
+_LEARN_LUA: Final = r"""
+-- KEYS[1] learn index, KEYS[2] epoch. ARGV: now, since, expected epoch, new epoch,
+-- max_weight, max_kinds, ttl_s, key prefix, deltas (JSON: [[kind, {bin: weight}], ...]).
+-- Adds each kind's delta to its merged histogram (bins 0-based in the JSON, halved
+-- whenever the total passes max_weight, as DurationSketch fades), keeps at most
+-- max_kinds kinds (the least recently changed go), and returns every kind changed at
+-- or after `since`. A namespace that lost its epoch (Redis restarted empty) takes no
+-- delta: the engine resends what it knows whole.
+local now
+if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
+  local t = redis.call('TIME'); now = tonumber(t[1]) + tonumber(t[2]) / 1e6 end
+local since, max_weight = ARGV[2], tonumber(ARGV[5])
+local max_kinds, ttl, prefix = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+redis.call('SET', KEYS[2], ARGV[4], 'NX', 'EX', ttl)
+local epoch = redis.call('GET', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ttl)
+if epoch ~= ARGV[3] then
+  return {tostring(now), epoch, '0', '[]'}
+end
+for _, item in ipairs(cjson.decode(ARGV[9])) do
+  local kind, delta = item[1], item[2]
+  local key = prefix .. redis.sha1hex(kind)
+  local raw = redis.call('GET', key)
+  local h
+  if raw then h = cjson.decode(raw) else
+    h = {t = 0, c = {}}
+    for i = 1, 100 do h.c[i] = 0 end
+  end
+  for bin, weight in pairs(delta) do
+    local i = tonumber(bin) + 1
+    if i >= 1 and i <= #h.c and weight > 0 then
+      h.c[i] = h.c[i] + weight
+      h.t = h.t + weight
+    end
+  end
+  while h.t > max_weight do
+    for i = 1, #h.c do h.c[i] = h.c[i] / 2 end
+    h.t = h.t / 2
+  end
+  redis.call('SET', key, cjson.encode(h), 'EX', ttl)
+  redis.call('ZADD', KEYS[1], now, kind)
+end
+local n = redis.call('ZCARD', KEYS[1])
+if n > max_kinds then
+  for _, kind in ipairs(redis.call('ZRANGE', KEYS[1], 0, n - max_kinds - 1)) do
+    redis.call('DEL', prefix .. redis.sha1hex(kind))
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - max_kinds - 1)
+end
+redis.call('EXPIRE', KEYS[1], ttl)
+local out = {}
+for _, kind in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], since, '+inf')) do
+  local raw = redis.call('GET', prefix .. redis.sha1hex(kind))
+  if raw then out[#out + 1] = {kind, cjson.decode(raw).c} end
+end
+local body = '[]'
+if #out > 0 then body = cjson.encode(out) end
+return {tostring(now), epoch, '1', body}
+"""
+
+
+class Script:
+    """A Lua script, sent by its SHA1 (the source once more after ``NOSCRIPT``)."""
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    def args(self, keys: list[str], argv: list[Any]) -> list[Any]:
+        """The arguments of ``EVALSHA`` after the SHA: key count, keys, then ``argv``."""
+        return [len(keys), *keys, *argv]
+
+
+LEASE: Final = Script(_LEASE_LUA)
+"""Reports an engine's demand and takes slots of the fleet's schedule (see the source)."""
+THROTTLE: Final = Script(_THROTTLE_LUA)
+"""A 429: pauses the organisation fleet-wide, cuts its rate, publishes the news."""
+HEARTBEAT: Final = Script(_HEARTBEAT_LUA)
+"""Registers (or deregisters) an engine; counts the live ones; returns the epoch."""
+LEARN: Final = Script(_LEARN_LUA)
+"""Merges an engine's learned-duration deltas; returns the tables changed since."""

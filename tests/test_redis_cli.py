@@ -1,0 +1,61 @@
+"""``poller run --redis URL``, ``poller watch --redis URL`` and ``POLLER_REDIS_URL``."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from poller.commands.cli import main
+from poller.daemon.config import coordinator_for, load_settings
+from poller.errors import ConfigError
+from poller.redis import RedisCoordinator
+
+URL = "redis://127.0.0.1:6379/0"
+
+
+def test_the_flag_gives_the_engine_a_coordinator() -> None:
+    settings = load_settings({"redis_url": URL}, {}, daemon=False)
+    coordinator = coordinator_for(settings)
+    assert isinstance(coordinator, RedisCoordinator) and coordinator.url == URL
+
+
+def test_no_url_no_coordinator() -> None:
+    assert coordinator_for(load_settings({}, {}, daemon=False)) is None
+
+
+def test_the_variable_may_carry_a_password_the_flag_may_not() -> None:
+    secret_url = "redis://:hunter2-pass@127.0.0.1:6379/0"
+    settings = load_settings({}, {"POLLER_REDIS_URL": secret_url}, daemon=False)
+    assert settings.secrets() == ("hunter2-pass",)  # scrubbed from logs; the rest stays
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in repr(coordinator_for(settings))
+    with pytest.raises(ConfigError, match="never from --redis") as caught:
+        load_settings({"redis_url": secret_url}, {}, daemon=False)
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "redis://127.0.0.1:port/0", "x"])
+def test_a_bad_url_is_a_config_error(url: str) -> None:
+    with pytest.raises(ConfigError, match="redis_url"):
+        load_settings({"redis_url": url}, {}, daemon=False)
+
+
+def test_watch_with_redis(
+    redis_url: str,
+    redis_ns: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(
+        "poller.commands.watch.coordinator_for",
+        lambda settings: RedisCoordinator(settings.redis_url.reveal(), namespace=redis_ns),
+    )
+    argv = ["watch", "--sim", "--json", "--sim-jobs", "3", "--sim-time-scale", "0.002"]
+    status = main([*argv, "--poll-interval", "0.05", "--timeout", "30", "--redis", redis_url])
+    assert status in (0, 1), capsys.readouterr().err
+    assert len(capsys.readouterr().out.splitlines()) == 3
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.exists(f"{redis_ns}:engines") or client.keys(f"{redis_ns}:*")
+    finally:
+        client.close()

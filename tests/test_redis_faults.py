@@ -1,0 +1,128 @@
+"""Redis trouble never stops polling: killed and restarted empty, paused, slow.
+
+Each test has a redis-server of its own (``private_redis``), and coordinators with
+short periods, so that falling back and rejoining take well under a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+
+import anyio
+import pytest
+from _redis_fixtures import DelayProxy, RedisServer
+from test_redis_coordinator import ORG, _teach, _until
+
+from poller import RateLimit
+from poller.coordination import EngineLink
+from poller.redis import RedisCoordinator
+from poller.redis._lease import LeasedBudget
+from poller.sched.learn import DurationModel
+
+pytestmark = pytest.mark.anyio
+
+
+def coordinator(url: str, **settings: float) -> RedisCoordinator:
+    options = {"timeout_s": 0.1, "heartbeat_s": 0.1, "sync_interval_s": 0.2, **settings}
+    return RedisCoordinator(url, namespace="faults", **options)  # type: ignore[arg-type]
+
+
+def spend(budget: LeasedBudget, seconds: float) -> int:
+    """What the budget lets through if asked as the scheduler asks, for ``seconds``."""
+    sent, now, end = 0, time.time(), time.time() + seconds
+    while now < end:
+        wait = budget.try_acquire(now)
+        sent += wait == 0.0
+        now = max(now + wait, math.nextafter(now, math.inf))  # as the scheduler moves on
+    return sent
+
+
+async def test_killed_and_restarted_empty(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="poller.redis")
+    model = DurationModel()
+    _teach(model, 40)
+    coords = [coordinator(private_redis.url) for _ in range(2)]
+    budgets = [c.budget(ORG, RateLimit(per_s=100)) for c in coords]
+    link = EngineLink(time.time, model.snapshot, model.load)
+    async with anyio.create_task_group() as tg:
+        for coord in coords:
+            tg.start_soon(coord.run, link)
+        await _until(lambda: all(c.online and c.engines == 2 for c in coords))
+        await _until(lambda: all(b.mode == "shared" for b in budgets))
+        private_redis.kill()
+        await _until(lambda: all(b.mode == "local" for b in budgets))
+        # Each falls back to its share: the limit over the two engines last counted.
+        assert budgets[0].rate_per_s == pytest.approx(50 * 0.98)
+        private_redis.start()  # empty: no persistence
+        await _until(lambda: all(c.online for c in coords))
+        await _until(lambda: all(b.mode == "shared" for b in budgets))
+        # The fleet's state is re-seeded: the budget, and the learned tables.
+        client = private_redis.client()
+        try:
+            await _until(lambda: bool(client.keys("faults:learn:*")))
+            (key,) = client.keys("faults:*:budget")
+            assert json.loads(client.get(key))["ceil"] == pytest.approx(98.0)
+        finally:
+            client.close()
+        tg.cancel_scope.cancel()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "out of reach" in m]) == 2  # once per engine
+    assert len([m for m in messages if "answers again" in m]) == 2
+
+
+async def test_paused_redis(private_redis: RedisServer) -> None:
+    coord = coordinator(private_redis.url)
+    budget = coord.budget(ORG, RateLimit(per_s=100))
+    model = DurationModel()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(coord.run, EngineLink(time.time, model.snapshot, model.load))
+        await _until(lambda: budget.mode == "shared")
+        sleeper = private_redis.client()
+        try:
+            # DEBUG SLEEP blocks the server for a second (sent from a thread: it blocks
+            # its client too).
+            paused = anyio.to_thread.run_sync(sleeper.execute_command, "DEBUG", "SLEEP", "1")
+            async with anyio.create_task_group() as pauser:
+                pauser.start_soon(lambda: paused)
+                await _until(lambda: budget.mode == "local")
+                assert spend(budget, 0.2) >= 15  # polling goes on meanwhile: ~98/s alone
+        finally:
+            sleeper.close()
+        await _until(lambda: budget.mode == "shared")
+        tg.cancel_scope.cancel()
+
+
+async def test_network_delay(private_redis: RedisServer) -> None:
+    """20 ms each way: leases are ahead of need, so the budget still spends its rate.
+    300 ms each way: slower than the timeout, so the budget goes local."""
+    async with DelayProxy(private_redis.port, delay_s=0.02) as proxy:
+        coord = coordinator(proxy.url, timeout_s=0.25)
+        budget = coord.budget(ORG, RateLimit(per_s=100))
+        model = DurationModel()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(coord.run, EngineLink(time.time, model.snapshot, model.load))
+            await _until(lambda: budget.mode == "shared")
+            await _spend_for(budget, 0.5)  # its demand known, its leases sized
+            sent = await _spend_for(budget, 1.0)
+            assert budget.mode == "shared"
+            assert 85 <= sent <= 102
+            proxy.delay_s = 0.3
+            await _until(lambda: budget.mode == "local")
+            proxy.delay_s = 0.0
+            await _until(lambda: budget.mode == "shared")
+            tg.cancel_scope.cancel()
+
+
+async def _spend_for(budget: LeasedBudget, seconds: float) -> int:
+    sent, start = 0, time.time()
+    while time.time() < start + seconds:
+        wait = budget.try_acquire(time.time())
+        sent += wait == 0.0
+        await asyncio.sleep(wait)
+    return sent

@@ -1,0 +1,216 @@
+"""LeasedBudget and LearnSync: the pure parts of poller.redis, no Redis, no event loop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from poller.redis import LeasedBudget
+from poller.redis._learning import LearnSync, kind_id
+from poller.redis._lease import LeaseGrant
+from poller.sched.learn import LAYOUT, DurationSketch, LearnedDurations, LearnedKind
+from poller.sched.ratelimit import RateLimit
+
+T0 = 1_000.0
+
+
+def grant(count: int, *, start_in_s: float = 0.0, step_s: float = 0.1, **kw: object) -> LeaseGrant:
+    fields = {"rate_per_s": 10.0, "share_per_s": 10.0, "pause_s": 0.0, "engines": 1, **kw}
+    return LeaseGrant(count=count, start_in_s=start_in_s, step_s=step_s, **fields)  # type: ignore[arg-type]
+
+
+def test_joining_budget_sends_nothing_and_asks_for_a_lease() -> None:
+    woken = []
+    budget = LeasedBudget("org_a", RateLimit(per_s=10), wake=lambda: woken.append(1))
+    assert budget.mode == "joining"
+    assert budget.try_acquire(T0) > 0
+    assert budget.try_acquire(T0) > 0
+    assert woken == [1]  # once per dry spell, not per refusal
+    assert budget.needs_lease()
+
+
+def test_slots_are_spent_at_their_times_and_not_before() -> None:
+    budget = LeasedBudget("org_a", RateLimit(per_s=10))
+    budget.granted(T0, grant(3, start_in_s=0.0, step_s=0.1))
+    assert budget.mode == "shared" and budget.held == 3
+    assert budget.try_acquire(T0) == 0.0
+    assert budget.try_acquire(T0) == pytest.approx(0.1)
+    assert budget.try_acquire(T0 + 0.1) == 0.0
+    assert budget.try_acquire(T0 + 0.2) == 0.0
+    assert budget.held == 0
+    assert budget.try_acquire(T0 + 0.3) > 0  # dry: wait for the next lease
+
+
+def test_later_blocks_queue_behind_the_current_one() -> None:
+    budget = LeasedBudget("org_a", RateLimit(per_s=10))
+    budget.granted(T0, grant(1, start_in_s=0.0, step_s=0.1))
+    budget.granted(T0, grant(2, start_in_s=0.5, step_s=0.1))
+    assert budget.held == 3
+    assert budget.try_acquire(T0) == 0.0
+    assert budget.try_acquire(T0) == pytest.approx(0.5)
+    assert budget.try_acquire(T0 + 0.5) == 0.0
+
+
+def test_a_slot_left_past_the_grace_is_forfeited() -> None:
+    """Spent late, slots would bunch up with later ones at the server."""
+    budget = LeasedBudget("org_a", RateLimit(per_s=10), grace_s=0.02)
+    budget.granted(T0, grant(5, start_in_s=0.0, step_s=0.1))
+    # At T0 + 0.25 the slots of T0, T0 + 0.1 and T0 + 0.2 are past their grace.
+    assert budget.try_acquire(T0 + 0.25) == pytest.approx(0.05)
+    assert budget.expired == 3
+    assert budget.try_acquire(T0 + 0.3) == 0.0
+    assert budget.held == 1
+
+
+def test_slots_keep_while_the_rate_does_not_bind() -> None:
+    """Below the limit the fleet cannot overshoot it: a late slot is still good."""
+    budget = LeasedBudget("org_a", RateLimit(per_s=10), grace_s=0.02)
+    budget.granted(T0, grant(3, start_in_s=0.0, step_s=0.001, tight=False))
+    assert budget.try_acquire(T0 + 5.0) == 0.0
+    assert budget.expired == 0 and budget.held == 2
+
+
+def test_a_429_pauses_at_once_drops_the_slots_and_is_queued_for_the_fleet() -> None:
+    woken = []
+    budget = LeasedBudget("org_a", RateLimit(per_s=10), wake=lambda: woken.append(1))
+    budget.granted(T0, grant(5))
+    assert budget.on_throttled(T0, 2.0) == 2.0
+    assert budget.held == 0
+    assert budget.try_acquire(T0 + 1.0) == pytest.approx(1.0)
+    budget.on_throttled(T0, None)  # the default pause: 1 s
+    assert budget.take_throttle() == 2.0
+    assert budget.take_throttle() is None
+    assert woken
+
+
+def test_a_429_elsewhere_pauses_this_engine_too() -> None:
+    budget = LeasedBudget("org_a", None)
+    budget.granted(T0, grant(5))
+    budget.fleet_paused(T0, 1.5)
+    assert budget.held == 0
+    assert budget.try_acquire(T0 + 1.0) == pytest.approx(0.5)
+
+
+def test_uncapped_organisations_need_no_token() -> None:
+    budget = LeasedBudget("org_a", None)
+    budget.granted(T0, grant(0, rate_per_s=None))  # type: ignore[arg-type]
+    assert budget.rate_per_s is None
+    assert all(budget.try_acquire(T0) == 0.0 for _ in range(1000))
+    report = budget.report(T0 + 1.0)
+    assert report.sent == 1000 and report.want == 0
+
+
+def test_report_sizes_the_lease_to_recent_demand() -> None:
+    budget = LeasedBudget("org_a", RateLimit(per_s=1000))
+    budget.report(T0)
+    budget.granted(T0, grant(100, step_s=0.001))
+    for i in range(100):
+        assert budget.try_acquire(T0 + i * 0.001) == 0.0
+    budget.try_acquire(T0 + 0.1)  # dry: hungry
+    report = budget.report(T0 + 0.1)
+    assert report.sent == 100 and report.hungry
+    # ~1000/s, padded, over 250 ms; doubled while hungry.
+    assert report.want >= 250
+    assert budget.report(T0 + 0.2).sent == 0
+
+
+def test_report_gives_back_what_demand_no_longer_needs() -> None:
+    budget = LeasedBudget("org_a", RateLimit(per_s=1000))
+    budget.report(T0)
+    budget.granted(T0, grant(200, start_in_s=1.0, step_s=0.001))
+    report = budget.report(T0 + 0.1)  # nothing sent: no demand
+    assert report.give_back == 200 and report.held == 0
+    assert budget.held == 0
+
+
+def test_going_local_spends_a_share_of_the_configured_limit() -> None:
+    budget = LeasedBudget("org_a", RateLimit(per_s=100))
+    budget.granted(T0, grant(5))
+    budget.go_local(T0, engines=4)
+    assert budget.mode == "local" and budget.held == 0
+    assert budget.rate_per_s == pytest.approx(25 * 0.98)
+    now, sent = T0, 0
+    while now < T0 + 10.0:  # asked again after each wait, as the scheduler does
+        wait = budget.try_acquire(now)
+        sent += wait == 0.0
+        now = max(now + wait, math.nextafter(now, math.inf))  # as the scheduler moves on
+    assert 240 <= sent <= 250  # 24.5/s over 10 s
+    budget.rejoin()
+    assert budget.mode == "joining" and budget.try_acquire(T0 + 11) > 0
+
+
+def test_going_local_without_a_limit_learns_alone() -> None:
+    budget = LeasedBudget("org_a", None)
+    budget.go_local(T0, engines=3)
+    assert budget.rate_per_s is None and budget.try_acquire(T0) == 0.0
+    for _ in range(10):
+        budget.on_accepted(T0)
+    assert budget.on_throttled(T0, 1.0) == 1.0
+    assert budget.take_throttle() is None  # local: nobody to tell
+    assert budget.rate_per_s is not None
+
+
+# -- LearnSync ------------------------------------------------------------------------
+
+KIND = ("org_a", "/v1/documents/extract", "queued")
+
+
+def snapshot(counts: list[float], kind: tuple[str, str, str] = KIND) -> LearnedDurations:
+    org, endpoint, status = kind
+    item = LearnedKind(organization_id=org, endpoint=endpoint, status=status, counts=counts)
+    return LearnedDurations(layout=LAYOUT, kinds=[item])
+
+
+def bins(**weights: float) -> list[float]:
+    counts = [0.0] * 100
+    for name, weight in weights.items():
+        counts[int(name[1:])] = weight
+    return counts
+
+
+def test_learn_sync_pushes_only_what_is_new() -> None:
+    sync = LearnSync()
+    assert sync.deltas(snapshot(bins(b3=2.0))) == [(kind_id(KIND), {"3": 2.0})]
+    merged = sync.merge([(kind_id(KIND), bins(b3=2.0, b4=5.0))], snapshot(bins(b3=2.0)))
+    assert merged is not None and merged.kinds[0].counts == bins(b3=2.0, b4=5.0)
+    # Loaded; one more sample locally: only it is pushed.
+    assert sync.deltas(snapshot(bins(b3=2.0, b4=5.0, b7=1.0))) == [(kind_id(KIND), {"7": 1.0})]
+
+
+def test_learn_sync_keeps_what_was_learned_while_the_call_was_out() -> None:
+    sync = LearnSync()
+    sync.deltas(snapshot(bins(b3=2.0)))
+    merged = sync.merge([(kind_id(KIND), bins(b3=2.0, b4=5.0))], snapshot(bins(b3=2.0, b9=1.0)))
+    assert merged is not None and merged.kinds[0].counts == bins(b3=2.0, b4=5.0, b9=1.0)
+    assert sync.deltas(snapshot(bins(b3=2.0, b4=5.0, b9=1.0))) == [(kind_id(KIND), {"9": 1.0})]
+
+
+def test_learn_sync_follows_the_local_fading() -> None:
+    sync = LearnSync(max_weight=10.0)
+    sync.deltas(snapshot(bins(b1=8.0)))
+    sync.merge([(kind_id(KIND), bins(b1=8.0))], snapshot(bins(b1=8.0)))
+    # Three more samples push the local total past 10: everything halved, (8 + 3) / 2.
+    faded = DurationSketch(max_weight=10.0)
+    faded.restore(bins(b1=8.0))
+    for _ in range(3):
+        faded.add(0.08)  # bin 2
+    counts = list(faded.counts)
+    assert sum(counts) < 8.0
+    delta = dict(sync.deltas(snapshot(counts)))[kind_id(KIND)]
+    assert delta == {"3": pytest.approx(1.5)}
+
+
+def test_learn_sync_halves_what_it_loads_past_the_max_weight() -> None:
+    sync = LearnSync(max_weight=10.0)
+    merged = sync.merge([(kind_id(KIND), bins(b1=8.0))], snapshot(bins(b2=6.0)))
+    assert merged is not None and sum(merged.kinds[0].counts) == pytest.approx(7.0)
+
+
+def test_learn_sync_reset_pushes_everything_again() -> None:
+    sync = LearnSync()
+    sync.deltas(snapshot(bins(b3=2.0)))
+    sync.merge([(kind_id(KIND), bins(b3=2.0))], snapshot(bins(b3=2.0)))
+    assert sync.deltas(snapshot(bins(b3=2.0))) == []
+    sync.reset()
+    assert sync.deltas(snapshot(bins(b3=2.0))) == [(kind_id(KIND), {"3": 2.0})]

@@ -1,0 +1,259 @@
+"""The Lua scripts against a real Redis, in given time (every call passes ``now``)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from poller.redis._client import ScriptClient
+from poller.redis._coordinator import _ADAPTIVE
+from poller.redis._scripts import HEARTBEAT, LEARN, LEASE, THROTTLE
+
+pytestmark = pytest.mark.anyio
+T0 = 1_000.0
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[ScriptClient]:
+    client = ScriptClient(redis_url, timeout_s=2.0)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+class Org:
+    """Calls the budget scripts of one organisation the way the coordinator does."""
+
+    def __init__(self, client: ScriptClient, ns: str, ceiling: float | None = 98.0) -> None:
+        self.client = client
+        self.key = f"{ns}:{{{ns}:org}}:budget"
+        self.channel = f"{ns}:events"
+        self.ceiling: Any = "" if ceiling is None else ceiling
+
+    async def lease(
+        self,
+        now: float,
+        engine: str,
+        want: int,
+        *,
+        demand: float = -1,
+        weight: float = 1.0,
+        accepted: int = 0,
+        give_back: int = 0,
+    ) -> tuple[int, float, float, float | None, float, float, int]:
+        argv = [now, engine, weight, demand, want, give_back, accepted, self.ceiling, ""]
+        argv += [0.25, 60, 2.0, *_ADAPTIVE]
+        count, start, step, rate, share, pause, engines, _ = await self.client.run(
+            LEASE, [self.key], argv
+        )
+        rate_per_s = float(rate)
+        return (
+            int(count),
+            float(start),
+            float(step),
+            None if rate_per_s < 0 else rate_per_s,
+            float(share),
+            float(pause),
+            int(engines),
+        )
+
+    async def throttle(self, now: float, pause_s: float, accepted: int) -> tuple[float, float, int]:
+        argv = [now, pause_s, accepted, self.ceiling, "", 60, self.channel, "org", *_ADAPTIVE]
+        pause, rate, cut = await self.client.run(THROTTLE, [self.key], argv)
+        return float(pause), float(rate), int(cut)
+
+
+async def test_the_fleet_schedule_holds_the_rate_whatever_the_engines(
+    client: ScriptClient, redis_ns: str
+) -> None:
+    """Three hungry engines, each asking every 100 ms for far more than there is: together
+    they get the rate (98/s for a configured 100), never more, in equal shares."""
+    org = Org(client, redis_ns)
+    got = {"a": 0, "b": 0, "c": 0}
+    slots: list[float] = []
+    for tick in range(100):  # 10 s
+        now = T0 + tick * 0.1
+        for engine in sorted(got, key=lambda e: (tick + ord(e)) % 3):  # turns vary
+            count, start, step, rate, *_ = await org.lease(now, engine, 100)
+            got[engine] += count
+            slots += [now + start + k * step for k in range(count)]
+            assert rate == pytest.approx(98.0)
+    slots.sort()
+    # Slots are one schedule: 1/98 s apart, never two at once.
+    assert all(b - a >= 1 / 98 - 1e-6 for a, b in itertools.pairwise(slots))
+    total = sum(got.values())
+    assert 98 * 10 - 30 <= total <= 98 * 10.25 + 2
+    assert max(got.values()) - min(got.values()) <= 0.05 * total
+
+
+async def test_shares_are_max_min_fair_by_demand_and_weight(
+    client: ScriptClient, redis_ns: str
+) -> None:
+    org = Org(client, redis_ns)
+    await org.lease(T0, "small", 1, demand=10.0)
+    await org.lease(T0, "heavy", 1, weight=2.0)
+    _, _, _, _, share, _, engines = await org.lease(T0, "light", 1)
+    # 98/s: "small" wants 10 and gets it; 88 left, shared 2:1 by weight.
+    assert engines == 3
+    assert share == pytest.approx(88 / 3)
+    _, _, _, _, share, *_ = await org.lease(T0, "heavy", 1, weight=2.0)
+    assert share == pytest.approx(88 * 2 / 3)
+    # What nobody wants is spread over all by weight.
+    _, _, _, _, share, *_ = await org.lease(T0 + 10, "alone", 1, demand=5.0)
+    assert share == pytest.approx(98.0)  # the others' reports went stale
+
+
+async def test_one_engine_cannot_take_more_than_its_share(
+    client: ScriptClient, redis_ns: str
+) -> None:
+    """An engine asking ten times as often as another gets no more for it."""
+    org = Org(client, redis_ns)
+    got = {"eager": 0, "calm": 0}
+    for tick in range(200):  # 4 s, 20 ms apart
+        now = T0 + tick * 0.02
+        got["eager"] += (await org.lease(now, "eager", 100))[0]
+        if tick % 10 == 0:
+            got["calm"] += (await org.lease(now, "calm", 100))[0]
+    assert got["calm"] >= 0.8 * got["eager"]
+
+
+async def test_a_429_pauses_every_engine_and_cuts_once_a_second(
+    client: ScriptClient, redis_ns: str
+) -> None:
+    org = Org(client, redis_ns, ceiling=None)
+    # Uncapped: no tokens to lease, engines report what was accepted.
+    count, _, _, rate, *_ = await org.lease(T0, "a", 0, demand=500.0, accepted=60)
+    assert count == 0 and rate is None
+    await org.lease(T0 + 0.05, "b", 0, demand=500.0, accepted=20)
+    pause, rate_after, cut = await org.throttle(T0 + 0.1, 2.0, accepted=20)
+    assert (pause, cut) == (2.0, 1)
+    assert rate_after == pytest.approx(0.9 * 100)  # beta x what the fleet had accepted
+    # Every engine sees the pause at its next lease call.
+    count, _, _, rate, _, pause, _ = await org.lease(T0 + 0.2, "b", 10)
+    assert count == 0 and pause == pytest.approx(1.9)
+    assert rate == pytest.approx(90.0, abs=0.2)  # regrowing: b wants more
+    # A second 429 within the second extends the pause; no second cut.
+    _, rate_again, cut = await org.throttle(T0 + 0.5, 3.0, accepted=0)
+    assert cut == 0 and rate_again == pytest.approx(90.0, abs=0.5)
+    # After the pause, leases resume, starting no earlier than its end.
+    count, start, *_ = await org.lease(T0 + 3.5, "b", 10)
+    assert count > 0 and T0 + 3.5 + start >= T0 + 3.5 - 0.02
+
+
+async def test_late_reports_lift_a_cut_measured_on_too_little(
+    client: ScriptClient, redis_ns: str
+) -> None:
+    org = Org(client, redis_ns, ceiling=None)
+    await org.throttle(T0, 1.0, accepted=30)  # one engine's count alone
+    _, lifted, cut = await org.throttle(T0 + 0.3, 1.0, accepted=70)  # the others'
+    assert cut == 0 and lifted == pytest.approx(90.0)
+
+
+async def test_the_rate_regrows_while_engines_want_more(
+    client: ScriptClient, redis_ns: str
+) -> None:
+    org = Org(client, redis_ns, ceiling=None)
+    await org.throttle(T0, 0.1, accepted=100)
+    rates = []
+    for tick in range(1, 81):  # every 0.5 s, always wanting more than is granted
+        rates.append((await org.lease(T0 + tick / 2, "a", 1000))[3])
+    assert rates[0] == pytest.approx(90.0)  # nobody wanted more yet
+    assert rates[2] == pytest.approx(91.0, abs=0.1)  # one second up the curve
+    assert rates == sorted(rates)
+    assert rates[56] < 100.0 < rates[-1]  # back at w_max after recovery_s, then probing
+
+
+async def test_a_throttle_is_published(client: ScriptClient, redis_ns: str) -> None:
+    org = Org(client, redis_ns)
+    pubsub = client.redis.pubsub()
+    await pubsub.subscribe(org.channel)
+    await org.throttle(T0, 1.5, accepted=50)
+    message = None
+    for _ in range(50):
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message is not None:
+            break
+    await pubsub.aclose()
+    assert message is not None
+    assert json.loads(message["data"]) == {"org": "org", "pause": 1.5, "rate": pytest.approx(45.0)}
+
+
+async def test_an_empty_redis_is_reseeded_by_the_next_call(
+    client: ScriptClient, redis_ns: str
+) -> None:
+    org = Org(client, redis_ns)
+    await org.lease(T0, "a", 10)
+    await client.redis.delete(org.key)
+    count, _, _, rate, *_ = await org.lease(T0 + 1, "a", 10)
+    assert count == 10 and rate == pytest.approx(98.0)
+
+
+async def test_every_key_has_a_ttl(client: ScriptClient, redis_ns: str) -> None:
+    org = Org(client, redis_ns)
+    await org.lease(T0, "a", 10)
+    await org.throttle(T0, 1.0, accepted=5)
+    keys = [f"{redis_ns}:engines", f"{redis_ns}:epoch"]
+    await client.run(HEARTBEAT, keys, [T0, "a", 5, 60, "e1", "0", 3600])
+    delta = json.dumps([["org\t/v1/x\tqueued", {"2": 1.0}]])
+    learn = [f"{redis_ns}:learn", f"{redis_ns}:epoch"]
+    await client.run(
+        LEARN, learn, [T0, "-inf", "e1", "e2", 4000, 10, 3600, f"{redis_ns}:learn:", delta]
+    )
+    found = [key async for key in client.redis.scan_iter(match=f"{redis_ns}:*")]
+    assert len(found) == 5
+    for key in found:
+        assert await client.redis.ttl(key) > 0, key
+
+
+async def test_heartbeats_count_live_engines(client: ScriptClient, redis_ns: str) -> None:
+    keys = [f"{redis_ns}:engines", f"{redis_ns}:epoch"]
+
+    async def beat(now: float, engine: str, leaving: str = "0") -> list[Any]:
+        result: list[Any] = await client.run(
+            HEARTBEAT, keys, [now, engine, 5, 60, "e", leaving, 60]
+        )
+        return result
+
+    assert await beat(T0, "a") == [1, "e"]
+    assert (await beat(T0 + 1, "b"))[0] == 2
+    assert (await beat(T0 + 7, "b"))[0] == 1  # a missed its heartbeats
+    await beat(T0 + 7, "b", leaving="1")
+    assert (await beat(T0 + 7, ""))[0] == 0
+
+
+async def test_learned_tables_merge_fade_and_stay_bounded(
+    client: ScriptClient, redis_ns: str
+) -> None:
+    keys = [f"{redis_ns}:learn", f"{redis_ns}:epoch"]
+    prefix = f"{redis_ns}:learn:"
+
+    async def push(now: float, deltas: list[Any], since: str = "-inf", epoch: str = "e") -> Any:
+        argv = [now, since, epoch, "e", 10.0, 2, 3600, prefix, json.dumps(deltas)]
+        return await client.run(LEARN, keys, argv)
+
+    kind_a = "org\t/v1/x\tqueued"
+    _, _, applied, body = await push(T0, [[kind_a, {"0": 2.0, "5": 1.0}]])
+    assert applied == "1"
+    assert json.loads(body)[0][1][:6] == [2, 0, 0, 0, 0, 1]
+    _, _, _, body = await push(T0 + 1, [[kind_a, {"5": 3.0}]])  # another engine's samples
+    assert json.loads(body)[0][1][5] == 4
+    _, _, _, body = await push(T0 + 2, [[kind_a, {"5": 5.0}]])  # total 11 > 10: halved
+    assert json.loads(body)[0][1][:6] == [1, 0, 0, 0, 0, 4.5]
+    # At most two kinds: the least recently changed goes.
+    await push(T0 + 3, [["org\t/v1/x\tin_progress", {"1": 1.0}]])
+    _, _, _, body = await push(T0 + 4, [["org\t/v1/y\tqueued", {"1": 1.0}]])
+    assert sorted(k for k, _ in json.loads(body)) == [
+        "org\t/v1/x\tin_progress",
+        "org\t/v1/y\tqueued",
+    ]
+    # Only what changed since is read back.
+    _, _, _, body = await push(T0 + 5, [], since=f"({T0 + 3.5!r}")
+    assert [k for k, _ in json.loads(body)] == ["org\t/v1/y\tqueued"]
+    # An engine that knew another epoch pushes nothing: it must send its tables whole.
+    _, epoch, applied, _ = await push(T0 + 6, [[kind_a, {"1": 1.0}]], epoch="old")
+    assert (epoch, applied) == ("e", "0")
