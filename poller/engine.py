@@ -65,12 +65,13 @@ _CALLBACK_DRAIN_S: Final = 5.0
 
 class PollerArgs(PollerSettings, total=False):
     """The keyword arguments of :class:`Poller` (and of ``BlockingPoller``, which passes
-    them on): its settings, and the four that are no settings."""
+    them on): its settings, and the five that are no settings."""
 
     options: PollerOptions | None
     access_token: str | None
     transport: Transport | None
     clock: Callable[[], float]
+    coordinator: Coordinator | None
 
 
 class Poller:
