@@ -27,7 +27,7 @@ from ..auth import Credential, is_loopback, resolve_base_url
 from ..backoff import Backoff
 from ..errors import ConfigError
 from ..ratelimit import RateLimit
-from .options import BY_NAME, OPTIONS, Secret, text
+from .options import BY_NAME, OPTIONS, Secret, text, url_password
 
 __all__ = [
     "OPTIONS",
@@ -70,6 +70,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     control_token: Secret | None = None
     db: str = "poller.db"
     store_sync: str = "full"
+    redis_url: Secret | None = None
+    redis_namespace: str = "poller"
+    replica_id: str | None = None
     jobs_from: str | None = None
     jobs_credential: str | None = None
     jsonl: str | None = None
@@ -95,7 +98,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """Every secret value, for scrubbing log lines."""
         found = [self.api_key, self.control_token, self.webhook_secret]
         found += self.credentials.values()
-        return tuple(s.reveal() for s in found if s is not None)
+        secrets = [s.reveal() for s in found if s is not None]
+        password = url_password(self.redis_url.reveal()) if self.redis_url is not None else None
+        if password:
+            secrets.append(password)
+        return tuple(secrets)
 
     @property
     def dead_letter_path(self) -> str:
@@ -144,6 +151,12 @@ def load_settings(
                 values[option.name] = option.parse(raw)
             except ValueError as exc:
                 raise ConfigError(f"{option.name}: {exc} (from {where})") from None
+            if where == option.flag and option.name == "redis_url" and url_password(str(raw)):
+                # The one setting with a flag that may hold a secret: not from a flag.
+                raise ConfigError(
+                    f"redis_url: a password on the command line shows in the process list; "
+                    f"set {option.env} or redis_url in the config file (from {where})"
+                )
             break
     if daemon:
         values["credentials"] = _credentials(file_values.get("credentials"), environ, path)

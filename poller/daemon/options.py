@@ -11,12 +11,13 @@ import math
 import re
 from collections.abc import Callable
 from typing import Final, NamedTuple
+from urllib.parse import urlsplit
 
 from yarl import URL
 
 from .signature import signing_key
 
-__all__ = ["BY_NAME", "OPTIONS", "Option", "Parser", "Secret", "text"]
+__all__ = ["BY_NAME", "OPTIONS", "Option", "Parser", "Secret", "text", "url_password"]
 
 
 class Secret:
@@ -141,6 +142,41 @@ def _urls(value: object) -> tuple[str, ...]:
     return urls
 
 
+_REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
+_NAMESPACE: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def _redis_url(value: object) -> Secret:
+    """A ``redis://``, ``rediss://`` or ``unix://`` URL; held as a :class:`Secret`, as it
+    may carry a password (never quoted back)."""
+    url = text(value)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError("must be a URL such as redis://127.0.0.1:6379/0") from None
+    if parts.scheme not in _REDIS_SCHEMES or " " in url:
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError("must name a host, as in redis://127.0.0.1:6379/0")
+    return Secret(url)
+
+
+def url_password(url: str) -> str | None:
+    """The password of a URL, if it carries one."""
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def _name(value: object) -> str:
+    """A name for keys and labels: 1-64 letters, digits, ``_``, ``.`` or ``-``."""
+    if not isinstance(value, str) or not _NAMESPACE.fullmatch(value):
+        raise ValueError("must be 1-64 letters, digits, '_', '.' or '-'")
+    return value
+
+
 class Option(NamedTuple):
     """A setting: its parser, flag (None: not settable by flag), variable and help."""
 
@@ -178,6 +214,15 @@ OPTIONS: Final[tuple[Option, ...]] = (
     ),
     _o("db", text, "SQLite database file (jobs, last statuses, outbox)"),
     _o("store_sync", _choice("full", "normal"), "'full': fsync every commit (power-safe)"),
+    _o(
+        "redis_url",
+        _redis_url,
+        "cluster mode: share the jobs and the events with other replicas through the "
+        "Redis at URL (a password: only from the environment or the config file)",
+        flag="--redis",
+    ),
+    _o("redis_namespace", _name, "cluster mode: the prefix of every Redis key"),
+    _o("replica_id", _name, "cluster mode: this replica's name (default: host and a random tag)"),
     _o("jobs_from", text, "also track the job IDs in FILE, one per line ('-': stdin)"),
     _o("jobs_credential", text, "named credential of the --jobs-from jobs"),
     _o("jsonl", text, "write every event as a JSON line to FILE ('-': stdout)"),
