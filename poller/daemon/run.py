@@ -37,7 +37,7 @@ from .._learn import LearnedDurations
 from ..engine import Poller
 from ..errors import ConfigError
 from ..transport import Transport
-from .api import ControlServer, build_app
+from .api import ControlServer, StoreJobs, build_app
 from .config import Settings, engine_options
 from .health import (
     Backlog,
@@ -58,7 +58,7 @@ from .sse import EventStream
 from .store import Store
 from .webhook import DeadLetters, WebhookSink
 
-__all__ = ["running", "serve", "serve_until_signalled"]
+__all__ = ["build_sinks", "running", "serve", "serve_until_signalled"]
 
 log = logging.getLogger("poller.daemon")
 
@@ -100,7 +100,8 @@ async def _load_learned(store: Store) -> LearnedDurations | None:
     return learned
 
 
-def _sinks(settings: Settings) -> tuple[list[Sink], DeadLetters | None]:
+def build_sinks(settings: Settings) -> tuple[list[Sink], DeadLetters | None]:
+    """The push sinks the settings name, and the dead-letter file of the webhooks."""
     sinks: list[Sink] = []
     if settings.jsonl is not None:
         sinks.append(JsonlSink(settings.jsonl))
@@ -137,7 +138,9 @@ async def serve(
         on_ready: called with the control API's URL once it listens.
         transport: a custom transport for the engine (tests).
     """
-    sinks, dead_letters = _sinks(settings)
+    if settings.redis_url is not None:
+        return await _serve_cluster(settings, stop, on_ready, transport)
+    sinks, dead_letters = build_sinks(settings)
     try:
         store = Store(settings.db, sinks=[s.name for s in sinks], sync=settings.store_sync)
     except sqlite3.Error as exc:
@@ -164,6 +167,22 @@ async def serve(
     if status == 0:
         log.info("stopped")
     return status
+
+
+async def _serve_cluster(
+    settings: Settings,
+    stop: anyio.Event,
+    on_ready: Callable[[str], None] | None,
+    transport: Transport | None,
+) -> int:
+    """Cluster mode (see :mod:`poller.daemon.cluster`); redis-py is an extra, imported
+    only here."""
+    try:
+        from .cluster import serve_cluster
+    except ImportError as exc:
+        log.error("cluster mode needs redis-py: pip install 'poller[redis]' (%s)", exc)
+        return 2
+    return await serve_cluster(settings, stop, on_ready=on_ready, transport=transport)
 
 
 async def _serve_store(
@@ -314,7 +333,7 @@ class _Daemon:
             events = self.events = EventStream(self.store, self.changes)
             app = build_app(
                 intake=intake,
-                store=self.store,
+                jobs=StoreJobs(self.store),
                 events=events,
                 metrics=self._metrics,
                 health=self._health,

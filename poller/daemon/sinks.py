@@ -32,12 +32,26 @@ from .outbox import Changes
 from .rows import Pending
 from .store import Store
 
-__all__ = ["JSONL_SINK", "AppendFile", "Feed", "JsonlSink", "Sink"]
+__all__ = ["JSONL_SINK", "AppendFile", "EventFeed", "Feed", "JsonlSink", "Sink"]
 
 log = logging.getLogger("poller.daemon.sinks")
 
 JSONL_SINK: Final = "jsonl"
 _PAGE: Final = 500
+
+
+class EventFeed(Protocol):
+    """What a push sink reads: its undelivered events, page by page (:class:`Feed` from
+    the SQLite store; a Redis stream's consumer group in cluster mode)."""
+
+    async def next_page(self) -> list[Pending]:
+        """The next events to deliver; empty once the feed is closed and drained."""
+
+    async def done(self, rowids: Sequence[int]) -> None:
+        """Mark events delivered (or dead-lettered)."""
+
+    async def attempted(self, rowid: int, attempts: int) -> None:
+        """Record failed attempts, so the count survives a restart."""
 
 
 class Sink(Protocol):
@@ -51,7 +65,7 @@ class Sink(Protocol):
     """Why the last delivery attempt failed (for ``/healthz``: no path, URL or secret);
     None once one succeeds."""
 
-    async def run(self, feed: Feed) -> None:
+    async def run(self, feed: EventFeed) -> None:
         """Deliver the feed's events until it ends."""
 
 
@@ -191,7 +205,7 @@ class JsonlSink:
         self.errors = 0
         self.failing: str | None = None
 
-    async def run(self, feed: Feed) -> None:
+    async def run(self, feed: EventFeed) -> None:
         """Write page by page; a failed write is retried (the page stays undelivered)."""
         self.file.open()
         try:
