@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from _helpers import self_signed_cert
 
-pytest_plugins = ["poller.testing.pytest_plugin"]
+pytest_plugins = ["poller.testing.pytest_plugin", "_redis_server"]
 
 
 @pytest.fixture
