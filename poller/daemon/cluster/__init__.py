@@ -30,9 +30,10 @@ does not own or while its lease is not trusted (:mod:`.guard`).
 
 **Ownership** (:mod:`.owner`). Partitions go to live replicas by rendezvous hashing;
 a partition is *claimed* in Redis (owner and token, by Lua) only when its holder
-released it or its lease is gone, and a released one is used one second after its
-release. So a joining replica gets its partitions once their old owner has stopped
-polling them, and a dead replica's partitions are taken over when its lease expires
+released it or its lease is gone, and a released one is used 1.5 s after its
+release (a second, and a margin for requests still on their way). So a joining
+replica gets its partitions once their old owner has stopped polling them, and a
+dead replica's partitions are taken over when its lease expires
 (about 6 s after a ``kill -9``). The new owner resumes every job from its stored
 status and ``seq``.
 

@@ -84,7 +84,7 @@ class Owner:
         default_key: bool,
         sinks: Sequence[SinkUnit] = (),
         sink_group: TaskGroup | None = None,
-        gap_s: float = 1.0,
+        gap_s: float = 1.5,
         tick_s: float = 1.0,
         reconcile_every_s: float = 30.0,
     ) -> None:

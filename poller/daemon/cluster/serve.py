@@ -73,7 +73,8 @@ class ClusterOptions(msgspec.Struct, frozen=True, kw_only=True):
         lease_margin_s: a replica stops polling this long before its lease may expire.
         renew_every_s: how often the lease is renewed.
         gap_s: the pause between the last poll of a partition's old holder and the
-            first of its new one, when it is handed over.
+            first of its new one, when it is handed over (over a second: a request
+            sent just before may reach the API a little later).
         tick_s: how often each replica rebalances at least.
         reconcile_every_s: how often a replica reads its partitions again.
         trim_every_s: how often the stream is trimmed.
@@ -82,7 +83,7 @@ class ClusterOptions(msgspec.Struct, frozen=True, kw_only=True):
     lease_ttl_s: float = 5.0
     lease_margin_s: float = 1.5
     renew_every_s: float = 1.0
-    gap_s: float = 1.0
+    gap_s: float = 1.5
     tick_s: float = 1.0
     reconcile_every_s: float = 30.0
     trim_every_s: float = 10.0
