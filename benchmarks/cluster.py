@@ -29,6 +29,7 @@ Checked, once every job is terminal in Redis and the receiver has every event:
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import itertools
 import os
 import random
@@ -429,7 +430,9 @@ def _measure(
     job_takeovers.sort()
     p100 = job_takeovers[-1] if job_takeovers else float("nan")
     partitions_p100 = max((k.partitions_taken_s or float("inf")) for k in kills) if kills else 0
+    shared = importlib.util.find_spec("poller.redis") is not None
     summary = {
+        "fleet_budgets": shared,
         "jobs": len(job_ids),
         "events_committed": len(entries),
         "webhook_posts": len(receiver.ids),
@@ -476,7 +479,8 @@ def _measure(
             "met": bool(job_takeovers) and p100 <= 10.0,
         },
         {
-            "goal": "the organisation's limit held across the cluster (needs issue 16)",
+            "goal": "the organisation's limit held across the cluster"
+            + ("" if shared else " (needs issue 16's shared budgets, not in this build)"),
             "target": f"<= {1.05 * plan.limit_per_s:.0f} in any 1 s",
             "measured": f"{busiest} requests in the busiest second "
             f"({busiest / plan.limit_per_s:.2f}x the limit)",
@@ -505,9 +509,9 @@ def _measure(
 def run(quick: bool = False) -> dict[str, Any]:
     """One drill: the full plan, or a short one (``quick``)."""
     plan = (
-        Plan(jobs=1500, submit_s=20.0, limit_per_s=150.0, kills_at=(5.0, 16.0), restart_after_s=6.0)
+        Plan(jobs=1500, submit_s=20.0, limit_per_s=250.0, kills_at=(5.0, 16.0), restart_after_s=6.0)
         if quick
-        else Plan(jobs=6000, submit_s=60.0, limit_per_s=300.0, kills_at=(18.0, 40.0))
+        else Plan(jobs=6000, submit_s=60.0, limit_per_s=350.0, kills_at=(18.0, 40.0))
     )
     result = anyio.run(_run, plan, 11)
     return {

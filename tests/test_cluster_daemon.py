@@ -30,7 +30,7 @@ pytestmark = pytest.mark.anyio
 KEY = "rt_test_key"  # the retab_sim fixture's organisation org_test
 TENANT_KEY = "rt_test_tenant"
 QUICK = [Change("queued", 0.0), Change("in_progress", 0.2), Change("completed", 0.5)]
-MEDIUM = [Change("queued", 0.0), Change("in_progress", 1.5), Change("completed", 2.5)]
+MEDIUM = [Change("queued", 0.0), Change("in_progress", 3.0), Change("completed", 4.5)]
 LONG = [Change("queued", 0.0), Change("in_progress", 0.2), Change("completed", 30.0)]
 FAST = ClusterOptions(lease_ttl_s=3.0, lease_margin_s=1.2, renew_every_s=0.5, tick_s=0.5)
 
