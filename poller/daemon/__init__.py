@@ -11,6 +11,8 @@ Modules, in the order data flows through them:
   Standard Webhooks signature), ``GET /events``.
 - ``api``, ``health``, ``metrics``: the control API, ``/healthz`` and ``/metrics``.
 - ``run``, ``command``: the daemon wired together, and its command line.
+- ``cluster``: cluster mode (``--redis URL``): the job set, leases, commits and sinks
+  in Redis, shared by replicas (imported only in that mode: redis-py is an extra).
 - ``watch``, ``watch_view``: ``poller watch``.
 - ``logs``: human or JSON log lines, secrets masked.
 """
