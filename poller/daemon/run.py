@@ -32,6 +32,7 @@ from typing import Final
 
 import anyio
 import msgspec
+from aiohttp import web
 
 from .._learn import LearnedDurations
 from ..engine import Poller
@@ -53,19 +54,17 @@ from .intake import Intake
 from .metrics import SinkCounters, render
 from .outbox import Changes, Outbox
 from .signature import signing_key
-from .sinks import Feed, JsonlSink, Sink
-from .sse import EventStream
+from .sinks import Feed, JsonlSink, Sink, run_sink
+from .sse import EventStream, StoreHistory
 from .store import Store
 from .webhook import DeadLetters, WebhookSink
 
-__all__ = ["build_sinks", "running", "serve", "serve_until_signalled"]
+__all__ = ["build_sinks", "open_control_api", "running", "serve", "serve_until_signalled"]
 
 log = logging.getLogger("poller.daemon")
 
 _PRUNE_EVERY_S: Final = 60.0
 _TERMINAL_RETENTION_S: Final = 60.0
-_RESTART_MIN_S: Final = 1.0
-_RESTART_MAX_S: Final = 30.0
 _ORPHAN_BATCH: Final = 1000
 _HEALTH_QUERY_S: Final = 1.0
 
@@ -276,7 +275,9 @@ class _Daemon:
             async with anyio.create_task_group() as delivery:
                 delivery.start_soon(self._persist)
                 for sink, feed in zip(self.sinks, self.feeds, strict=True):
-                    delivery.start_soon(self._deliver, sink, feed)
+                    delivery.start_soon(
+                        functools.partial(run_sink, sink, feed, errors=(OSError, sqlite3.Error))
+                    )
                 try:
                     status = await self._serve(delivery)
                 finally:
@@ -298,23 +299,6 @@ class _Daemon:
         for feed in self.feeds:  # everything is committed: the sinks may finish
             feed.close()
 
-    async def _deliver(self, sink: Sink, feed: Feed) -> None:
-        """Run a sink; if the disk fails under it, start it again from its first
-        undelivered event (nothing is acknowledged that was not delivered)."""
-        delay_s = _RESTART_MIN_S
-        while True:
-            failure: BaseException | None = None
-            try:
-                await sink.run(feed)
-                return
-            except* (OSError, sqlite3.Error) as group:  # a sink's task group wraps them
-                failure = group.exceptions[0]
-            log.error("sink %s failed (%s); restarting in %.0f s", sink.name, failure, delay_s)
-            sink.failing = f"stopped on an error ({_describe(failure)}); restarting"
-            feed.rewind()
-            await anyio.sleep(delay_s)
-            delay_s = min(_RESTART_MAX_S, delay_s * 2)
-
     async def _serve(self, delivery: anyio.abc.TaskGroup) -> int:
         settings = self.settings
         credentials = {name: key.reveal() for name, key in settings.credentials.items()}
@@ -330,7 +314,7 @@ class _Daemon:
             resumable = await self.store.call(self.store.resumable)
             resumed = intake.track(resumable)
             log.info("resumed %d job(s)", resumed, extra={"resumed": resumed})
-            events = self.events = EventStream(self.store, self.changes)
+            events = self.events = EventStream(StoreHistory(self.store), self.changes)
             app = build_app(
                 intake=intake,
                 jobs=StoreJobs(self.store),
@@ -339,15 +323,9 @@ class _Daemon:
                 health=self._health,
                 token=settings.control_token.reveal() if settings.control_token else None,
             )
-            server = ControlServer(app, host=settings.host, port=settings.port)
-            try:
-                url = await server.start()
-            except OSError as exc:
-                log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+            server = await open_control_api(app, settings, self.on_ready)
+            if server is None:
                 return 1
-            log.info("control API listening on %s", url, extra={"url": url})
-            if self.on_ready is not None:
-                self.on_ready(url)
             async with anyio.create_task_group() as intake_tasks:
                 intake_tasks.start_soon(self._prune)
                 if settings.jobs_from is not None:
@@ -444,11 +422,21 @@ class _Daemon:
         return checks
 
 
-def _describe(exc: BaseException) -> str:
-    """An error in a few words, without the file name an ``OSError`` carries."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
+async def open_control_api(
+    app: web.Application, settings: Settings, on_ready: Callable[[str], None] | None
+) -> ControlServer | None:
+    """Serve the control API where the settings say; tell ``on_ready`` its URL. None
+    (logged) if the address cannot be used."""
+    server = ControlServer(app, host=settings.host, port=settings.port)
+    try:
+        url = await server.start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        return None
+    log.info("control API listening on %s", url, extra={"url": url})
+    if on_ready is not None:
+        on_ready(url)
+    return server
 
 
 @asynccontextmanager

@@ -33,20 +33,21 @@ from ..._version import __version__
 from ...engine import Poller
 from ...events import Stats
 from ...transport import AiohttpTransport, Transport
-from ..api import ControlServer, build_app
+from ..api import build_app
 from ..config import Settings, engine_options
 from ..health import Backlog, ClusterHealth, Health, api_reasons, report, sink_reasons
 from ..intake import read_job_lines
 from ..metrics import SinkCounters, render
 from ..outbox import Changes
-from ..run import build_sinks
+from ..run import build_sinks, open_control_api
+from ..sse import EventStream
 from .client import ClusterError, RedisLink, check_server, default_replica_id, describe
 from .commit import ClusterOutbox
 from .guard import OwnedOnly
 from .jobset import ClusterJobs
 from .membership import OK, Membership
 from .owner import Owner
-from .sse import ClusterEventStream
+from .sse import StreamHistory
 from .status import (
     ClusterCounters,
     lease_reasons,
@@ -176,7 +177,7 @@ class _Replica:
         self.owner: Owner | None = None
         self.engine: Poller | None = None
         self.outbox: ClusterOutbox | None = None
-        self.events = ClusterEventStream(link, self.changes)
+        self.events = EventStream(StreamHistory(link), self.changes)
 
     def _stats(self) -> Stats:
         assert self.engine is not None
@@ -302,15 +303,9 @@ class _Replica:
             health=self._health,
             token=settings.control_token.reveal() if settings.control_token else None,
         )
-        server = ControlServer(app, host=settings.host, port=settings.port)
-        try:
-            url = await server.start()
-        except OSError as exc:
-            log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        server = await open_control_api(app, settings, self.on_ready)
+        if server is None:
             return 1
-        log.info("control API listening on %s", url, extra={"url": url})
-        if self.on_ready is not None:
-            self.on_ready(url)
         async with anyio.create_task_group() as control:
             control.start_soon(owner.run)
             if settings.jobs_from is not None:

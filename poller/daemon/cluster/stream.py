@@ -37,7 +37,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from ..outbox import Changes
 from ..rows import Pending
-from ..sinks import Sink
+from ..sinks import Sink, run_sink
 from .client import RedisLink
 from .keys import SINK_UNIT
 
@@ -57,8 +57,6 @@ _PAGE: Final = 500
 _POLL_S: Final = 1.0
 _RETRY_MIN_S: Final = 0.25
 _RETRY_MAX_S: Final = 5.0
-_RESTART_MIN_S: Final = 1.0
-_RESTART_MAX_S: Final = 30.0
 _BLOCK_MS: Final = 5000
 
 
@@ -235,7 +233,7 @@ class SinkUnit:
                 feed = self._feed = GroupFeed(
                     self._link, group=self.name, consumer=self._consumer, changes=self._changes
                 )
-                await _deliver(self.sink, feed)
+                await run_sink(self.sink, feed, errors=(OSError, RedisError))
         finally:
             self._scope = self._feed = None
             self.running = False
@@ -280,24 +278,6 @@ class SinkUnit:
                 break
         if adopted:
             log.info("sink %s taken over with %d pending event(s)", self.name, adopted)
-
-
-async def _deliver(sink: Sink, feed: GroupFeed) -> None:
-    """Run a sink; if it fails (its file, Redis), start it again from its first pending
-    event (nothing is acknowledged that was not delivered)."""
-    delay_s = _RESTART_MIN_S
-    while True:
-        failure: BaseException | None = None
-        try:
-            await sink.run(feed)
-            return
-        except* (OSError, RedisError) as group:  # a sink's task group wraps them
-            failure = group.exceptions[0]
-        log.error("sink %s failed (%s); restarting in %.0f s", sink.name, failure, delay_s)
-        sink.failing = "stopped on an error; restarting"
-        feed.rewind()
-        await anyio.sleep(delay_s)
-        delay_s = min(_RESTART_MAX_S, delay_s * 2)
 
 
 class StreamTail:
