@@ -5,9 +5,13 @@
 script (which publishes them for their owners), ``DELETE`` with ``REMOVE``; the
 listing pages a sorted set by job ID (``<p>jobs``, or ``<p>status:<s>`` when
 filtered: one ``ZRANGEBYLEX`` and one ``HMGET`` per job, whatever the size of the
-set) and answers the same from every replica. Jobs keep the *name* of their
-credential, never its key. When Redis cannot be reached, a call raises
-:class:`~poller.daemon.intake.IntakeError` 503 ``store_unavailable``.
+set) and answers the same from every replica. The status sets cost the commit
+script about 3 µs an event (18 µs against 15 µs, in batches of 500); filtering
+while paging the whole set instead reads every job: for a page of 1,000 completed
+jobs among 20,000 (5% completed), 246 ms against 13 ms, growing with the set.
+Jobs keep the *name* of their credential, never its key. When Redis cannot be
+reached, a call raises :class:`~poller.daemon.intake.IntakeError` 503
+``store_unavailable``.
 
 It also reads jobs for their owner: :meth:`ClusterJobs.states` (where to resume each
 one) and :meth:`ClusterJobs.slot_jobs` (the jobs of partitions).
