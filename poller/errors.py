@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, TypedDict, Unpack
+from typing import TYPE_CHECKING, ClassVar, TypedDict, Unpack
 
 if TYPE_CHECKING:
     from .models import JobStatus
@@ -141,7 +141,13 @@ class RequestError(PollerError):
         job_id: the job the request was for, when there was one.
         status: the HTTP status code, or None when no response was received.
         request_id: the server's ``x-request-id`` header, when present.
+        api_fault: (class attribute) whether the failure tells that the API is failing
+            (a 5xx, no usable answer, a garbled body), as the engine's health counts it;
+            False for an answer the API meant (404, 429, ...) and for a request that
+            says nothing of the API (a refused TLS certificate, a request not sent).
     """
+
+    api_fault: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -175,6 +181,7 @@ class DecodeError(RequestError):
     """
 
     retryable = True
+    api_fault = True
 
     def __init__(self, message: str, *, excerpt: str, **context: Unpack[_Context]) -> None:
         super().__init__(message, **context)
@@ -185,6 +192,7 @@ class TransportError(RequestError):
     """No usable HTTP response was received."""
 
     retryable = True
+    api_fault = True
 
 
 class ConnectError(TransportError):
@@ -197,6 +205,7 @@ class TLSError(ConnectError):
     certificate or the settings change."""
 
     retryable = False
+    api_fault = False
 
 
 class ConnectionLostError(TransportError):
@@ -247,6 +256,7 @@ class ServerError(_RetryAfterError):
     """5xx: the server failed. ``retry_after_s`` when the server said."""
 
     retryable = True
+    api_fault = True
 
 
 class UnexpectedStatusError(APIError):

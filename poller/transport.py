@@ -92,6 +92,8 @@ class AiohttpTransport:
             against the real API; it logs a warning and emits a ``RuntimeWarning``.
         ssl_context: a custom TLS context (custom CA, client certificate).
         clock: wall-clock source, for ``Retry-After`` dates.
+        user_agent: the ``User-Agent`` header; None: ``poller/<version>``. A cluster
+            replica names itself in it (``poller/<version> replica/<id>``).
 
     Raises:
         ConfigError: an invalid setting (the message names it).
@@ -106,6 +108,7 @@ class AiohttpTransport:
         insecure_skip_tls_verify: bool = False,
         ssl_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.time,
+        user_agent: str | None = None,
     ) -> None:
         self.base_url = self.check_settings(
             base_url, max_connections, request_timeout_s, insecure_skip_tls_verify
@@ -140,7 +143,10 @@ class AiohttpTransport:
             ),
             cookie_jar=aiohttp.DummyCookieJar(),
             timeout=self._timeouts[True],
-            headers={"User-Agent": f"poller/{__version__}", "Accept": "application/json"},
+            headers={
+                "User-Agent": user_agent or f"poller/{__version__}",
+                "Accept": "application/json",
+            },
             raise_for_status=False,
             trust_env=False,
         )

@@ -256,3 +256,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"a Redis test skipped under CI=true: {reason}"
+
+
+@pytest.fixture
+def redis_namespace(redis_ns: str) -> str:
+    """The cluster tests' name for :func:`redis_ns`."""
+    return redis_ns

@@ -10,7 +10,10 @@ Modules, in the order data flows through them:
 - ``sinks``, ``webhook``, ``signature``, ``sse``: JSON lines, signed webhooks (their
   Standard Webhooks signature), ``GET /events``.
 - ``api``, ``health``, ``metrics``: the control API, ``/healthz`` and ``/metrics``.
-- ``run``, ``command``: the daemon wired together, and its command line.
+- ``run``, ``wiring``, ``command``: the daemon wired together (``wiring``: what both
+  modes build alike), and its command line.
+- ``cluster``: cluster mode (``--redis URL``): the job set, leases, commits and sinks
+  in Redis, shared by replicas (imported only in that mode: redis-py is an extra).
 - ``logs``: human or JSON log lines, secrets masked.
 """
 

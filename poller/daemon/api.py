@@ -40,8 +40,8 @@ import hmac
 import logging
 import re
 import sqlite3
-from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, Protocol
 
 import msgspec
 from aiohttp import web
@@ -50,12 +50,12 @@ from aiohttp.web_request import BaseRequest
 
 from .config import is_loopback
 from .health import Health, http_status
-from .intake import Intake, IntakeError
+from .intake import AddResult, IntakeError
 from .metrics import CONTENT_TYPE
-from .sse import EventStream
+from .rows import JobRow
 from .store import STATUSES, Store
 
-__all__ = ["ControlServer", "build_app"]
+__all__ = ["ControlServer", "EventSource", "JobIntake", "JobsView", "StoreJobs", "build_app"]
 
 log = logging.getLogger("poller.daemon.api")
 
@@ -79,6 +79,64 @@ _CODES: Final = {
     431: "bad_request",
 }
 _CONNECTION_OPTIONS: Final[dict[str, Any]] = {"access_log": None}
+
+
+class JobIntake(Protocol):
+    """Adds and removes jobs (:class:`~.intake.Intake`; its Redis twin in cluster mode).
+    Both raise :class:`~.intake.IntakeError` for what the caller should hear."""
+
+    async def add(
+        self,
+        job_ids: Sequence[str],
+        *,
+        credential: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> AddResult:
+        """Validate, commit, then track."""
+
+    async def remove(self, job_id: str) -> bool:
+        """Stop tracking a job and hide it from listings; False if it was not there."""
+
+
+class JobsView(Protocol):
+    """What the listing routes read (the SQLite store, or the job set in Redis)."""
+
+    async def job(self, job_id: str) -> tuple[JobRow, bytes | None] | None:
+        """A job and its last payload (JSON), or None if it was never added."""
+
+    async def list_jobs(self, *, status: str | None, after: str, limit: int) -> list[JobRow]:
+        """Jobs not removed, by ID, after ``after``, of ``status`` if given."""
+
+    async def has_status(self, status: str) -> bool:
+        """Whether a job in the list has ``status``."""
+
+
+class EventSource(Protocol):
+    """The ``GET /events`` handler."""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Serve one client until it leaves or the daemon stops."""
+
+
+class StoreJobs:
+    """:class:`JobsView` over the SQLite store (each read in its worker thread)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def job(self, job_id: str) -> tuple[JobRow, bytes | None] | None:
+        """See :meth:`.store.Store.job`."""
+        return await self._store.call(self._store.job, job_id)
+
+    async def list_jobs(self, *, status: str | None, after: str, limit: int) -> list[JobRow]:
+        """See :meth:`.store.Store.list_jobs`."""
+        return await self._store.call(
+            self._store.list_jobs, status=status, after=after, limit=limit
+        )
+
+    async def has_status(self, status: str) -> bool:
+        """See :meth:`.store.Store.has_status`."""
+        return await self._store.call(self._store.has_status, status)
 
 
 class _AddBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -107,12 +165,12 @@ def _json(payload: object, *, status: int = 200) -> web.Response:
 class _Handlers:
     def __init__(
         self,
-        intake: Intake,
-        store: Store,
+        intake: JobIntake,
+        jobs: JobsView,
         metrics: Callable[[], Awaitable[str]],
         health: Callable[[], Awaitable[Health]],
     ) -> None:
-        self.intake, self.store, self.metrics, self.health = intake, store, metrics, health
+        self.intake, self.jobs, self.metrics, self.health = intake, jobs, metrics, health
 
     async def add(self, request: web.Request) -> web.Response:
         charset = request.charset
@@ -151,7 +209,7 @@ class _Handlers:
 
     async def get(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
-        found = await self.store.call(self.store.job, job_id)
+        found = await self.jobs.job(job_id)
         if found is None:
             return _error(404, "not_found", f"job {job_id!r} was never added")
         row, payload = found
@@ -169,19 +227,10 @@ class _Handlers:
             return _error(400, "invalid_limit", f"limit must be 1 to {_LIST_MAX}", "limit")
         status = query.get("status") or None
         # A status this version does not know is accepted if a job has it (a newer API's).
-        if (
-            status is not None
-            and status not in STATUSES
-            and not await self.store.call(self.store.has_status, status)
-        ):
+        if status is not None and status not in STATUSES and not await self.jobs.has_status(status):
             allowed = ", ".join(STATUSES)
             return _error(400, "invalid_status", f"status must be one of {allowed}", "status")
-        rows = await self.store.call(
-            self.store.list_jobs,
-            status=status,
-            after=query.get("after", ""),
-            limit=limit,
-        )
+        rows = await self.jobs.list_jobs(status=status, after=query.get("after", ""), limit=limit)
         following = rows[-1].job_id if len(rows) == limit else None
         return _json({"jobs": rows, "next": following})
 
@@ -212,6 +261,8 @@ async def _errors(
     except sqlite3.Error as exc:  # a full disk, say
         log.error("%s %s: the database failed: %s", request.method, request.path, exc)
         return _error(503, "store_unavailable", f"the database cannot be used ({exc})")
+    except IntakeError as exc:  # a read the store could not answer (Redis unreachable)
+        return _error(exc.status, exc.code, str(exc), exc.field)
     except ConnectionError:
         raise  # the client left: nobody to answer
     except Exception:
@@ -268,15 +319,15 @@ def _guard(token: str | None) -> Callable[..., Awaitable[web.StreamResponse]]:
 
 def build_app(
     *,
-    intake: Intake,
-    store: Store,
-    events: EventStream,
+    intake: JobIntake,
+    jobs: JobsView,
+    events: EventSource,
     metrics: Callable[[], Awaitable[str]],
     health: Callable[[], Awaitable[Health]],
     token: str | None,
 ) -> web.Application:
     """The aiohttp application (see the module docstring for the routes)."""
-    handlers = _Handlers(intake, store, metrics, health)
+    handlers = _Handlers(intake, jobs, metrics, health)
     app = web.Application(client_max_size=_MAX_BODY, middlewares=[_errors, _guard(token)])
     app.router.add_post("/jobs", handlers.add)
     app.router.add_get("/jobs", handlers.list)

@@ -26,6 +26,11 @@ GET /healthz: {"status": "ok"}, or "degraded" (HTTP 200) with "reasons" and the
 
 SIGTERM or SIGINT: stop intake, finish requests, flush the sinks, exit 0 (1 if the
 database cannot be checkpointed, a full disk: nothing committed is lost).
+
+Cluster mode (--redis URL, or POLLER_REDIS_URL): several replicas share the jobs and
+the events through Redis instead of the SQLite database; each job is polled by one
+live replica, and a replica's jobs are taken over within seconds when it dies. Give
+each replica its own --jsonl file; --redis-namespace separates clusters.
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ _METAVARS: Final = {
     "log_level": "LEVEL",
     "rate_limit_per_s": "RATE",
     "redis_url": "URL",
+    "redis_namespace": "NAME",
+    "replica_id": "NAME",
 }
 
 

@@ -20,7 +20,6 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import msgspec
 
@@ -30,7 +29,7 @@ from ..errors import ConfigError
 from ..options import PollerOptions
 from ..sched.backoff import Backoff
 from ..sched.ratelimit import RateLimit
-from .options import BY_NAME, OPTIONS, Secret, text
+from .options import BY_NAME, OPTIONS, Secret, text, url_password
 
 __all__ = [
     "OPTIONS",
@@ -75,6 +74,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     control_token: Secret | None = None
     db: str = "poller.db"
     store_sync: str = "full"
+    redis_url: Secret | None = None
+    redis_namespace: str = "poller"
+    replica_id: str | None = None
     jobs_from: str | None = None
     jobs_credential: str | None = None
     jsonl: str | None = None
@@ -90,7 +92,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_connections: int = 64
     request_timeout_s: float = 10.0
     rate_limit_per_s: float | None = None
-    redis_url: Secret | None = None
     poll_interval_s: float | None = None
     max_interval_s: float = 30.0
     shutdown_timeout_s: float = 8.0
@@ -102,8 +103,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         found = [self.api_key, self.control_token, self.webhook_secret]
         found += self.credentials.values()
         secrets = [s.reveal() for s in found if s is not None]
-        if self.redis_url is not None:  # its password: the rest is worth seeing in logs
-            secrets += [p for p in [_password(self.redis_url.reveal())] if p]
+        password = url_password(self.redis_url.reveal()) if self.redis_url is not None else None
+        if password:
+            secrets.append(password)
         return tuple(secrets)
 
     @property
@@ -153,11 +155,11 @@ def load_settings(
                 values[option.name] = option.parse(raw)
             except ValueError as exc:
                 raise ConfigError(f"{option.name}: {exc} (from {where})") from None
-            if option.name == "redis_url" and where == option.flag and _has_password(raw):
-                # Flags show in `ps` and shell histories.
+            if where == option.flag and option.name == "redis_url" and url_password(str(raw)):
+                # The one setting with a flag that may hold a secret: not from a flag.
                 raise ConfigError(
-                    "redis_url: a password only from POLLER_REDIS_URL or the config file, "
-                    "never from --redis"
+                    f"redis_url: a password on the command line shows in the process list; "
+                    f"set {option.env} or redis_url in the config file (from {where})"
                 )
             break
     if daemon:
@@ -269,17 +271,6 @@ def engine_options(settings: Settings) -> PollerOptions:
     )
 
 
-def _password(url: str) -> str | None:
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
-
-
-def _has_password(raw: object) -> bool:
-    return isinstance(raw, str) and _password(raw) is not None
-
-
 def coordinator_for(settings: Settings) -> Coordinator | None:
     """The engine's coordinator for these settings: a ``RedisCoordinator`` for
     ``redis_url``, or None (the engine alone)."""
@@ -290,7 +281,7 @@ def coordinator_for(settings: Settings) -> Coordinator | None:
         from ..redis import RedisCoordinator
     except ImportError:
         raise ConfigError("redis_url: needs the redis extra: pip install 'poller[redis]'") from None
-    return RedisCoordinator(url.reveal())
+    return RedisCoordinator(url.reveal(), namespace=settings.redis_namespace)
 
 
 def backoff_for(poll_interval_s: float | None, max_interval_s: float = 30.0) -> Backoff:

@@ -22,8 +22,12 @@ but something it observes cannot be committed or delivered right now) or ``stopp
 ``backlog.undelivered`` the committed events each push sink has not delivered (None if
 the database did not answer in time).
 
+In cluster mode (``--redis``) the body also has ``cluster``: the replica's ID, whether
+Redis answers, its lease, the live replicas, and the partitions, jobs and sinks it
+holds (:class:`ClusterHealth`).
+
 Each entry of ``reasons`` names a ``component`` (``store``, ``sink:<name>``, ``api``,
-``org:<id>``), a
+``org:<id>``, ``redis``, ``lease``), a
 machine-readable ``reason``, a ``message`` for people (no path, URL or secret: the
 endpoint is open without the control token) and, when the component knows it, the
 ``backlog`` it holds up. Components report through *health checks*, plain callables
@@ -46,6 +50,7 @@ __all__ = [
     "OK",
     "STOPPING",
     "Backlog",
+    "ClusterHealth",
     "Health",
     "HealthCheck",
     "Reason",
@@ -87,7 +92,30 @@ class Backlog(msgspec.Struct, frozen=True, kw_only=True):
     undelivered: dict[str, int] | None
 
 
-class Health(msgspec.Struct, frozen=True, kw_only=True):
+class ClusterHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """A cluster replica's part in ``/healthz`` (cluster mode only).
+
+    Attributes:
+        replica: this replica's ID.
+        redis: ``ok``, or ``unreachable`` when its last call to Redis failed.
+        lease: ``ok`` (registered, renewed), ``fenced`` (it could not renew in time and
+            polls nothing until it registers again) or ``registering``.
+        replicas: the live replicas it sees, itself included.
+        slots: the partitions of the job set it owns.
+        jobs: the jobs it polls.
+        sinks: the push sinks it delivers for the whole cluster.
+    """
+
+    replica: str
+    redis: str
+    lease: str
+    replicas: int
+    slots: int
+    jobs: int
+    sinks: list[str]
+
+
+class Health(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The ``/healthz`` body (see the module docstring)."""
 
     status: Status
@@ -95,6 +123,7 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     tracked: int
     backlog: Backlog
     reasons: list[Reason]
+    cluster: ClusterHealth | None = None
 
 
 HealthCheck = Callable[[], Iterable[Reason]]
@@ -113,6 +142,7 @@ def report(
     tracked: int,
     backlog: Backlog,
     reasons: list[Reason],
+    cluster: ClusterHealth | None = None,
 ) -> Health:
     """The body: ``stopping`` wins, then ``degraded`` if there is any reason."""
     status: Status = STOPPING if stopping else DEGRADED if reasons else OK
@@ -122,6 +152,7 @@ def report(
         tracked=tracked,
         backlog=backlog,
         reasons=reasons,
+        cluster=cluster,
     )
 
 

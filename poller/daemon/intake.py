@@ -14,7 +14,7 @@ import logging
 import sqlite3
 import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Container, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any, Final
 
@@ -27,14 +27,24 @@ from ..errors import InvalidJobIdError, PollerClosedError
 from .rows import Resume
 from .store import Store
 
-__all__ = ["MAX_JOBS_PER_REQUEST", "MAX_METADATA_BYTES", "AddResult", "Intake", "IntakeError"]
+__all__ = [
+    "MAX_JOBS_PER_REQUEST",
+    "MAX_METADATA_BYTES",
+    "STORE_UNAVAILABLE",
+    "AddResult",
+    "Intake",
+    "IntakeError",
+    "check_add",
+    "check_credential",
+    "read_job_lines",
+]
 
 log = logging.getLogger("poller.daemon.intake")
 
 MAX_JOBS_PER_REQUEST: Final = 10_000
 MAX_METADATA_BYTES: Final = 16_384
 _FILE_BATCH: Final = 1000
-_STORE_UNAVAILABLE: Final = "store_unavailable"
+STORE_UNAVAILABLE: Final = "store_unavailable"
 _RETRY_MIN_S: Final = 0.5
 _RETRY_MAX_S: Final = 10.0
 
@@ -82,20 +92,6 @@ class Intake:
         self._default_key = default_key
         self.accepting = True
 
-    def _check_credential(self, name: str | None) -> None:
-        if name is None:
-            if not self._default_key:
-                raise IntakeError(
-                    400,
-                    "no_default_key",
-                    "no default API key: name a credential",
-                    field="credential",
-                )
-        elif name not in self._credentials:
-            raise IntakeError(
-                400, "unknown_credential", f"no credential named {name!r}", field="credential"
-            )
-
     async def add(
         self,
         job_ids: Sequence[str],
@@ -112,26 +108,13 @@ class Intake:
         """
         if not self.accepting:
             raise IntakeError(503, "shutting_down", "the daemon is shutting down")
-        if len(job_ids) > MAX_JOBS_PER_REQUEST:
-            raise IntakeError(
-                413, "too_many_jobs", f"at most {MAX_JOBS_PER_REQUEST} job IDs per request"
-            )
-        for index, job_id in enumerate(job_ids):
-            try:
-                validate_job_id(job_id)
-            except InvalidJobIdError as exc:
-                raise IntakeError(
-                    400, "invalid_job_id", str(exc), field=f"job_ids[{index}]"
-                ) from None
-        self._check_credential(credential)
-        try:
-            encoded = msgspec.json.encode(metadata) if metadata is not None else None
-        except RecursionError:
-            raise IntakeError(400, "invalid_metadata", "metadata is nested too deeply") from None
-        if encoded is not None and len(encoded) > MAX_METADATA_BYTES:
-            raise IntakeError(
-                413, "metadata_too_large", f"metadata is over {MAX_METADATA_BYTES} bytes of JSON"
-            )
+        encoded = check_add(
+            job_ids,
+            credential,
+            metadata,
+            credentials=self._credentials,
+            default_key=self._default_key,
+        )
         try:
             to_track, existing = await self._store.call(
                 self._store.add_jobs, job_ids, credential=credential, metadata=encoded
@@ -188,56 +171,119 @@ class Intake:
         return tracked
 
     async def read_lines(self, path: str, *, credential: str | None) -> None:
-        """Add the job IDs read from the file ``path`` (``-``: standard input), one per
-        line (blank lines and ``#`` comments skipped; invalid IDs reported and skipped),
-        until its end. While the database cannot be written, a batch is retried."""
-        source = "stdin" if path == "-" else path
-        lines = _lines_in_background(path)
-        number = added = known = 0
-        batch: list[str] = []
-        while True:
-            line = await lines.get()
-            if line is not None:
-                number += 1
-                text = line.strip()
-                if text and not text.startswith("#"):
-                    try:
-                        batch.append(validate_job_id(text))
-                    except InvalidJobIdError as exc:
-                        log.warning("%s line %d skipped: %s", source, number, exc)
-            # Commit when the reader paused or the batch is full: a pipe fed slowly
-            # gets its jobs tracked as they come, a big file in large transactions.
-            if batch and (line is None or lines.empty() or len(batch) >= _FILE_BATCH):
-                result = await self._add_until_committed(batch, credential, source)
-                added += len(result.added)
-                known += len(result.existing)
-                batch = []
-            if line is None:
-                log.info("%s read: %d job(s) added, %d known already", source, added, known)
-                return
+        """Add the job IDs of the file ``path`` (see :func:`read_job_lines`)."""
+        await read_job_lines(self.add, path, credential=credential)
 
-    async def _add_until_committed(
-        self, batch: list[str], credential: str | None, source: str
-    ) -> AddResult:
-        """:meth:`add`, retried while the database cannot be written (a full disk)."""
-        delay_s = _RETRY_MIN_S
-        while True:
-            try:
-                return await self.add(batch, credential=credential)
-            except IntakeError as exc:
-                if exc.code != _STORE_UNAVAILABLE:
-                    raise
-            log.warning(
-                "%s: %d job(s) not added yet; retrying in %.1f s", source, len(batch), delay_s
+
+def check_credential(name: str | None, credentials: Container[str], *, default_key: bool) -> None:
+    """Refuse a credential name that is not configured (or no name without a default key).
+
+    Raises:
+        IntakeError: 400, naming the field ``credential``.
+    """
+    if name is None:
+        if not default_key:
+            raise IntakeError(
+                400,
+                "no_default_key",
+                "no default API key: name a credential",
+                field="credential",
             )
-            await anyio.sleep(delay_s)
-            delay_s = min(_RETRY_MAX_S, delay_s * 2)
+    elif name not in credentials:
+        raise IntakeError(
+            400, "unknown_credential", f"no credential named {name!r}", field="credential"
+        )
+
+
+def check_add(
+    job_ids: Sequence[str],
+    credential: str | None,
+    metadata: dict[str, Any] | None,
+    *,
+    credentials: Container[str],
+    default_key: bool,
+) -> bytes | None:
+    """Check an add request; returns the metadata as JSON (None without).
+
+    Raises:
+        IntakeError: an invalid ID (400, naming its index), an unknown credential (400),
+            too many IDs or too much metadata (413).
+    """
+    if len(job_ids) > MAX_JOBS_PER_REQUEST:
+        raise IntakeError(
+            413, "too_many_jobs", f"at most {MAX_JOBS_PER_REQUEST} job IDs per request"
+        )
+    for index, job_id in enumerate(job_ids):
+        try:
+            validate_job_id(job_id)
+        except InvalidJobIdError as exc:
+            raise IntakeError(400, "invalid_job_id", str(exc), field=f"job_ids[{index}]") from None
+    check_credential(credential, credentials, default_key=default_key)
+    try:
+        encoded = msgspec.json.encode(metadata) if metadata is not None else None
+    except RecursionError:
+        raise IntakeError(400, "invalid_metadata", "metadata is nested too deeply") from None
+    if encoded is not None and len(encoded) > MAX_METADATA_BYTES:
+        raise IntakeError(
+            413, "metadata_too_large", f"metadata is over {MAX_METADATA_BYTES} bytes of JSON"
+        )
+    return encoded
+
+
+Add = Callable[..., Awaitable[AddResult]]
+"""An intake's ``add(job_ids, *, credential=..., metadata=...)``."""
+
+
+async def read_job_lines(add: Add, path: str, *, credential: str | None) -> None:
+    """Add the job IDs read from the file ``path`` (``-``: standard input) with ``add``,
+    one per line (blank lines and ``#`` comments skipped; invalid IDs reported and
+    skipped), until its end. While the store cannot be written, a batch is retried."""
+    source = "stdin" if path == "-" else path
+    lines = _lines_in_background(path)
+    number = added = known = 0
+    batch: list[str] = []
+    while True:
+        line = await lines.get()
+        if line is not None:
+            number += 1
+            text = line.strip()
+            if text and not text.startswith("#"):
+                try:
+                    batch.append(validate_job_id(text))
+                except InvalidJobIdError as exc:
+                    log.warning("%s line %d skipped: %s", source, number, exc)
+        # Commit when the reader paused or the batch is full: a pipe fed slowly
+        # gets its jobs tracked as they come, a big file in large transactions.
+        if batch and (line is None or lines.empty() or len(batch) >= _FILE_BATCH):
+            result = await _add_until_committed(add, batch, credential, source)
+            added += len(result.added)
+            known += len(result.existing)
+            batch = []
+        if line is None:
+            log.info("%s read: %d job(s) added, %d known already", source, added, known)
+            return
+
+
+async def _add_until_committed(
+    add: Add, batch: list[str], credential: str | None, source: str
+) -> AddResult:
+    """``add``, retried while the store cannot be written (a full disk, Redis away)."""
+    delay_s = _RETRY_MIN_S
+    while True:
+        try:
+            return await add(batch, credential=credential)
+        except IntakeError as exc:
+            if exc.code != STORE_UNAVAILABLE:
+                raise
+        log.warning("%s: %d job(s) not added yet; retrying in %.1f s", source, len(batch), delay_s)
+        await anyio.sleep(delay_s)
+        delay_s = min(_RETRY_MAX_S, delay_s * 2)
 
 
 def _store_unavailable(exc: sqlite3.Error) -> IntakeError:
     log.error("cannot commit a change of the jobs: %s", exc)
     return IntakeError(
-        503, _STORE_UNAVAILABLE, f"the database cannot be written ({exc}); try again later"
+        503, STORE_UNAVAILABLE, f"the database cannot be written ({exc}); try again later"
     )
 
 

@@ -17,7 +17,7 @@ from yarl import URL
 
 from .signature import signing_key
 
-__all__ = ["BY_NAME", "OPTIONS", "Option", "Parser", "Secret", "text"]
+__all__ = ["BY_NAME", "OPTIONS", "Option", "Parser", "Secret", "text", "url_password"]
 
 
 class Secret:
@@ -142,18 +142,39 @@ def _urls(value: object) -> tuple[str, ...]:
     return urls
 
 
+_REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
+_NAMESPACE: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
 def _redis_url(value: object) -> Secret:
-    """A Redis URL (``redis://``, ``rediss://``, ``unix://``); secret, as it may hold a
-    password. Its text is never quoted back."""
+    """A ``redis://``, ``rediss://`` or ``unix://`` URL; held as a :class:`Secret`, as it
+    may carry a password (never quoted back)."""
     url = text(value)
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         raise ValueError("must be a URL such as redis://127.0.0.1:6379/0") from None
-    if parts.scheme not in ("redis", "rediss", "unix") or " " in url:
+    if parts.scheme not in _REDIS_SCHEMES or " " in url:
         raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError("must name a host, as in redis://127.0.0.1:6379/0")
     return Secret(url)
+
+
+def url_password(url: str) -> str | None:
+    """The password of a URL, if it carries one."""
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def _name(value: object) -> str:
+    """A name for keys and labels: 1-64 letters, digits, ``_``, ``.`` or ``-``."""
+    if not isinstance(value, str) or not _NAMESPACE.fullmatch(value):
+        raise ValueError("must be 1-64 letters, digits, '_', '.' or '-'")
+    return value
 
 
 class Option(NamedTuple):
@@ -193,6 +214,16 @@ OPTIONS: Final[tuple[Option, ...]] = (
     ),
     _o("db", text, "SQLite database file (jobs, last statuses, outbox)"),
     _o("store_sync", _choice("full", "normal"), "'full': fsync every commit (power-safe)"),
+    _o(
+        "redis_url",
+        _redis_url,
+        "cluster mode: share the jobs, the events, each organisation's rate budget and "
+        "the learned durations with other replicas through the Redis at URL (a password: "
+        "only from the environment or the config file)",
+        flag="--redis",
+    ),
+    _o("redis_namespace", _name, "cluster mode: the prefix of every Redis key"),
+    _o("replica_id", _name, "cluster mode: this replica's name (default: host and a random tag)"),
     _o("jobs_from", text, "also track the job IDs in FILE, one per line ('-': stdin)"),
     _o("jobs_credential", text, "named credential of the --jobs-from jobs"),
     _o("jsonl", text, "write every event as a JSON line to FILE ('-': stdout)"),
@@ -213,13 +244,6 @@ OPTIONS: Final[tuple[Option, ...]] = (
     _o("max_connections", _integer(1, 10_000), "Retab API requests in flight at most"),
     _o("request_timeout_s", _number(0.0), "limit on one Retab API request"),
     _o("rate_limit_per_s", _number(0.0), "requests per second per organisation at most"),
-    _o(
-        "redis_url",
-        _redis_url,
-        "share budgets and learned durations with other engines through Redis at URL "
-        "(a password only from the environment or the config file)",
-        flag="--redis",
-    ),
     _o("poll_interval_s", _number(0.0), "first polling interval of every status"),
     _o("max_interval_s", _number(0.0), "longest wait between two polls of a job"),
     _o("shutdown_timeout_s", _number(0.0, 60.0), "SIGTERM drain deadline"),

@@ -37,7 +37,7 @@ from ..engine import Poller
 from ..errors import ConfigError
 from ..sched.learn import LearnedDurations
 from ..transport import Transport
-from .api import ControlServer, build_app
+from .api import StoreJobs, build_app
 from .config import Settings, coordinator_for, engine_options
 from .health import (
     Backlog,
@@ -52,20 +52,18 @@ from .health import (
 from .intake import Intake
 from .metrics import DaemonCollector, DaemonSnapshot, SinkCounters, daemon_registry, render
 from .outbox import Changes, Outbox
-from .signature import signing_key
-from .sinks import Feed, JsonlSink, Sink
-from .sse import EventStream
+from .sinks import Feed, Sink, run_sink
+from .sse import EventStream, StoreHistory
 from .store import Store
-from .webhook import DeadLetters, WebhookSink
+from .webhook import DeadLetters
+from .wiring import build_sinks, open_control_api
 
-__all__ = ["running", "serve", "serve_until_signalled"]
+__all__ = ["build_sinks", "open_control_api", "running", "serve", "serve_until_signalled"]
 
 log = logging.getLogger("poller.daemon")
 
 _PRUNE_EVERY_S: Final = 60.0
 _TERMINAL_RETENTION_S: Final = 60.0
-_RESTART_MIN_S: Final = 1.0
-_RESTART_MAX_S: Final = 30.0
 _ORPHAN_BATCH: Final = 1000
 _HEALTH_QUERY_S: Final = 1.0
 
@@ -109,28 +107,6 @@ async def _load_learned(store: Store) -> LearnedDurations | None:
     return learned
 
 
-def _sinks(settings: Settings) -> tuple[list[Sink], DeadLetters | None]:
-    sinks: list[Sink] = []
-    if settings.jsonl is not None:
-        sinks.append(JsonlSink(settings.jsonl))
-    dead_letters = DeadLetters(settings.dead_letter_path) if settings.webhooks else None
-    for url in settings.webhooks:
-        assert settings.webhook_secret is not None and dead_letters is not None
-        sinks.append(
-            WebhookSink(
-                url,
-                key=signing_key(settings.webhook_secret.reveal()),
-                dead_letters=dead_letters,
-                max_attempts=settings.webhook_max_attempts,
-                timeout_s=settings.webhook_timeout_s,
-                backoff_s=settings.webhook_backoff_s,
-                backoff_max_s=settings.webhook_backoff_max_s,
-                concurrency=settings.webhook_concurrency,
-            )
-        )
-    return sinks, dead_letters
-
-
 async def serve(
     settings: Settings,
     stop: anyio.Event,
@@ -146,7 +122,9 @@ async def serve(
         on_ready: called with the control API's URL once it listens.
         transport: a custom transport for the engine (tests).
     """
-    sinks, dead_letters = _sinks(settings)
+    if settings.redis_url is not None:
+        return await _serve_cluster(settings, stop, on_ready, transport)
+    sinks, dead_letters = build_sinks(settings)
     try:
         store = Store(settings.db, sinks=[s.name for s in sinks], sync=settings.store_sync)
     except sqlite3.Error as exc:
@@ -173,6 +151,22 @@ async def serve(
     if status == 0:
         log.info("stopped")
     return status
+
+
+async def _serve_cluster(
+    settings: Settings,
+    stop: anyio.Event,
+    on_ready: Callable[[str], None] | None,
+    transport: Transport | None,
+) -> int:
+    """Cluster mode (see :mod:`poller.daemon.cluster`); redis-py is an extra, imported
+    only here."""
+    try:
+        from .cluster import serve_cluster
+    except ImportError as exc:
+        log.error("cluster mode needs redis-py: pip install 'poller[redis]' (%s)", exc)
+        return 2
+    return await serve_cluster(settings, stop, on_ready=on_ready, transport=transport)
 
 
 async def _serve_store(
@@ -268,7 +262,9 @@ class _Daemon:
             async with anyio.create_task_group() as delivery:
                 delivery.start_soon(self._persist)
                 for sink, feed in zip(self.sinks, self.feeds, strict=True):
-                    delivery.start_soon(self._deliver, sink, feed)
+                    delivery.start_soon(
+                        functools.partial(run_sink, sink, feed, errors=(OSError, sqlite3.Error))
+                    )
                 try:
                     status = await self._serve(delivery)
                 finally:
@@ -290,23 +286,6 @@ class _Daemon:
         for feed in self.feeds:  # everything is committed: the sinks may finish
             feed.close()
 
-    async def _deliver(self, sink: Sink, feed: Feed) -> None:
-        """Run a sink; if the disk fails under it, start it again from its first
-        undelivered event (nothing is acknowledged that was not delivered)."""
-        delay_s = _RESTART_MIN_S
-        while True:
-            failure: BaseException | None = None
-            try:
-                await sink.run(feed)
-                return
-            except* (OSError, sqlite3.Error) as group:  # a sink's task group wraps them
-                failure = group.exceptions[0]
-            log.error("sink %s failed (%s); restarting in %.0f s", sink.name, failure, delay_s)
-            sink.failing = f"stopped on an error ({_describe(failure)}); restarting"
-            feed.rewind()
-            await anyio.sleep(delay_s)
-            delay_s = min(_RESTART_MAX_S, delay_s * 2)
-
     async def _serve(self, delivery: anyio.abc.TaskGroup) -> int:
         settings = self.settings
         credentials = {name: key.reveal() for name, key in settings.credentials.items()}
@@ -322,24 +301,18 @@ class _Daemon:
             resumable = await self.store.call(self.store.resumable)
             resumed = intake.track(resumable)
             log.info("resumed %d job(s)", resumed, extra={"resumed": resumed})
-            events = self.events = EventStream(self.store, self.changes)
+            events = self.events = EventStream(StoreHistory(self.store), self.changes)
             app = build_app(
                 intake=intake,
-                store=self.store,
+                jobs=StoreJobs(self.store),
                 events=events,
                 metrics=self._metrics,
                 health=self._health,
                 token=settings.control_token.reveal() if settings.control_token else None,
             )
-            server = ControlServer(app, host=settings.host, port=settings.port)
-            try:
-                url = await server.start()
-            except OSError as exc:
-                log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+            server = await open_control_api(app, settings, self.on_ready)
+            if server is None:
                 return 1
-            log.info("control API listening on %s", url, extra={"url": url})
-            if self.on_ready is not None:
-                self.on_ready(url)
             async with anyio.create_task_group() as intake_tasks:
                 intake_tasks.start_soon(self._prune)
                 if settings.jobs_from is not None:
@@ -434,13 +407,6 @@ class _Daemon:
             for sink in self.sinks
         ]
         return checks
-
-
-def _describe(exc: BaseException) -> str:
-    """An error in a few words, without the file name an ``OSError`` carries."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 @asynccontextmanager

@@ -32,12 +32,44 @@ from .outbox import Changes
 from .rows import Pending
 from .store import Store
 
-__all__ = ["JSONL_SINK", "AppendFile", "Feed", "JsonlSink", "Sink"]
+__all__ = [
+    "JSONL_SINK",
+    "AppendFile",
+    "EventFeed",
+    "Feed",
+    "JsonlSink",
+    "RewindableFeed",
+    "Sink",
+    "run_sink",
+]
 
 log = logging.getLogger("poller.daemon.sinks")
 
 JSONL_SINK: Final = "jsonl"
 _PAGE: Final = 500
+_RESTART_MIN_S: Final = 1.0
+_RESTART_MAX_S: Final = 30.0
+
+
+class EventFeed(Protocol):
+    """What a push sink reads: its undelivered events, page by page (:class:`Feed` from
+    the SQLite store; a Redis stream's consumer group in cluster mode)."""
+
+    async def next_page(self) -> list[Pending]:
+        """The next events to deliver; empty once the feed is closed and drained."""
+
+    async def done(self, rowids: Sequence[int]) -> None:
+        """Mark events delivered (or dead-lettered)."""
+
+    async def attempted(self, rowid: int, attempts: int) -> None:
+        """Record failed attempts, so the count survives a restart."""
+
+
+class RewindableFeed(EventFeed, Protocol):
+    """A feed that can read again from its first undelivered event."""
+
+    def rewind(self) -> None:
+        """Read again from the first undelivered event (after a sink failed)."""
 
 
 class Sink(Protocol):
@@ -51,7 +83,7 @@ class Sink(Protocol):
     """Why the last delivery attempt failed (for ``/healthz``: no path, URL or secret);
     None once one succeeds."""
 
-    async def run(self, feed: Feed) -> None:
+    async def run(self, feed: EventFeed) -> None:
         """Deliver the feed's events until it ends."""
 
 
@@ -191,7 +223,7 @@ class JsonlSink:
         self.errors = 0
         self.failing: str | None = None
 
-    async def run(self, feed: Feed) -> None:
+    async def run(self, feed: EventFeed) -> None:
         """Write page by page; a failed write is retried (the page stays undelivered)."""
         self.file.open()
         try:
@@ -215,3 +247,31 @@ class JsonlSink:
                 self.delivered += len(rows)
         finally:
             self.file.close()
+
+
+async def run_sink(
+    sink: Sink, feed: RewindableFeed, *, errors: tuple[type[Exception], ...]
+) -> None:
+    """Run a sink until its feed ends; if it fails with one of ``errors`` (its disk, the
+    store), start it again from its first undelivered event, after a pause that doubles
+    (nothing is acknowledged that was not delivered)."""
+    delay_s = _RESTART_MIN_S
+    while True:
+        failure: BaseException | None = None
+        try:
+            await sink.run(feed)
+            return
+        except* errors as group:  # a sink's task group wraps them
+            failure = group.exceptions[0]
+        log.error("sink %s failed (%s); restarting in %.0f s", sink.name, failure, delay_s)
+        sink.failing = f"stopped on an error ({_describe(failure)}); restarting"
+        feed.rewind()
+        await anyio.sleep(delay_s)
+        delay_s = min(_RESTART_MAX_S, delay_s * 2)
+
+
+def _describe(exc: BaseException) -> str:
+    """An error in a few words, without the file name an ``OSError`` carries."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

@@ -37,7 +37,7 @@ from .._boundary import parse_retry_after
 from .._version import __version__
 from . import signature
 from .rows import Pending
-from .sinks import AppendFile, Feed
+from .sinks import AppendFile, EventFeed
 
 __all__ = ["ATTEMPT_HEADER", "DeadLetters", "WebhookSink", "retry_delay_s"]
 
@@ -155,7 +155,7 @@ class WebhookSink:
         self.errors = 0
         self.failing: str | None = None
 
-    async def run(self, feed: Feed) -> None:
+    async def run(self, feed: EventFeed) -> None:
         """Deliver the feed's events until it ends; acknowledgements are batched."""
         timeout = aiohttp.ClientTimeout(total=self._timeout_s)
         connector = aiohttp.TCPConnector(limit=self._concurrency)
@@ -181,7 +181,7 @@ class WebhookSink:
             self._lanes_done = True
             self._ack_wake.set()
 
-    async def _acknowledge(self, feed: Feed) -> None:
+    async def _acknowledge(self, feed: EventFeed) -> None:
         try:
             while True:
                 await self._ack_wake.wait()
@@ -195,7 +195,7 @@ class WebhookSink:
             with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
                 await self._flush_acks(feed)
 
-    async def _flush_acks(self, feed: Feed) -> None:
+    async def _flush_acks(self, feed: EventFeed) -> None:
         rowids, self._acks = self._acks, []
         await feed.done(rowids)
 
@@ -203,7 +203,7 @@ class WebhookSink:
         self,
         session: aiohttp.ClientSession,
         receive: ObjectReceiveStream[Pending],
-        feed: Feed,
+        feed: EventFeed,
     ) -> None:
         async with receive:
             async for row in receive:
@@ -211,7 +211,7 @@ class WebhookSink:
                 self._acks.append(row.rowid)
                 self._ack_wake.set()
 
-    async def _deliver(self, session: aiohttp.ClientSession, row: Pending, feed: Feed) -> None:
+    async def _deliver(self, session: aiohttp.ClientSession, row: Pending, feed: EventFeed) -> None:
         attempts = row.attempts
         while True:
             attempts += 1

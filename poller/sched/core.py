@@ -31,16 +31,12 @@ from typing import Final, Generic
 from ..errors import (
     AuthenticationError,
     ConfigError,
-    DecodeError,
     JobNotFoundError,
     PermissionDeniedError,
     PollerError,
     RateLimitedError,
     RequestError,
-    ServerError,
-    TLSError,
     TrackingExpiredError,
-    TransportError,
 )
 from ..events import Event, HealthStats, TrackingFailure, Transition
 from ..models import TERMINAL, JobId, JobStatus, Status
@@ -397,23 +393,23 @@ class Scheduler(Generic[C]):
         if isinstance(budget, ProbeBudget) and not throttled:
             budget.settled(now)  # the probe is over, answered or not: the next may go
             self._queue.poke(bucket, now)
-        # A TLS failure is neither: no answer, and no sign of an outage (a setting or a
-        # certificate is wrong); it counts against its job like any error.
-        fault = isinstance(error, ServerError | TransportError | DecodeError) and not isinstance(
-            error, TLSError
-        )
+        # Some failures are neither a fault nor an answer (a refused TLS certificate, a
+        # request not sent): no sign of the API's health either way; they count against
+        # their job like any error.
+        fault = error.api_fault
+        answered = not fault and status is not None
         if fault:
             kind = type(error).__name__
             self._api.fault(now, kind, status, str(error))
             if health.fault(now, kind, status, str(error)):
                 bucket.gate = health
                 self._health_changed(bucket, now)
-        elif not isinstance(error, TLSError):
+        elif answered:
             health.answered(now)
             self._api.answered(now)
         if bucket.gate is not None:
-            self._landed_gated(job, bucket, now, answered=not fault)
-        if not fault and self._api.state is HealthState.DOWN:
+            self._landed_gated(job, bucket, now, answered=answered)
+        if answered and self._api.state is HealthState.DOWN:
             self._api_answers(now)
         if fault and self._api.state is not HealthState.DOWN:
             self._check_api_down(now)

@@ -16,7 +16,8 @@ class RequestRecord(msgspec.Struct, frozen=True):
     ``at`` is the simulator clock's time; ``org_id`` the caller's organisation (None
     when unauthenticated); ``job_id`` the decoded job ID of the path (None for
     routes without one); ``status`` the HTTP status, 0 when the connection was reset
-    without a response; ``fault`` the injected fault, if any.
+    without a response; ``fault`` the injected fault, if any; ``client`` the request's
+    ``User-Agent`` (a cluster replica names itself there), None without one.
     """
 
     at: float
@@ -26,6 +27,7 @@ class RequestRecord(msgspec.Struct, frozen=True):
     path: str
     status: int
     fault: str | None
+    client: str | None = None
 
 
 class RequestLog:

@@ -124,8 +124,11 @@ class JobsSimulator(JobStore):
         # The dict of a frozen response is still ours to fill in: every answer gets an ID.
         response.headers["x-request-id"] = f"req_{self._request_seq}"
         job_id = None if isinstance(route, SimResponse) else route.job_id
+        client = next((v for k, v in (headers or {}).items() if k.lower() == "user-agent"), None)
         self.log.append(
-            RequestRecord(now, org_id, job_id, method, path, response.status, response.fault)
+            RequestRecord(
+                now, org_id, job_id, method, path, response.status, response.fault, client
+            )
         )
         return response
 

@@ -1,0 +1,360 @@
+"""The event stream ``<p>events``: its sinks' consumer groups, its tail, its trimming.
+
+**One active consumer per sink, cluster-wide.** Each push sink (``jsonl``,
+``webhook:<digest>``) is a consumer group of the stream and a *unit* that one live
+replica holds at a time, claimed as partitions are (see :mod:`.scripts`); the
+holder reads the group with ``XREADGROUP``, delivers with the sink's own code (order
+per job, retries, dead letters) and acknowledges with ``XACK`` what it delivered.
+A sink stays with its holder (no rebalancing: a move would only cost a pause) until
+the holder stops, which releases it, or dies, whose lease expiry frees it. The next
+holder first takes every entry still pending in the group (``XAUTOCLAIM``, idle time
+0: the unit's lease says their consumer is gone), delivers them, then reads on. So an
+event committed by a replica that dies is still delivered, at least once; failed
+attempts are counted in ``<p>sink:<name>:attempts`` so that the dead-letter limit
+holds across holders. The JSON-lines sink writes to the holder's own ``--jsonl``
+file: together, the replicas' files hold every event at least once, each file in
+order per job.
+
+**The tail.** One ``XREAD BLOCK`` per replica rings the local bell when another
+replica commits, so this replica's sinks and ``/events`` streams wake without
+polling Redis.
+
+**Trimming.** Every ``trim_every_s``, entries are trimmed (``XTRIM MINID``) that every
+sink's group has acknowledged *and* that are older than ``history_retention_s``
+(what ``/events`` replays). A group whose sink no replica has announced for
+``abandon_after_s`` no longer holds the stream back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, Final, cast
+
+import anyio
+from redis.exceptions import RedisError, ResponseError
+
+from ..outbox import Changes
+from ..rows import Pending
+from ..sinks import Sink, run_sink
+from .client import RedisLink
+from .keys import SINK_UNIT
+
+__all__ = [
+    "GroupFeed",
+    "SinkUnit",
+    "StreamTail",
+    "create_groups",
+    "entry_key",
+    "trim",
+    "trim_forever",
+]
+
+log = logging.getLogger("poller.daemon.cluster")
+
+_PAGE: Final = 500
+_POLL_S: Final = 1.0
+_RETRY_MIN_S: Final = 0.25
+_RETRY_MAX_S: Final = 5.0
+_BLOCK_MS: Final = 5000
+
+
+def entry_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry ID as a sortable pair: ``"1700000000000-3"`` -> ``(1700000000000, 3)``."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def create_groups(link: RedisLink, sinks: Sequence[str]) -> None:
+    """A consumer group per sink, reading from now on (a new sink starts with the events
+    committed from then on); an existing group is left as it is.
+
+    Raises:
+        RedisError: Redis cannot be reached.
+    """
+    for name in sinks:
+        try:
+            await link.redis.xgroup_create(link.keys.events, name, id="$", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+class GroupFeed:
+    """A sink's undelivered events from its consumer group, page by page: first those
+    pending for this consumer (taken over, or read before a restart), then new ones.
+    It is the sink's :class:`~poller.daemon.sinks.EventFeed`.
+
+    Args:
+        link: the Redis connections.
+        group: the group (the sink's name).
+        consumer: this replica's ID.
+        changes: the bell rung when events are committed.
+    """
+
+    def __init__(
+        self, link: RedisLink, *, group: str, consumer: str, changes: Changes, page: int = _PAGE
+    ) -> None:
+        self._link = link
+        self._group = group
+        self._consumer = consumer
+        self._changes = changes
+        self._page = page
+        self._attempts_key = link.keys.attempts(group)
+        self._position = "0"
+        self._entries: dict[int, str] = {}
+        self._next_rowid = 0
+        self._closed = False
+
+    def close(self) -> None:
+        """End the feed: the sink finishes what it has read; the rest stays in the group."""
+        self._closed = True
+        self._changes.ring()
+
+    def rewind(self) -> None:
+        """Read again from the first event pending for this consumer (after a failure)."""
+        self._position = "0"
+        self._entries.clear()
+
+    async def next_page(self) -> list[Pending]:
+        """The next events to deliver; empty once closed."""
+        delay_s = _RETRY_MIN_S
+        while not self._closed:
+            seen = self._changes.version
+            try:
+                rows = await self._read()
+            except RedisError as exc:
+                self._link.failed(exc, f"reading the events of sink {self._group}")
+                await anyio.sleep(delay_s)
+                delay_s = min(_RETRY_MAX_S, delay_s * 2)
+                continue
+            delay_s = _RETRY_MIN_S
+            if rows:
+                return rows
+            if self._position == ">" and not self._closed:
+                with anyio.move_on_after(_POLL_S):
+                    await self._changes.wait(seen)
+        return []
+
+    async def _read(self) -> list[Pending]:
+        redis, events = self._link.redis, self._link.keys.events
+        reply = cast(
+            "list[tuple[str, list[tuple[str, dict[str, str] | None]]]]",
+            await redis.xreadgroup(
+                self._group, self._consumer, {events: self._position}, count=self._page
+            ),
+        )
+        entries = reply[0][1] if reply else []
+        if self._position != ">":
+            if not entries:
+                self._position = ">"  # every pending one read: on to new ones
+                return []
+            self._position = entries[-1][0]
+        live = [(entry, fields) for entry, fields in entries if fields]
+        gone = [entry for entry, fields in entries if not fields]
+        if gone:  # trimmed while pending (not by this cluster's trimming): nothing to send
+            await redis.xack(events, self._group, *gone)
+        if not live:
+            return []
+        counts = cast(
+            "list[str | None]", await redis.hmget(self._attempts_key, [e for e, _ in live])
+        )
+        rows = []
+        for (entry, fields), attempts in zip(live, counts, strict=True):
+            self._next_rowid += 1
+            self._entries[self._next_rowid] = entry
+            rows.append(
+                Pending(
+                    rowid=self._next_rowid,
+                    id=fields["id"],
+                    job_id=fields["job"],
+                    body=fields["body"].encode(),
+                    attempts=int(attempts or 0),
+                )
+            )
+        return rows
+
+    async def done(self, rowids: Sequence[int]) -> None:
+        """Acknowledge delivered (or dead-lettered) events. If Redis cannot be reached,
+        they stay pending and are sent again later (at least once)."""
+        entries = [self._entries.pop(rowid) for rowid in rowids if rowid in self._entries]
+        if not entries:
+            return
+        for attempt in range(3):
+            try:
+                pipe = self._link.redis.pipeline(transaction=False)
+                pipe.xack(self._link.keys.events, self._group, *entries)
+                pipe.hdel(self._attempts_key, *entries)
+                await pipe.execute()
+                return
+            except RedisError as exc:
+                self._link.failed(exc, f"acknowledging events of sink {self._group}")
+                await anyio.sleep(_RETRY_MIN_S * 2**attempt)
+
+    async def attempted(self, rowid: int, attempts: int) -> None:
+        """Count failed attempts in Redis, so the count survives a change of holder."""
+        entry = self._entries.get(rowid)
+        if entry is None:
+            return
+        try:
+            await self._link.redis.hset(self._attempts_key, entry, attempts)
+        except RedisError as exc:
+            self._link.failed(exc, f"counting attempts of sink {self._group}")
+
+
+class SinkUnit:
+    """A push sink as a unit of the cluster: delivered by this replica while it holds
+    it (see the module docstring)."""
+
+    def __init__(self, sink: Sink, link: RedisLink, changes: Changes, consumer: str) -> None:
+        self.sink = sink
+        self.name = sink.name
+        self.unit = f"{SINK_UNIT}{sink.name}"
+        self._link = link
+        self._changes = changes
+        self._consumer = consumer
+        self._scope: anyio.CancelScope | None = None
+        self._feed: GroupFeed | None = None
+        self.held = False
+        self.running = False
+
+    def take(self) -> None:
+        """This replica claimed the sink: :meth:`run` delivers it."""
+        self.held = self.running = True
+
+    async def run(self) -> None:
+        """Take over what is pending in the group, then deliver until stopped."""
+        self.running = True
+        try:
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                await self._adopt()
+                feed = self._feed = GroupFeed(
+                    self._link, group=self.name, consumer=self._consumer, changes=self._changes
+                )
+                await run_sink(self.sink, feed, errors=(OSError, RedisError))
+        finally:
+            self._scope = self._feed = None
+            self.running = False
+
+    def stop(self) -> None:
+        """Finish what was read, then end (a graceful stop)."""
+        if self._feed is not None:
+            self._feed.close()
+        elif self._scope is not None:
+            self._scope.cancel()
+
+    def cancel(self) -> None:
+        """End at once (fenced): what is not acknowledged stays pending for the next holder."""
+        self.held = False
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def _adopt(self) -> None:
+        """Make every entry pending in the group this consumer's (``XAUTOCLAIM``)."""
+        delay_s = _RETRY_MIN_S
+        start = "0-0"
+        adopted = 0
+        while True:
+            try:
+                # Not JUSTID: redis-py drops the cursor from that form's reply.
+                reply: list[Any] = await self._link.redis.xautoclaim(
+                    self._link.keys.events,
+                    self.name,
+                    self._consumer,
+                    0,
+                    start_id=start,
+                    count=_PAGE,
+                )
+            except RedisError as exc:
+                self._link.failed(exc, f"taking over sink {self.name}")
+                await anyio.sleep(delay_s)
+                delay_s = min(_RETRY_MAX_S, delay_s * 2)
+                continue
+            start = reply[0]
+            adopted += len(reply[1])
+            if start == "0-0":
+                break
+        if adopted:
+            log.info("sink %s taken over with %d pending event(s)", self.name, adopted)
+
+
+class StreamTail:
+    """Rings the bell when any replica commits events (one ``XREAD BLOCK``)."""
+
+    def __init__(self, link: RedisLink, changes: Changes) -> None:
+        self._link = link
+        self._changes = changes
+
+    async def run(self) -> None:
+        """Forever."""
+        last = "$"
+        while True:
+            try:
+                reply = cast(
+                    "list[tuple[str, list[tuple[str, dict[str, str]]]]]",
+                    await self._link.blocking.xread(
+                        {self._link.keys.events: last}, count=_PAGE, block=_BLOCK_MS
+                    ),
+                )
+            except RedisError:
+                await anyio.sleep(_POLL_S)  # the others report Redis' state
+                continue
+            if reply:
+                last = reply[0][1][-1][0]
+                self._changes.ring()
+
+
+async def trim(link: RedisLink, *, retention_s: float, abandon_after_s: float) -> int:
+    """Trim the stream once (see the module docstring); returns the entries removed.
+
+    Raises:
+        RedisError: Redis cannot be reached.
+    """
+    redis, events = link.redis, link.keys.events
+    seconds, micros = await redis.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    try:
+        groups = await redis.xinfo_groups(events)
+    except ResponseError:  # no stream yet
+        return 0
+    announced = {name: int(at) for name, at in (await redis.hgetall(link.keys.sinks)).items()}
+    bound = (now_ms - int(retention_s * 1000), 0)
+    for group in groups:
+        name = str(group["name"])
+        if announced.get(name, 0) < now_ms - abandon_after_s * 1000:
+            continue
+        ms, seq = entry_key(str(group["last-delivered-id"]))
+        safe = (ms, seq + 1)
+        if int(group["pending"]):
+            oldest = (await redis.xpending(events, name))["min"]
+            if oldest is not None:  # None: acknowledged since XINFO answered
+                safe = min(safe, entry_key(str(oldest)))
+        bound = min(bound, safe)
+    if bound[0] <= 0:
+        return 0
+    removed: int = await redis.xtrim(events, minid=f"{bound[0]}-{bound[1]}", approximate=False)
+    return removed
+
+
+async def trim_forever(
+    link: RedisLink,
+    sinks: Sequence[str],
+    *,
+    retention_s: float,
+    every_s: float = 10.0,
+    abandon_after_s: float = 600.0,
+) -> None:
+    """Announce this replica's sinks and trim the stream, every ``every_s``."""
+    while True:
+        try:
+            if sinks:
+                stamp = int(time.time() * 1000)
+                await link.redis.hset(link.keys.sinks, mapping=dict.fromkeys(sinks, stamp))
+            removed = await trim(link, retention_s=retention_s, abandon_after_s=abandon_after_s)
+            if removed:
+                log.debug("trimmed %d event(s) from the stream", removed)
+        except RedisError as exc:
+            link.failed(exc, "trimming the stream")
+        await anyio.sleep(every_s)

@@ -1,0 +1,59 @@
+"""What ``poller run`` wires the same way in both modes (one node, or a replica of a
+cluster): its push sinks, and its control API's server."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
+
+from .api import ControlServer
+from .config import Settings
+from .signature import signing_key
+from .sinks import JsonlSink, Sink
+from .webhook import DeadLetters, WebhookSink
+
+__all__ = ["build_sinks", "open_control_api"]
+
+log = logging.getLogger("poller.daemon")
+
+
+def build_sinks(settings: Settings) -> tuple[list[Sink], DeadLetters | None]:
+    """The push sinks the settings name, and the dead-letter file of the webhooks."""
+    sinks: list[Sink] = []
+    if settings.jsonl is not None:
+        sinks.append(JsonlSink(settings.jsonl))
+    dead_letters = DeadLetters(settings.dead_letter_path) if settings.webhooks else None
+    for url in settings.webhooks:
+        assert settings.webhook_secret is not None and dead_letters is not None
+        sinks.append(
+            WebhookSink(
+                url,
+                key=signing_key(settings.webhook_secret.reveal()),
+                dead_letters=dead_letters,
+                max_attempts=settings.webhook_max_attempts,
+                timeout_s=settings.webhook_timeout_s,
+                backoff_s=settings.webhook_backoff_s,
+                backoff_max_s=settings.webhook_backoff_max_s,
+                concurrency=settings.webhook_concurrency,
+            )
+        )
+    return sinks, dead_letters
+
+
+async def open_control_api(
+    app: web.Application, settings: Settings, on_ready: Callable[[str], None] | None
+) -> ControlServer | None:
+    """Serve the control API where the settings say; tell ``on_ready`` its URL. None
+    (logged) if the address cannot be used."""
+    server = ControlServer(app, host=settings.host, port=settings.port)
+    try:
+        url = await server.start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        return None
+    log.info("control API listening on %s", url, extra={"url": url})
+    if on_ready is not None:
+        on_ready(url)
+    return server
