@@ -9,8 +9,9 @@ behind.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import anyio
@@ -27,7 +28,10 @@ _NAMED: Final = 3  # jobs and organisations named in a timeout's message, at mos
 
 
 async def wait_for_jobs(
-    jobs: Iterable[TrackedJob[Any]], waiters: dict[str, list[Settle]], timeout_s: float | None
+    jobs: Iterable[TrackedJob[Any]],
+    waiters: dict[str, list[Settle]],
+    timeout_s: float | None,
+    clock: Callable[[], float] = time.time,
 ) -> dict[str, JobStatus | PollerError]:
     """Each job's outcome, by job ID: its terminal payload, or the error that ended its
     tracking.
@@ -70,7 +74,8 @@ async def wait_for_jobs(
             await done
     except TimeoutError:
         jobs_left = [job for job in waiting_jobs if job.job_id in pending]
-        raise TimeoutError(timeout_message(jobs_left, len(waiting_jobs), timeout_s)) from None
+        message = timeout_message(jobs_left, len(waiting_jobs), timeout_s, clock())
+        raise TimeoutError(message) from None
     finally:
         for job_id, settle in settles.items():
             waiting = waiters.get(job_id)
@@ -84,7 +89,7 @@ async def wait_for_jobs(
 
 
 def timeout_message(
-    jobs: Sequence[TrackedJob[Any]], waited_for: int, timeout_s: float | None
+    jobs: Sequence[TrackedJob[Any]], waited_for: int, timeout_s: float | None, now: float
 ) -> str:
     """What a timed-out wait says: where its unfinished jobs stand, and whether their
     requests fail (``still in_progress after 6 s; organisation org_a: last 4 requests
@@ -102,11 +107,11 @@ def timeout_message(
     troubles = []
     for bucket in dict.fromkeys(job.bucket for job in jobs):
         health = bucket.health
-        errors = health.recent_errors()
+        errors = health.recent_errors(now)
         if health.streak or errors:
             scope = f"organisation {bucket.org_id}" if bucket.org_id else "its key"
             state = f" ({health.state.value})" if not health.closed else ""
-            what = describe_errors(errors, health.trouble_since)
+            what = describe_errors(errors, health.trouble_since(now))
             if health.streak:
                 troubles.append(
                     f"{scope}{state}: the last {health.streak} requests failed ({what}; "

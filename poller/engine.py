@@ -301,7 +301,7 @@ class Poller:
     def untrack(self, job_id: str) -> bool:
         """Stop tracking a job. Returns False if it was not tracked. Pending ``wait`` calls
         for it raise :class:`~poller.errors.UntrackedError`."""
-        job = self._core.untrack(job_id)
+        job = self._core.untrack(job_id, self._clock())
         if job is None:
             return False
         if self._driver is not None:
@@ -366,7 +366,7 @@ class Poller:
         self, job_ids: list[str], timeout_s: float | None, api_key: str | None
     ) -> dict[str, JobStatus | PollerError]:
         jobs = [self._track(job_id, api_key) for job_id in job_ids]
-        return await wait_for_jobs(jobs, self._waiters, timeout_s)
+        return await wait_for_jobs(jobs, self._waiters, timeout_s, self._clock)
 
     # -- events ------------------------------------------------------------------
 

@@ -361,12 +361,12 @@ def test_errors_back_off_exponentially_then_give_up(error) -> None:
 )
 def test_a_job_alone_with_its_failing_organisation_is_not_given_up(error) -> None:
     """With no answer from its organisation at all, a job's errors are no sign that the
-    job is at fault: it is tracked on (the organisation goes down: one probe at a time)."""
+    job is at fault: it is tracked on."""
     backoff = Backoff(error_base_s=1.0, error_max_s=8.0, max_consecutive_errors=3, learn=False)
     core = make(backoff=backoff)
     core.track("job_1", KEY, T0)
     now = T0
-    for _ in range(400):  # an hour and more of failures
+    for _ in range(1000):  # an hour and more of failures
         job = core.next_due(now)
         if job is None:
             wake = core.next_wakeup(now)
@@ -377,7 +377,9 @@ def test_a_job_alone_with_its_failing_organisation_is_not_given_up(error) -> Non
     assert core.take_events() == []
     assert now - T0 > 1000
     health = core.org_health("org_a", now)
-    assert health is not None and health.state == "down"
+    # One job alone never trips the breaker (it might be that job's own fault): it goes on
+    # at its own backoff, and its organisation shows the failures.
+    assert health is not None and health.state != "down" and health.streak >= 100
 
 
 def test_success_resets_the_error_count() -> None:

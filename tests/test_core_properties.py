@@ -9,7 +9,9 @@ payloads, 429 / 503 with and without ``Retry-After``, 5xx, resets, malformed bod
   has exactly one live heap entry, and ``next_wakeup`` is never later than the next job
   ``next_due`` would hand out;
 - no job is polled sooner than ``Backoff.min_interval_s`` after its last answer;
-- an organisation never sends more than ``per_s + burst`` requests in any 1-second window,
+- an organisation never sends more than ``per_s + burst`` requests in any 1-second window
+  through its budget (a key whose organisation is not known yet sends one probe at a time
+  on its own),
   and nothing of it goes out while a ``Retry-After`` it was given is running (a 429's, or
   a 503's when 503s track load); a job answered 503 with ``Retry-After`` is not retried
   before it ends;
@@ -45,7 +47,7 @@ from poller.events import TrackingFailure, Transition
 from poller.models import Endpoint, JobStatus, Status
 from poller.sched.backoff import Backoff
 from poller.sched.core import Scheduler
-from poller.sched.queue import Bucket, TrackedJob
+from poller.sched.queue import IN_FLIGHT, Bucket, TrackedJob
 from poller.sched.ratelimit import AdaptiveBudget, RateLimit
 
 T0 = 1_700_000_000.0
@@ -154,6 +156,7 @@ class Harness:
     # (key, its organisation was known then, from, until)
     pauses: list[tuple[int, bool, float, float]] = field(default_factory=list)
     not_before: dict[int, float] = field(default_factory=dict)
+    probed_at: dict[int, float] = field(default_factory=dict)  # id(TrackedJob) -> its probe
     events: dict[int, list[Transition | TrackingFailure]] = field(
         default_factory=lambda: defaultdict(list)
     )
@@ -297,10 +300,25 @@ class Harness:
             f"{job.job_id} retried {held - self.now:.3f} s before its Retry-After ended"
         )
         org = ORG_OF_KEY[key]
-        times = self.sent[org]
-        times.append(self.now)
-        in_window = len(times) - bisect.bisect_right(times, self.now - 1.0)
-        assert in_window <= PER_S + BURST, f"{org} sent {in_window} requests within 1 s"
+        if job.bucket.org_id is None:
+            # A key whose organisation is not known yet probes one request at a time, on
+            # a budget of its own: its organisation's cannot count what it cannot name.
+            # (One whose outcome is not reported within retry_s, 1 s, lets the next go.)
+            probing = [
+                j
+                for j, k in self.in_flight
+                if k == key
+                and j.bucket.org_id is None
+                and j.phase == IN_FLIGHT
+                and self.now - self.probed_at[id(j)] < 1.0 - EPS
+            ]
+            assert not probing, f"key {key} sent a second probe while one was out"
+            self.probed_at[id(job)] = self.now
+        else:
+            times = self.sent[org]
+            times.append(self.now)
+            in_window = len(times) - bisect.bisect_right(times, self.now - 1.0)
+            assert in_window <= PER_S + BURST, f"{org} sent {in_window} requests within 1 s"
         for paused_key, org_known, since, until in self.pauses:
             if ORG_OF_KEY[paused_key] == org and since < self.now < until - EPS:
                 # A pause binds its own key always, and the organisation's other keys once

@@ -72,12 +72,8 @@ _REFUSAL_S: Final = 300.0
 ORG_IDLE_S: Final = 3600.0
 _SWEEP_S: Final = 300.0  # how often refusals and idle organisations are looked at
 _HEALTH_CHECK_S: Final = 1.0  # how often every scope's state is looked at, for notices
-# The whole API is reported down (no gating: each organisation has its breaker) when
-# every request failed, with no answer from anywhere, for this long and this many
-# requests at least: one quiet organisation's answer is enough to tell an
-# organisation's outage from the API's, and a lone job is not left silent for a minute.
-_API_DOWN_S: Final = 2.0
-_API_DOWN_STREAK: Final = 3
+# The whole API is down when every organisation that sent requests in the last window
+# is down (tripped by its own faults): then it gates them all, one probe at a time.
 # A job first seen validating less than this after its created_at (whole seconds) was
 # seen from its creation, near enough to time its validating phase by our own polls.
 _FRESH_S: Final = 1.0
@@ -143,6 +139,9 @@ class Scheduler(Generic[C]):
         self._retired: deque[tuple[float, TrackedJob[C]]] = deque()
         self._next_sweep = 0.0
         self._api = Health("api", breaker=False)
+        # Buckets whose health may have something to report (a fault, a throttle, a
+        # state): the only ones the once-a-second check looks at.
+        self._troubled: set[Bucket] = set()
         self._next_check = 0.0
         self.new_notices: list[Notice] = []  # drained by take_notices
         # Drained by take_events / take_finished; the driver may test them for emptiness.
@@ -271,16 +270,19 @@ class Scheduler(Generic[C]):
         self._push(job, due)
         return job
 
-    def untrack(self, job_id: str) -> TrackedJob[C] | None:
+    def untrack(self, job_id: str, now: float | None = None) -> TrackedJob[C] | None:
         """Stop tracking ``job_id``; returns the removed job, or None if it was not tracked.
-        A request in flight for it completes, and its result is ignored."""
+        A request in flight for it completes, and its result is ignored. ``now``, when
+        given, lets a key's probe state be kept while it matters."""
         job = self._jobs.pop(job_id, None)
         if job is None:
             return None
         self._count(self._count_key(job), -1)
         job.bucket.members -= 1
-        self._release(job.credential)
+        self._release(job.credential, now)
         was_scheduled = job.phase == SCHEDULED
+        if job.phase == IN_FLIGHT:
+            self._release_probe(job)
         job.phase = REMOVED
         if was_scheduled:
             job.bucket.forget_one()
@@ -314,10 +316,8 @@ class Scheduler(Generic[C]):
         bucket.budget.on_accepted(now)
         bucket.health.answered(now)
         self._api.answered(now)
-        if bucket.gate is not None:
+        if bucket.gate is not None or self._queue.gate is not None:
             self._landed_gated(job, bucket, now, answered=True)
-        if self._api.state is HealthState.DOWN:
-            self._api_answers(now)
         if bucket.org_id is None:
             self._learn_org(job, payload.organization_id, now)
         current = payload.status
@@ -399,49 +399,55 @@ class Scheduler(Generic[C]):
         fault = error.api_fault
         answered = not fault and status is not None
         if fault:
-            kind = type(error).__name__
-            self._api.fault(now, kind, status, str(error))
-            if health.fault(now, kind, status, str(error)):
+            kind, text = type(error).__name__, str(error)
+            self._api.fault(now, kind, status, text, job)
+            self._troubled.add(bucket)
+            if health.fault(now, kind, status, text, job):
                 bucket.gate = health
                 self._health_changed(bucket, now)
+                self._check_api_down(now)
         elif answered:
             health.answered(now)
             self._api.answered(now)
-        if bucket.gate is not None:
+        if bucket.gate is not None or self._queue.gate is not None:
             self._landed_gated(job, bucket, now, answered=answered)
-        if answered and self._api.state is HealthState.DOWN:
-            self._api_answers(now)
-        if fault and self._api.state is not HealthState.DOWN:
-            self._check_api_down(now)
         if isinstance(error, AuthenticationError | PermissionDeniedError):
             self._refuse(job.credential, error, now)
             return
         if isinstance(error, JobNotFoundError):
             self._fail(job, error, now)
             return
-        if throttled or (status == 503 and health.load_signal(now)):
+        load = status == 503 and health.load_signal(now)
+        if throttled or load:
             # The server speaks for the whole organisation: pause its budget, not just
             # this job, and count it against no job.
-            health.throttled(now)
+            if load:
+                health.load_cut(now)
+            else:
+                health.throttled(now)
+            self._troubled.add(bucket)
             pause_s = self.throttled(bucket, getattr(error, "retry_after_s", None), now)
             self._retry_at(job, now, max(pause_s, self._backoff.min_interval_s))
             return
-        if fault and health.state is HealthState.DOWN:
-            # An outage: the job waits behind the probes, keeps the lag it piled up, and
-            # counts no error (a long outage must not end the tracking of every job).
-            job.seen_at = 0.0
-            self._push(job, now)
+        if fault and not (health.closed and self._api.closed):
+            if HealthState.DOWN in (health.state, self._api.state):
+                # An outage: the job waits behind the probes, its error count starts
+                # over (a long outage must not end the tracking of every job), and it
+                # goes to the back of the line so that probes go to each job in turn.
+                job.errors = 0
+                self._retry_at(job, now, 0.0)
+                return
+            # Recovering: a fault counts against no job until that job is answered again.
+            self._retry_at(job, now, self._backoff.error_delay_s(1, None, self._rng))
             return
         job.errors += 1
         limit = self._backoff.max_consecutive_errors
-        if limit is not None and job.errors >= limit:
-            if health.streak < job.errors:
-                self._fail(job, error, now)  # its organisation answered others meanwhile
-                return
-            # Every request of its organisation failed since this job's first error: no
-            # sign that the job, rather than the API, is at fault. Hold on (the breaker
-            # trips soon if it is the API).
-            job.errors = limit - 1
+        # Only while its organisation answered others since this job's first error: if
+        # every request of it failed meanwhile, there is no sign that the job, rather than
+        # the API, is at fault: hold on, backing off further.
+        if limit is not None and job.errors >= limit and health.streak < job.errors:
+            self._fail(job, error, now)
+            return
         retry_after_s = getattr(error, "retry_after_s", None)
         if retry_after_s is not None:
             # One request's Retry-After: honoured, within reason.
@@ -457,6 +463,8 @@ class Scheduler(Generic[C]):
         if job.phase == SCHEDULED:
             job.phase = DONE
             job.bucket.forget_one()
+        else:
+            self._release_probe(job)
         self._fail(job, error, now)
 
     def budget_wait(self, credential: C, now: float) -> float:
@@ -475,34 +483,61 @@ class Scheduler(Generic[C]):
     def _landed_gated(
         self, job: TrackedJob[C], bucket: Bucket, now: float, *, answered: bool
     ) -> None:
-        """An outcome for a bucket whose breaker is not closed: the probe ended, or the
-        scope came back."""
+        """An outcome while a breaker is not closed (the bucket's, or the whole API's):
+        the probe ended, or the scope came back."""
         health = bucket.health
         was_down = health.state is HealthState.DOWN
         if health.landed(job, now, answered):
             self._queue.poke(bucket, now)
         if was_down and health.state is not HealthState.DOWN:
             self._health_changed(bucket, now)
+        api = self._api
+        if api.state is HealthState.DOWN and api.landed(job, now, answered):
+            self._queue.poke_all(now)
+            if api.state is not HealthState.DOWN:
+                self._api_answers(now)
+        elif self._queue.gate is not None and api.closed:
+            self._queue.gate = None
+
+    def _release_probe(self, job: TrackedJob[C]) -> None:
+        """``job``'s request will never land (it was untracked or ended in flight): if it
+        was a probe, the next may go."""
+        bucket = job.bucket
+        if bucket.gate is not None and bucket.gate.release(job):
+            self._queue.poke(bucket, bucket.gate.next_probe_at)
+        if self._queue.gate is not None and self._queue.gate.release(job):
+            self._queue.poke_all(self._queue.gate.next_probe_at)
 
     def _api_answers(self, now: float) -> None:
-        """An answer while the API was reported down: it is back, and every organisation
-        down with it probes now rather than at its own next probe."""
-        self._api.set_down(False, now)
+        """An answer while the whole API was down: it is back (at its steady rate, then
+        catching up), and every organisation down with it probes now rather than at its
+        own next probe; their own notices start afresh."""
         self._note(self._api, now)
         for bucket in self._buckets.values():
+            bucket.health.sync_reported(now)
             if bucket.gate is not None:
                 bucket.gate.probe_now(now)
                 self._queue.poke(bucket, now)
 
     def _check_api_down(self, now: float) -> None:
+        """A bucket tripped: if every organisation still polling is down, so is the API:
+        one probe at a time for all of them."""
         api = self._api
-        if api.streak >= _API_DOWN_STREAK and now - api.streak_since >= _API_DOWN_S:
-            api.set_down(True, now)
+        if api.state is HealthState.DOWN:
+            return
+        # Polling: jobs waiting to be polled, or requests that ended lately. A quiet
+        # organisation still polling (every 30 s, say) keeps the API up: its next answer
+        # tells whether the API is down, and until then one organisation's outage is its own.
+        polling = [b for b in self._buckets.values() if len(b) or b.health.active(now)]
+        if polling and all(b.health.state is HealthState.DOWN for b in polling):
+            api.trip(now)
+            self._queue.gate = api
             self._note(api, now)
 
     def _health_changed(self, bucket: Bucket, now: float) -> None:
         """A bucket's breaker tripped or closed: tell, unless the whole API is down (then
-        the API's own notice says it all)."""
+        the API's own notice says it all, and the bucket's waits for the API's return)."""
+        self._troubled.add(bucket)
         if self._api.state is not HealthState.DOWN:
             self._note(bucket.health, now)
 
@@ -512,15 +547,21 @@ class Scheduler(Generic[C]):
             self.new_notices.append(notice)
 
     def _check_health(self, now: float) -> None:
-        """Look at every scope's state: notices of degraded, throttled and their end."""
+        """Look at the state of every scope with something to report: notices of degraded,
+        throttled and their end; an API down with no job left is forgotten."""
         self._next_check = now + _HEALTH_CHECK_S
-        api_down = self._api.state is HealthState.DOWN
-        self._api.notice(now)  # the API's own notices are down and back (elsewhere) only
-        for bucket in self._buckets.values():
-            if api_down:
-                bucket.health.notice(now)  # keeps its state; the API's notice tells it
-            else:
+        api = self._api
+        if api.state is not HealthState.OK and not any(b.members for b in self._buckets.values()):
+            api.reset(now)
+            self._queue.gate = None
+        api_down = api.state is HealthState.DOWN
+        for bucket in list(self._troubled):
+            if self._buckets.get(bucket.key) is not bucket:
+                self._troubled.discard(bucket)  # merged or forgotten
+            elif not api_down:
                 self._note(bucket.health, now)
+                if bucket.health.quiet(now):
+                    self._troubled.discard(bucket)
 
     def _push(self, job: TrackedJob[C], due: float) -> None:
         job.phase = SCHEDULED
@@ -607,8 +648,23 @@ class Scheduler(Generic[C]):
         organisation's re-polls go in due order instead of taking turns."""
         key_bucket = job.bucket
         self._key_orgs.setdefault(job.credential, org_id)
+        known = f"org:{org_id}" in self._buckets
         org_bucket = self._bucket_for(job.credential, org_id)
         org_bucket.budget.try_acquire(now)  # the probe was a request of this organisation
+        probe = key_bucket.budget
+        if isinstance(probe, ProbeBudget) and probe.paused_until > now:
+            # A 429 the key got was its organisation's: its pause holds there too.
+            org_bucket.budget.on_throttled(now, probe.paused_until - now)
+        if key_bucket.gate is not None and org_bucket.gate is None:
+            # The key was coming back from an outage: its jobs that waited come back as
+            # slowly in the organisation's bucket, not all at once.
+            if not known:
+                org_bucket.health = key_bucket.health
+                org_bucket.health.scope = org_id
+            else:
+                org_bucket.health.start_ramp(now, key_bucket.health.steady_per_s)
+            org_bucket.gate = org_bucket.health
+            self._troubled.add(org_bucket)
         self._move(job, org_bucket)
         if self._buckets.get(key_bucket.key) is key_bucket:
             del self._buckets[key_bucket.key]
@@ -651,6 +707,8 @@ class Scheduler(Generic[C]):
                 if job.phase == SCHEDULED:
                     job.phase = DONE
                     job.bucket.forget_one()
+                else:
+                    self._release_probe(job)
                 self._fail(job, error, now)
 
     def _retire(self, now: float) -> None:
@@ -658,7 +716,7 @@ class Scheduler(Generic[C]):
         while retired and retired[0][0] <= now:
             _, job = retired.popleft()
             if self._jobs.get(job.job_id) is job:
-                self.untrack(job.job_id)
+                self.untrack(job.job_id, now)
         if now >= self._next_sweep:
             self._next_sweep = now + _SWEEP_S
             for credential, (_, until) in list(self._refused.items()):
@@ -671,14 +729,18 @@ class Scheduler(Generic[C]):
         ``ORG_IDLE_S``: seen empty at one sweep, no job joined since (a join clears
         ``emptied_at``), and that sweep at least that long ago."""
         for key, bucket in list(self._buckets.items()):
+            if bucket.org_id is None and not bucket.members and not len(bucket):
+                del self._buckets[key]  # a key's, kept while its last probe was out
+                continue
             if bucket.org_id is None or bucket.members:
                 bucket.emptied_at = None
             elif bucket.emptied_at is None:
                 bucket.emptied_at = now
             elif now - bucket.emptied_at >= ORG_IDLE_S:
                 del self._buckets[key]
+                self._troubled.discard(bucket)
 
-    def _release(self, credential: C) -> None:
+    def _release(self, credential: C, now: float | None) -> None:
         """A job left the table: once a key has none left, forget what was kept for it
         (a worker rotating through many keys must not keep them all)."""
         users = self._users[credential] - 1
@@ -688,7 +750,12 @@ class Scheduler(Generic[C]):
         del self._users[credential]
         self._key_orgs.pop(credential, None)
         key = f"key:{credential.fingerprint}"
-        if key in self._buckets and not len(self._buckets[key]):
+        bucket = self._buckets.get(key)
+        # Not while its probe is out or paused by a 429: a new job of the key would probe
+        # again at once (the idle sweep drops it later).
+        budget = bucket.budget if bucket is not None else None
+        busy = isinstance(budget, ProbeBudget) and budget.busy(now)
+        if bucket is not None and not len(bucket) and not busy:
             del self._buckets[key]
 
     def _count_key(self, job: TrackedJob[C]) -> str:

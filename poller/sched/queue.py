@@ -295,6 +295,9 @@ class FairQueue:
         self._fair: list[tuple[float, int, Bucket]] = []
         self._vclock = 0.0
         self._serial = 0
+        # The whole API's breaker while it is not closed (down or recovering), else None:
+        # asked before any bucket's (see poller.sched.health).
+        self.gate: Health | None = None
 
     def _wait(self, bucket: Bucket, at: float) -> None:
         if bucket.waiting_at is not None and bucket.waiting_at <= at:
@@ -316,6 +319,11 @@ class FairQueue:
         bucket.in_fair = False
         if wait_until is not None:
             self._wait(bucket, wait_until)
+
+    def poke_all(self, at: float) -> None:
+        """Look at every bucket with due work again at ``at`` (the whole API's breaker may
+        let a request go sooner than it said)."""
+        self._global_until = min(self._global_until, at)
 
     def poke(self, bucket: Bucket, at: float) -> None:
         """Look at ``bucket`` again at ``at`` (its budget may allow a request sooner than it
@@ -344,6 +352,14 @@ class FairQueue:
             if wait > 0.0:
                 self._global_until = max(now + wait, math.nextafter(now, math.inf))
                 return None
+        api = self.gate
+        if api is not None and self._fair:
+            wait = api.wait_s(now)
+            if wait > 0.0:
+                self._global_until = max(now + wait, math.nextafter(now, math.inf))
+                return None
+            if api.closed:  # the whole API's ramp after an outage is over
+                self.gate = api = None
         fair = self._fair
         while fair:
             vtime, _, bucket = fair[0]
@@ -387,6 +403,8 @@ class FairQueue:
                 job = heapq.heappop(levels0)[1]
             if gate is not None:
                 gate.sent(job)
+            if api is not None:
+                api.sent(job)
             self._vclock = vtime
             bucket.vtime = vtime + 1.0 / bucket.weight
             if not bucket.climbed and levels0 and levels0[0][1].phase == SCHEDULED:  # as above

@@ -179,7 +179,9 @@ class AdaptiveBudget:
         "_grown_at",
         "_growth_s",
         "_last_refused",
+        "_pause_started",
         "_paused_until",
+        "_pre_pause",
         "_w_max",
         "beta",
         "default_pause_s",
@@ -218,6 +220,8 @@ class AdaptiveBudget:
         self._grown_at = 0.0
         self._last_refused = -math.inf
         self._paused_until = -math.inf
+        self._pause_started = -math.inf
+        self._pre_pause = 0.0  # answers accepted in the second before the last pause began
         # Answers accepted in the last second, by 100 ms bin; _epoch: the newest bin's
         # index, in bins since time zero.
         self._bins = [0] * _BINS
@@ -252,7 +256,9 @@ class AdaptiveBudget:
         if now > self._grown_at:
             # Climb only while there is demand for more: an idle organisation must not
             # wake up believing in a rate it never tried.
-            if now - self._last_refused < 1.0:
+            # (Below a request a second, the queue asks again only every 1/rate s.)
+            rate = self._bucket.rate_per_s
+            if now - self._last_refused < max(1.0, 2.0 / rate):
                 self._growth_s += now - self._grown_at
             self._grown_at = now
         target = self._target()
@@ -291,16 +297,29 @@ class AdaptiveBudget:
         return epoch
 
     def on_throttled(self, now: float, retry_after_s: float | None) -> float:
-        """See :meth:`Budget.on_throttled`."""
+        """See :meth:`Budget.on_throttled`.
+
+        The cut is relative to the rate that was limiting: what the server accepted in
+        the second before (or, just after a pause, in the second before the pause), and
+        only when that rate was ours to lower: the budget was refusing requests, or we
+        sent at least half of what it allowed. A 429 when we sent next to nothing, or far
+        less than the budget allows (the limit is shared, or was spent before we came),
+        pauses, but does not cut: an under-loaded engine must not ratchet its rate down."""
         self.throttles += 1
         pause_s = self.default_pause_s if retry_after_s is None else retry_after_s
-        self._paused_until = max(self._paused_until, now + pause_s)
-        # Answers to requests sent before the cut arrive after it: cut once per second.
         self._advance(now)
         accepted = float(sum(self._bins))
-        # A 429 after next to nothing sent says nothing of our rate (the limit is shared,
-        # or was spent before we came): pause, but do not cut the rate on it.
-        evidence = accepted >= _MIN_EVIDENCE or self._bucket is not None
+        if now >= self._paused_until:  # a new pause: remember what the server was taking
+            self._pre_pause, self._pause_started = accepted, now
+        elif now - self._pause_started < 2.0:
+            accepted = max(accepted, self._pre_pause)
+        self._paused_until = max(self._paused_until, now + pause_s)
+        current = self.rate_per_s
+        evidence = accepted >= _MIN_EVIDENCE
+        if evidence and current is not None:
+            binding = now - self._last_refused < 2.0
+            evidence = binding or accepted >= 0.5 * current
+        # Answers to requests sent before the cut arrive after it: cut once per second.
         if evidence and (now - self._cut_at >= 1.0 or self._w_max is None):
             current = self.rate_per_s
             if current is not None:
@@ -330,17 +349,23 @@ class ProbeBudget:
     budget and this one is done.
     """
 
-    __slots__ = ("_inner", "_next", "retry_s")
+    __slots__ = ("_inner", "_next", "paused_until", "retry_s")
 
     def __init__(self, inner: Budget, *, retry_s: float = 1.0) -> None:
         self._inner = inner
         self._next = -math.inf
         self.retry_s = retry_s
+        self.paused_until = -math.inf  # the end of the last 429's pause
 
     @property
     def rate_per_s(self) -> float | None:
         """See :meth:`Budget.rate_per_s`."""
         return self._inner.rate_per_s
+
+    def busy(self, now: float | None) -> bool:
+        """Whether its state matters at ``now``: a probe is out (for ``retry_s`` at most) or
+        a 429's pause runs. Without a time: not."""
+        return now is not None and now < self._next
 
     def try_acquire(self, now: float) -> float:
         """See :meth:`Budget.try_acquire`."""
@@ -365,4 +390,5 @@ class ProbeBudget:
         """See :meth:`Budget.on_throttled`."""
         pause_s = self._inner.on_throttled(now, retry_after_s)
         self._next = now + pause_s
+        self.paused_until = max(self.paused_until, self._next)
         return pause_s
