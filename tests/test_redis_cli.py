@@ -34,6 +34,31 @@ def test_the_variable_may_carry_a_password_the_flag_may_not() -> None:
     assert "hunter2" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "forms"),
+    [
+        ("redis://127.0.0.1:6379/0?password=hunter2-pass", ["hunter2-pass"]),
+        ("rediss://127.0.0.1:6379/0?db=1&password=hunter2-pass", ["hunter2-pass"]),
+        ("unix:///run/redis.sock?password=hunter2-pass&db=0", ["hunter2-pass"]),
+        ("redis://:hunter2%40pass@127.0.0.1:6379/0", ["hunter2%40pass", "hunter2@pass"]),
+        ("redis://127.0.0.1/0?password=hunter2%2Bpass", ["hunter2%2Bpass", "hunter2+pass"]),
+    ],
+)
+def test_a_password_in_any_form_is_scrubbed_hidden_and_refused_on_the_flag(
+    url: str, forms: list[str]
+) -> None:
+    """redis-py takes a password from the query too, and percent-decodes it."""
+    settings = load_settings({}, {"POLLER_REDIS_URL": url}, daemon=False)
+    assert set(forms) <= set(settings.secrets())
+    coordinator = coordinator_for(settings)
+    assert coordinator is not None
+    for shown in (repr(coordinator), coordinator.url):  # type: ignore[attr-defined]
+        assert "hunter2" not in shown
+    with pytest.raises(ConfigError, match="never from --redis") as caught:
+        load_settings({"redis_url": url}, {}, daemon=False)
+    assert "hunter2" not in str(caught.value)
+
+
 @pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "redis://127.0.0.1:port/0", "x"])
 def test_a_bad_url_is_a_config_error(url: str) -> None:
     with pytest.raises(ConfigError, match="redis_url"):

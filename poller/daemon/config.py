@@ -20,10 +20,10 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import msgspec
 
+from .._redis_url import url_secrets
 from ..auth import Credential, is_loopback, resolve_base_url
 from ..coordination import Coordinator
 from ..errors import ConfigError
@@ -103,7 +103,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         found += self.credentials.values()
         secrets = [s.reveal() for s in found if s is not None]
         if self.redis_url is not None:  # its password: the rest is worth seeing in logs
-            secrets += [p for p in [_password(self.redis_url.reveal())] if p]
+            secrets += url_secrets(self.redis_url.reveal())
         return tuple(secrets)
 
     @property
@@ -269,15 +269,8 @@ def engine_options(settings: Settings) -> PollerOptions:
     )
 
 
-def _password(url: str) -> str | None:
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
-
-
 def _has_password(raw: object) -> bool:
-    return isinstance(raw, str) and _password(raw) is not None
+    return isinstance(raw, str) and bool(url_secrets(raw))
 
 
 def coordinator_for(settings: Settings) -> Coordinator | None:

@@ -19,6 +19,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
+from .._redis_url import redact_url
 from ..errors import ConfigError
 from ._scripts import Script
 
@@ -53,15 +54,8 @@ def check_url(url: object) -> str:
 
 
 def redact(url: str) -> str:
-    """The URL without its password (and user), for logs and reprs."""
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
+    """The URL without its password, user name or any other secret, for logs and reprs."""
+    return redact_url(url)
 
 
 def check_namespace(namespace: object) -> str:

@@ -44,6 +44,8 @@ import anyio
 import orjson
 from redis.exceptions import RedisError
 
+from .._boundary import scrub
+from .._redis_url import url_secrets
 from ..coordination import EngineLink
 from ..errors import ConfigError
 from ..sched.ratelimit import HEADROOM, AdaptiveBudget, Budget, RateLimit
@@ -92,7 +94,8 @@ class RedisCoordinator:
 
     Args:
         url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS) or
-            ``unix://``. The password is never logged nor shown.
+            ``unix://``; a password may also come as ``?password=``. It is never logged
+            nor shown, in any form (see ``poller._redis_url``).
         namespace: prefix of every key; fleets that must not share use different ones.
         weight: this engine's share of an organisation's rate, relative to the other
             engines', when they all want more than there is.
@@ -484,13 +487,6 @@ def _grant(result: list[Any]) -> LeaseGrant:
 
 
 def _describe(exc: BaseException, url: str) -> str:
-    """A failure in a few words, without the URL's password."""
+    """A failure in a few words, without the URL's password (in any of its forms)."""
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    password = None
-    with contextlib.suppress(ValueError):
-        from urllib.parse import urlsplit
-
-        password = urlsplit(url).password
-    if password:
-        text = text.replace(password, "***")
-    return text[:200]
+    return scrub(text, url_secrets(url))[:200]
