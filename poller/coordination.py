@@ -8,6 +8,7 @@ of the coordinator's (redis-py is an optional extra):
 - :meth:`Coordinator.budget` makes an organisation's :class:`~poller.sched.ratelimit.Budget`
   instead of the engine's own ``AdaptiveBudget``. It must stay a synchronous, local
   object: the hot path asks it on every poll, and no network call may happen there.
+  :meth:`Coordinator.forget` drops it when the engine forgets an idle organisation.
 - :meth:`Coordinator.run` is the coordinator's background task, started in the
   engine's task group when the engine opens and cancelled when it closes. It talks to
   the shared store, and reaches the engine's learned durations through an
@@ -49,6 +50,11 @@ class Coordinator(Protocol):
         """The budget of ``org_id`` for this engine, given its configured ``limit``
         (None: undisclosed). Called once per organisation the engine meets (again after
         the engine forgot an idle one)."""
+        ...
+
+    def forget(self, org_id: str) -> None:
+        """The engine forgot ``org_id`` (no job of it for an hour): drop its budget.
+        Synchronous and local, like :meth:`budget`."""
         ...
 
     async def run(self, link: EngineLink) -> None:

@@ -143,6 +143,7 @@ class Poller:
             first_poll_rate_per_s=options.first_poll_rate_per_s,
             terminal_retention_s=options.terminal_retention_s,
             learned=options.learned_durations,
+            on_forget_org=coordinator.forget if coordinator is not None else lambda org_id: None,
         )
         self._callbacks = CallbackRunner(
             lanes=options.callback_concurrency, lane_capacity=options.callback_queue_size

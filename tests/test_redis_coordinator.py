@@ -16,6 +16,7 @@ from poller import Backoff, ConfigError, Poller, RateLimit
 from poller.coordination import EngineLink
 from poller.models import Endpoint, JobStatus, Status
 from poller.redis import LeasedBudget, RedisCoordinator
+from poller.redis._lease import IDLE_S
 from poller.sched.learn import DurationModel
 from poller.testing import Change, JobsSimulator, SimServer
 
@@ -106,6 +107,27 @@ async def test_engines_discover_an_undisclosed_limit_together(
     throttled = sum(r.status == 429 for r in later)
     assert accepted >= 0.8 * 60 * 2.0
     assert throttled <= 0.02 * len(later)
+
+
+async def test_idle_organisations_cost_no_redis_call(redis_url: str, redis_ns: str) -> None:
+    """Five organisations polled once, then left alone: after IDLE_S their budgets hand
+    everything back and make no more lease calls; a forgotten one is dropped."""
+    coord = RedisCoordinator(redis_url, namespace=redis_ns)
+    budgets = [coord.budget(f"org_{i}", RateLimit(per_s=50)) for i in range(5)]
+    model = DurationModel()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(coord.run, EngineLink(time.time, model.snapshot, model.load))
+        for budget in budgets:
+            await _until(lambda b=budget: b.try_acquire(time.time()) == 0.0)  # type: ignore[misc]
+        await anyio.sleep(IDLE_S + 0.5)
+        before = coord.lease_calls
+        await anyio.sleep(1.5)
+        idle_calls = coord.lease_calls - before
+        coord.forget("org_0")
+        tg.cancel_scope.cancel()
+    assert idle_calls == 0
+    assert all(b.held_at(time.time()) == 0 for b in budgets)
+    assert "org_0" not in coord._budgets
 
 
 async def test_a_new_engine_starts_with_what_the_fleet_learned(

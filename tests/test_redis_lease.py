@@ -8,7 +8,7 @@ import pytest
 
 from poller.redis import LeasedBudget
 from poller.redis._learning import LearnSync, kind_id
-from poller.redis._lease import LeaseGrant
+from poller.redis._lease import IDLE_S, LOOSE_GRACE_S, LeaseGrant
 from poller.sched.learn import LAYOUT, DurationSketch, LearnedDurations, LearnedKind
 from poller.sched.ratelimit import RateLimit
 
@@ -33,12 +33,12 @@ def test_joining_budget_sends_nothing_and_asks_for_a_lease() -> None:
 def test_slots_are_spent_at_their_times_and_not_before() -> None:
     budget = LeasedBudget("org_a", RateLimit(per_s=10))
     budget.granted(T0, grant(3, start_in_s=0.0, step_s=0.1))
-    assert budget.mode == "shared" and budget.held == 3
+    assert budget.mode == "shared" and budget.held_at(T0) == 3
     assert budget.try_acquire(T0) == 0.0
     assert budget.try_acquire(T0) == pytest.approx(0.1)
     assert budget.try_acquire(T0 + 0.1) == 0.0
     assert budget.try_acquire(T0 + 0.2) == 0.0
-    assert budget.held == 0
+    assert budget.held_at(T0 + 0.2) == 0
     assert budget.try_acquire(T0 + 0.3) > 0  # dry: wait for the next lease
 
 
@@ -46,7 +46,7 @@ def test_later_blocks_queue_behind_the_current_one() -> None:
     budget = LeasedBudget("org_a", RateLimit(per_s=10))
     budget.granted(T0, grant(1, start_in_s=0.0, step_s=0.1))
     budget.granted(T0, grant(2, start_in_s=0.5, step_s=0.1))
-    assert budget.held == 3
+    assert budget.held_at(T0) == 3
     assert budget.try_acquire(T0) == 0.0
     assert budget.try_acquire(T0) == pytest.approx(0.5)
     assert budget.try_acquire(T0 + 0.5) == 0.0
@@ -60,15 +60,42 @@ def test_a_slot_left_past_the_grace_is_forfeited() -> None:
     assert budget.try_acquire(T0 + 0.25) == pytest.approx(0.05)
     assert budget.expired == 3
     assert budget.try_acquire(T0 + 0.3) == 0.0
-    assert budget.held == 1
+    assert budget.held_at(T0 + 0.3) == 1
 
 
-def test_slots_keep_while_the_rate_does_not_bind() -> None:
-    """Below the limit the fleet cannot overshoot it: a late slot is still good."""
+def test_slots_keep_longer_while_the_rate_does_not_bind() -> None:
+    """Below the limit the fleet cannot overshoot it: a late slot is still good, for a
+    while (an idle budget must not hold slots for ever)."""
     budget = LeasedBudget("org_a", RateLimit(per_s=10), grace_s=0.02)
     budget.granted(T0, grant(3, start_in_s=0.0, step_s=0.001, tight=False))
-    assert budget.try_acquire(T0 + 5.0) == 0.0
-    assert budget.expired == 0 and budget.held == 2
+    assert budget.try_acquire(T0 + 0.5) == 0.0
+    assert budget.expired == 0 and budget.held_at(T0 + 0.5) == 2
+    assert budget.held_at(T0 + LOOSE_GRACE_S + 0.01) == 0
+    assert budget.expired == 2
+
+
+def test_an_idle_budget_hands_everything_back_and_goes_quiet() -> None:
+    """After IDLE_S with nothing sent: demand 0, every slot to come handed back, and no
+    more lease calls until it is asked for a token again."""
+    woken = []
+    budget = LeasedBudget("org_a", RateLimit(per_s=100), wake=lambda: woken.append(1))
+    budget.report(T0)
+    budget.granted(T0, grant(2, step_s=0.01))
+    assert budget.try_acquire(T0) == 0.0
+    now, report = T0, budget.report(T0 + 0.1)
+    assert report.sent == 1 and report.demand_per_s > 0
+    calls = 0
+    while budget.needs_lease():
+        now += 0.1
+        budget.granted(now, grant(1, start_in_s=0.5, step_s=0.01))  # what it asked for
+        report = budget.report(now)
+        calls += 1
+        assert calls < 30, "still leasing"
+    assert now - T0 <= IDLE_S + 0.25
+    assert report.demand_per_s == 0 and report.want == 0 and report.held == 0
+    assert report.give_back > 0 and budget.held_at(now) == 0
+    # Asked again: dry, so it wakes the coordinator and leases once more.
+    assert budget.try_acquire(now + 5.0) > 0 and woken and budget.needs_lease()
 
 
 def test_a_429_pauses_at_once_drops_the_slots_and_is_queued_for_the_fleet() -> None:
@@ -76,7 +103,7 @@ def test_a_429_pauses_at_once_drops_the_slots_and_is_queued_for_the_fleet() -> N
     budget = LeasedBudget("org_a", RateLimit(per_s=10), wake=lambda: woken.append(1))
     budget.granted(T0, grant(5))
     assert budget.on_throttled(T0, 2.0) == 2.0
-    assert budget.held == 0
+    assert budget.held_at(T0) == 0
     assert budget.try_acquire(T0 + 1.0) == pytest.approx(1.0)
     budget.on_throttled(T0, None)  # the default pause: 1 s
     assert budget.take_throttle() == 2.0
@@ -88,7 +115,7 @@ def test_a_429_elsewhere_pauses_this_engine_too() -> None:
     budget = LeasedBudget("org_a", None)
     budget.granted(T0, grant(5))
     budget.fleet_paused(T0, 1.5)
-    assert budget.held == 0
+    assert budget.held_at(T0) == 0
     assert budget.try_acquire(T0 + 1.0) == pytest.approx(0.5)
 
 
@@ -121,14 +148,14 @@ def test_report_gives_back_what_demand_no_longer_needs() -> None:
     budget.granted(T0, grant(200, start_in_s=1.0, step_s=0.001))
     report = budget.report(T0 + 0.1)  # nothing sent: no demand
     assert report.give_back == 200 and report.held == 0
-    assert budget.held == 0
+    assert budget.held_at(T0 + 0.1) == 0
 
 
 def test_going_local_spends_a_share_of_the_configured_limit() -> None:
     budget = LeasedBudget("org_a", RateLimit(per_s=100))
     budget.granted(T0, grant(5))
     budget.go_local(T0, engines=4)
-    assert budget.mode == "local" and budget.held == 0
+    assert budget.mode == "local" and budget.held_at(T0) == 0
     assert budget.rate_per_s == pytest.approx(25 * 0.98)
     now, sent = T0, 0
     while now < T0 + 10.0:  # asked again after each wait, as the scheduler does

@@ -108,6 +108,21 @@ async def test_shares_are_max_min_fair_by_demand_and_weight(
     assert share == pytest.approx(98.0)  # the others' reports went stale
 
 
+async def test_idle_engines_reserve_no_part_of_the_rate(
+    client: ScriptClient, redis_ns: str
+) -> None:
+    """Engines that report no demand (idle budgets) leave the shares at once."""
+    org = Org(client, redis_ns)
+    for index in range(20):
+        await org.lease(T0, f"busy-then-idle-{index}", 1, demand=5.0)
+    _, _, _, _, share, _, engines = await org.lease(T0, "hungry", 100)
+    assert engines == 21 and share == pytest.approx(98.0 / 21)  # 21 x 5/s > 98/s
+    for index in range(20):
+        await org.lease(T0 + 0.1, f"busy-then-idle-{index}", 0, demand=0.0)
+    _, _, _, _, share, _, engines = await org.lease(T0 + 0.1, "hungry", 100)
+    assert engines == 1 and share == pytest.approx(98.0)
+
+
 async def test_one_engine_cannot_take_more_than_its_share(
     client: ScriptClient, redis_ns: str
 ) -> None:

@@ -182,6 +182,12 @@ class RedisCoordinator:
         self._next_lease.pop(org_id, None)
         return budget
 
+    def forget(self, org_id: str) -> None:
+        """See :meth:`poller.coordination.Coordinator.forget`. The budget is idle (its
+        slots handed back long ago): its entry in Redis expires by itself."""
+        self._budgets.pop(org_id, None)
+        self._next_lease.pop(org_id, None)
+
     async def run(self, link: EngineLink) -> None:
         """See :meth:`poller.coordination.Coordinator.run`."""
         if self._running:
@@ -459,7 +465,7 @@ class RedisCoordinator:
             return
         calls: list[Call] = []
         for org_id, budget in self._budgets.items():
-            held = budget.held
+            held = budget.held_at(self._now())
             if held and budget.mode == "shared":
                 report = LeaseReport(0, 0, 0.0, False, 0, 0, held)
                 calls.append(self._lease_call(org_id, budget, report))

@@ -16,7 +16,10 @@ background task (``poller.redis._coordinator``) keeps it supplied:
   engine wants more than it gets: the grant is *tight*), a slot left unspent past
   ``grace_s`` is forfeited: spent late it would bunch up with later ones, and a
   1-second window at the server could then hold more than the limit. While it does
-  not, the fleet is below the limit and slots keep until spent;
+  not, the fleet is below the limit and slots keep longer (:data:`LOOSE_GRACE_S`);
+- a budget that sent nothing for :data:`IDLE_S` reports no demand, hands back every
+  slot still to come and stops leasing until it is asked for a token again: an idle
+  organisation costs no Redis call and reserves no part of the rate;
 - a 429 here pauses this budget at once, drops its slots and is queued for the
   coordinator (:meth:`LeasedBudget.take_throttle`), which tells the fleet; a 429 seen
   elsewhere arrives as :meth:`LeasedBudget.fleet_paused`.
@@ -39,10 +42,22 @@ from typing import Final, Literal
 
 from ..sched.ratelimit import AdaptiveBudget, RateLimit
 
-__all__ = ["LEASE_HORIZON_S", "LeaseGrant", "LeaseReport", "LeasedBudget", "Mode"]
+__all__ = [
+    "IDLE_S",
+    "LEASE_HORIZON_S",
+    "LOOSE_GRACE_S",
+    "LeaseGrant",
+    "LeaseReport",
+    "LeasedBudget",
+    "Mode",
+]
 
 LEASE_HORIZON_S: Final = 0.25
 """Tokens are leased to cover this much of the engine's recent demand."""
+IDLE_S: Final = 1.0
+"""A budget that sent nothing for this long hands its slots back and goes quiet."""
+LOOSE_GRACE_S: Final = 1.0
+"""How late a slot granted while the rate does not bind may still be spent."""
 _DRY_RETRY_S: Final = 0.02  # asked with no token held: look again this much later
 _DEMAND_PAD: Final = 1.25  # demand is reported this much above the recent rate (+1)
 _DEFAULT_PAUSE_S: Final = 1.0
@@ -119,7 +134,9 @@ class LeasedBudget:
         "_local",
         "_next_at",
         "_paused_until",
+        "_quiet_since",
         "_reported_at",
+        "_reported_demand",
         "_sent",
         "_step",
         "_throttles",
@@ -162,13 +179,15 @@ class LeasedBudget:
         self._hungry = False
         self._demand = 0.0
         self._reported_at: float | None = None
+        self._reported_demand = 0.0  # the demand the fleet last heard of
+        self._quiet_since: float | None = None  # nothing sent since (at report times)
         self._throttles: list[float] = []  # pauses asked by 429s, not told to the fleet yet
         self.expired = 0  # slots forfeited, unspent
         self.rate_per_fleet: float | None = None
         self.share_per_s: float | None = None
 
     def __repr__(self) -> str:
-        return f"<LeasedBudget {self.org_id} {self.mode} held={self.held}>"
+        return f"<LeasedBudget {self.org_id} {self.mode} held={self._count()}>"
 
     # -- the Budget protocol (the hot path) ---------------------------------------
 
@@ -234,33 +253,50 @@ class LeasedBudget:
 
     # -- the coordinator's side ---------------------------------------------------
 
-    @property
-    def held(self) -> int:
-        """Leased tokens not spent (nor forfeited) yet."""
-        return max(0, self._left) + sum(block[2] for block in self._blocks)
+    def held_at(self, now: float) -> int:
+        """Leased slots still good at ``now`` (those past their grace are forfeited first)."""
+        self._expire(now)
+        return self._count()
 
     def needs_lease(self) -> bool:
-        """Whether a lease call has anything to ask or tell."""
+        """Whether a lease call has anything to ask or tell: something sent or answered,
+        a dry spell, a 429, or a demand the fleet still counts on (an idle budget says
+        once that it wants nothing, then is quiet)."""
         return bool(
-            self._sent or self._accepted or self._hungry or self._throttles or self.held
-        ) or (self.mode == "joining")
+            self._sent
+            or self._accepted
+            or self._hungry
+            or self._throttles
+            or self._reported_demand
+            or self.mode == "joining"
+        )
 
     def report(self, now: float, horizon_s: float = LEASE_HORIZON_S) -> LeaseReport:
         """What to tell the shared bucket now; resets the counters it reports."""
-        elapsed = now - self._reported_at if self._reported_at is not None else 0.0
+        previous = self._reported_at
+        elapsed = now - previous if previous is not None else 0.0
         self._reported_at = now
-        if elapsed > 0.0:
+        if self._sent or self._hungry:
+            self._quiet_since = None
+        elif self._quiet_since is None:
+            self._quiet_since = previous if previous is not None else now
+        idle = self._quiet_since is not None and now - self._quiet_since >= IDLE_S
+        if idle:
+            self._demand = 0.0
+        elif elapsed > 0.0:
             rate = self._sent / elapsed
             # Smoothed over a few periods, but quick to follow a rise.
             self._demand = rate if rate > self._demand else 0.5 * (self._demand + rate)
         demand = self._demand * _DEMAND_PAD + 1.0 if (self._demand or self._hungry) else 0.0
-        held = self.held
+        held = self.held_at(now)
         target = max(1, math.ceil(demand * horizon_s)) if demand else 0
         if self._hungry:
             target = max(2 * target, 1)
         want = max(0, target - held) if not self._uncapped else 0
         give_back = 0
-        if not self._hungry and held > 2 * target + 2:
+        if idle:
+            give_back = self._take_tail(held)
+        elif not self._hungry and held > 2 * target + 2:
             give_back = self._take_tail(held - target)
         report = LeaseReport(
             sent=self._sent,
@@ -273,6 +309,7 @@ class LeasedBudget:
         )
         self._sent = self._accepted = 0
         self._hungry = False
+        self._reported_demand = demand
         return report
 
     def granted(self, now: float, grant: LeaseGrant) -> None:
@@ -286,7 +323,7 @@ class LeasedBudget:
         if grant.pause_s > 0.0:
             self._pause(now, grant.pause_s)
         if grant.count > 0:
-            grace = self.grace_s if grant.tight else math.inf
+            grace = self.grace_s if grant.tight else max(self.grace_s, LOOSE_GRACE_S)
             # Slots dated before the answer came are due now (the burst after a quiet
             # spell): date them on arrival, or the grace would already be running.
             block = (now + max(0.0, grant.start_in_s), grant.step_s, grant.count, grace)
@@ -338,6 +375,24 @@ class LeasedBudget:
     def _pause(self, now: float, pause_s: float) -> None:
         self._paused_until = max(self._paused_until, now + pause_s)
         self._drop()
+
+    def _count(self) -> int:
+        return max(0, self._left) + sum(block[2] for block in self._blocks)
+
+    def _expire(self, now: float) -> None:
+        """Forfeit the slots past their grace at ``now`` (as try_acquire would)."""
+        while True:
+            if self._left <= 0:
+                if not self._blocks:
+                    return
+                self._next_at, self._step, self._left, self._grace = self._blocks.popleft()
+            late = now - self._grace - self._next_at
+            if late <= 0.0:
+                return
+            skip = min(self._left, int(late / self._step) + 1 if self._step > 0 else self._left)
+            self._left -= skip
+            self._next_at += skip * self._step
+            self.expired += skip
 
     def _drop(self) -> None:
         self._left = 0

@@ -138,7 +138,8 @@ local rate = target(s, P)
 
 local e = s.eng[me] or {tat = 0}
 e.d, e.w, e.at = demand, weight, now
-s.eng[me] = e
+-- An idle engine (no demand, nothing asked) leaves the shares until it wants again.
+if demand == 0 and want == 0 then s.eng[me] = nil else s.eng[me] = e end
 
 -- Max-min fair shares of the rate (water-filling) over engines with a fresh report:
 -- those wanting less than an equal (weighted) share get what they want, the rest
@@ -171,7 +172,7 @@ if rate ~= nil then
       break
     end
   end
-  share = alloc[me] + left * weight / all_w
+  if alloc[me] ~= nil then share = alloc[me] + left * weight / all_w end
 end
 
 local grant, start, step, pause = 0, now, 0, 0
