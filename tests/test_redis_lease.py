@@ -142,6 +142,30 @@ def test_report_sizes_the_lease_to_recent_demand() -> None:
     assert budget.report(T0 + 0.2).sent == 0
 
 
+def test_report_tells_the_rate_sent_unpadded_and_hungry_only_after_running_dry() -> None:
+    budget = LeasedBudget("org_a", RateLimit(per_s=1000))
+    budget.report(T0)
+    budget.granted(T0, grant(40, step_s=0.001, tight=False))
+    for _ in range(40):
+        assert budget.try_acquire(T0 + 0.05) == 0.0
+    report = budget.report(T0 + 1.0)
+    assert report.demand_per_s == pytest.approx(40.0) and not report.hungry
+    assert report.want == 10  # 40/s over the 250 ms horizon, nothing held
+
+
+@pytest.mark.parametrize(("sent", "hungry"), [(10, False), (48, True)])
+def test_kept_waiting_is_hungry_only_when_spending_the_whole_share(sent: int, hungry: bool) -> None:
+    """Slots come in blocks: an engine below its share waits for one now and then, and
+    that is no sign that it wants more than the rate gives."""
+    budget = LeasedBudget("org_a", RateLimit(per_s=100))
+    budget.report(T0)
+    budget.granted(T0, grant(sent + 1, step_s=0.001, share_per_s=50.0))
+    for i in range(sent):
+        assert budget.try_acquire(T0 + i * 0.001) == 0.0
+    assert budget.try_acquire(T0 + (sent - 1) * 0.001) > 0  # kept waiting
+    assert budget.report(T0 + 1.0).hungry is hungry
+
+
 def test_report_gives_back_what_demand_no_longer_needs() -> None:
     budget = LeasedBudget("org_a", RateLimit(per_s=1000))
     budget.report(T0)

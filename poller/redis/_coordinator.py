@@ -352,9 +352,12 @@ class RedisCoordinator:
         burst = "" if limit.burst is None else limit.burst
         return [limit.per_s * HEADROOM, burst]
 
-    def _lease_call(self, org_id: str, budget: LeasedBudget, report: LeaseReport) -> Call:
+    def _lease_call(
+        self, org_id: str, budget: LeasedBudget, report: LeaseReport, now: float | None = None
+    ) -> Call:
+        """The LEASE call for a report; ``now`` only for tests (else the server's time)."""
         argv = [
-            "",
+            "" if now is None else now,
             self.engine_id,
             self.weight * (budget.limit.weight if budget.limit is not None else 1.0),
             -1 if report.hungry else report.demand_per_s,
@@ -369,9 +372,12 @@ class RedisCoordinator:
         ]
         return (LEASE, [self._budget_key(org_id)], argv)
 
-    def _throttle_call(self, org_id: str, budget: LeasedBudget, pause_s: float) -> Call:
+    def _throttle_call(
+        self, org_id: str, budget: LeasedBudget, pause_s: float, now: float | None = None
+    ) -> Call:
+        """The THROTTLE call for a 429; ``now`` only for tests (else the server's time)."""
         argv = [
-            "",
+            "" if now is None else now,
             pause_s,
             budget.take_accepted(),
             *self._limits(budget),

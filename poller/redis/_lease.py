@@ -54,12 +54,12 @@ __all__ = [
 
 LEASE_HORIZON_S: Final = 0.25
 """Tokens are leased to cover this much of the engine's recent demand."""
+_SATURATED: Final = 0.9  # refused while sending this share of its share at least: hungry
 IDLE_S: Final = 1.0
 """A budget that sent nothing for this long hands its slots back and goes quiet."""
 LOOSE_GRACE_S: Final = 1.0
 """How late a slot granted while the rate does not bind may still be spent."""
 _DRY_RETRY_S: Final = 0.02  # asked with no token held: look again this much later
-_DEMAND_PAD: Final = 1.25  # demand is reported this much above the recent rate (+1)
 _DEFAULT_PAUSE_S: Final = 1.0
 
 Mode = Literal["joining", "shared", "local"]
@@ -72,8 +72,11 @@ class LeaseReport:
     Attributes:
         sent: requests sent since the last report.
         accepted: answers that were not 429 since the last report.
-        demand_per_s: the rate this engine wants (its recent rate, padded).
-        hungry: it ran out of tokens since the last report: it wants more than it has.
+        demand_per_s: the rate this engine sent at lately (smoothed, not padded: what it
+            does not use, the others may have).
+        hungry: since the last report it ran out of slots, or was kept waiting for the
+            next one while sending at (nearly) its whole share: it wants more than it
+            has. The only sign that the rate binds.
         held: leased tokens not spent yet.
         want: tokens asked for now.
         give_back: tokens handed back (demand dropped).
@@ -135,6 +138,7 @@ class LeasedBudget:
         "_next_at",
         "_paused_until",
         "_quiet_since",
+        "_refused",
         "_reported_at",
         "_reported_demand",
         "_sent",
@@ -176,7 +180,8 @@ class LeasedBudget:
         self._paused_until = -math.inf
         self._sent = 0
         self._accepted = 0
-        self._hungry = False
+        self._hungry = False  # asked with no slot held at all (the coordinator was woken)
+        self._refused = False  # asked before the next slot's time
         self._demand = 0.0
         self._reported_at: float | None = None
         self._reported_demand = 0.0  # the demand the fleet last heard of
@@ -220,6 +225,7 @@ class LeasedBudget:
                 self._next_at, self._step, self._left, self._grace = self._blocks.popleft()
             at = self._next_at
             if at > now:
+                self._refused = True
                 return at - now
             late = now - self._grace - at
             if late > 0.0:
@@ -281,34 +287,40 @@ class LeasedBudget:
         elif self._quiet_since is None:
             self._quiet_since = previous if previous is not None else now
         idle = self._quiet_since is not None and now - self._quiet_since >= IDLE_S
+        rate = self._sent / elapsed if elapsed > 0.0 else 0.0
         if idle:
             self._demand = 0.0
         elif elapsed > 0.0:
-            rate = self._sent / elapsed
             # Smoothed over a few periods, but quick to follow a rise.
             self._demand = rate if rate > self._demand else 0.5 * (self._demand + rate)
-        demand = self._demand * _DEMAND_PAD + 1.0 if (self._demand or self._hungry) else 0.0
+        # It wants more than it gets if it ran out of slots, or was kept waiting for the
+        # next one while spending (nearly) its whole share: an engine below its share is
+        # kept waiting now and then too (its slots come in blocks), and must not make the
+        # fleet's rate climb with no demand behind it.
+        share = self.share_per_s
+        hungry = self._hungry or (self._refused and (share is None or rate >= _SATURATED * share))
+        demand = self._demand
         held = self.held_at(now)
         target = max(1, math.ceil(demand * horizon_s)) if demand else 0
-        if self._hungry:
+        if hungry:
             target = max(2 * target, 1)
         want = max(0, target - held) if not self._uncapped else 0
         give_back = 0
         if idle:
             give_back = self._take_tail(held)
-        elif not self._hungry and held > 2 * target + 2:
+        elif not hungry and held > 2 * target + 2:
             give_back = self._take_tail(held - target)
         report = LeaseReport(
             sent=self._sent,
             accepted=self._accepted,
             demand_per_s=demand,
-            hungry=self._hungry,
+            hungry=hungry,
             held=held - give_back,
             want=want,
             give_back=give_back,
         )
         self._sent = self._accepted = 0
-        self._hungry = False
+        self._hungry = self._refused = False
         self._reported_demand = demand
         return report
 

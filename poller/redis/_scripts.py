@@ -83,7 +83,8 @@ local function target(s, P)
 end
 
 -- Climb only while some engine wanted more than the rate let it have in the last second
--- (hungry_at: the last grant cut short by the fleet's room or the engine's share).
+-- (hungry_at: the last time an engine that ran dry got less than it asked for: not
+-- merely less than it asked, which a lease sized ahead of need often is).
 local function regrow(s, now)
   if s.wmax ~= nil and now > s.grown_at then
     if now - s.hungry_at < 1.0 then s.growth = s.growth + (now - s.grown_at) end
@@ -121,7 +122,7 @@ end
 _LEASE_LUA: Final = (
     _COMMON
     + r"""
--- KEYS[1] budget. ARGV: now, engine, weight, demand (-1: wants more than it gets), want,
+-- KEYS[1] budget. ARGV: now, engine, weight, demand (-1: ran dry, wants more), want,
 -- give_back, accepted, ceiling ('' none), burst ('' default), horizon_s, ttl_s,
 -- stale_s, then beta, recovery_s, min_rate, min_growth, doubling_s.
 local now = clock(ARGV[1])
@@ -197,7 +198,7 @@ if rate ~= nil then
       e.tat = math.max(e.tat, now) + grant / share
     end
   end
-  if grant < want and pause == 0 then s.hungry_at = now end
+  if demand < 0 and grant < want and pause == 0 then s.hungry_at = now end
 end
 save(KEYS[1], s, ttl)
 local rate_out = '-1'
