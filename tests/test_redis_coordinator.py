@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import pytest
@@ -16,8 +18,11 @@ from poller import Backoff, ConfigError, Poller, RateLimit
 from poller.coordination import EngineLink
 from poller.models import Endpoint, JobStatus, Status
 from poller.redis import LeasedBudget, RedisCoordinator
+from poller.redis._client import ScriptClient
+from poller.redis._learning import PUSH_KINDS
 from poller.redis._lease import IDLE_S
-from poller.sched.learn import DurationModel
+from poller.redis._scripts import LEARN_PUSH, LEARN_READ, Script
+from poller.sched.learn import LAYOUT, DurationModel, LearnedDurations, LearnedKind
 from poller.testing import Change, JobsSimulator, SimServer
 
 pytestmark = pytest.mark.anyio
@@ -159,6 +164,84 @@ async def test_a_new_engine_starts_with_what_the_fleet_learned(
         organization_id=ORG,
     )
     assert pupil_model.row_at_age(payload, 1.0) is not None  # it polls by the table
+
+
+def _many_kinds(count: int) -> LearnedDurations:
+    counts = [0.0] * 100
+    counts[3], counts[10] = 40.0, 2.0
+    kinds = [
+        LearnedKind(
+            organization_id=f"org_{index}",
+            endpoint="/v1/documents/extract",
+            status="queued",
+            counts=counts,
+        )
+        for index in range(count)
+    ]
+    return LearnedDurations(layout=LAYOUT, kinds=kinds)
+
+
+async def test_2000_learned_kinds_are_shared_in_short_calls(
+    redis_url: str, redis_ns: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default max_learned_kinds, pushed and read a few dozen kinds a call, while
+    the budgets stay shared (one 2,000-kind call took 245 ms and sent every engine
+    local)."""
+    caplog.set_level(logging.WARNING, logger="poller.redis")
+    sizes: list[int] = []
+    run = ScriptClient.run
+
+    async def counted(self: ScriptClient, script: Script, keys: list[str], argv: list[Any]) -> Any:
+        result = await run(self, script, keys, argv)
+        if script is LEARN_PUSH:
+            sizes.append(len(json.loads(argv[-1])))
+        elif script is LEARN_READ:
+            sizes.append(len(json.loads(result[2])))
+        return result
+
+    monkeypatch.setattr(ScriptClient, "run", counted)
+    teacher_model, pupil_model = DurationModel(), DurationModel()
+    teacher_model.load(_many_kinds(2_000))
+    teacher = RedisCoordinator(redis_url, namespace=redis_ns)
+    pupil = RedisCoordinator(redis_url, namespace=redis_ns)
+    budget = teacher.budget(ORG, RateLimit(per_s=50))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            teacher.run, EngineLink(time.time, teacher_model.snapshot, teacher_model.load)
+        )
+        tg.start_soon(pupil.run, EngineLink(time.time, pupil_model.snapshot, pupil_model.load))
+        await _until(lambda: len(pupil_model) == 2_000, timeout_s=20.0)
+        tg.cancel_scope.cancel()
+    assert budget.mode == "shared" and teacher.online and pupil.online
+    assert "out of reach" not in caplog.text
+    assert max(sizes) <= PUSH_KINDS
+    theirs = teacher_model.snapshot().kinds
+    assert {(k.organization_id, tuple(k.counts)) for k in pupil_model.snapshot().kinds} == {
+        (k.organization_id, tuple(k.counts)) for k in theirs
+    }
+
+
+async def test_a_failing_learning_sync_leaves_the_budgets_shared(
+    redis_url: str, redis_ns: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="poller.redis")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.set(f"{redis_ns}:learn", "not a sorted set")  # every LEARN call fails
+    finally:
+        client.close()
+    model = DurationModel()
+    _teach(model, 40)
+    coord = RedisCoordinator(redis_url, namespace=redis_ns, sync_interval_s=0.1)
+    budget = coord.budget(ORG, RateLimit(per_s=50))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(coord.run, EngineLink(time.time, model.snapshot, model.load))
+        await _until(lambda: "not shared with the fleet" in caplog.text)
+        await anyio.sleep(0.5)
+        tg.cancel_scope.cancel()
+    assert budget.mode == "shared" and coord.online
+    assert "out of reach" not in caplog.text
+    assert caplog.text.count("not shared with the fleet") == 1
 
 
 async def test_no_secret_reaches_redis_logs_or_reprs(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
 from poller.redis import LeasedBudget
-from poller.redis._learning import LearnSync, kind_id
+from poller.redis._learning import PUSH_KINDS, LearnSync, kind_id
 from poller.redis._lease import IDLE_S, LOOSE_GRACE_S, LeaseGrant
 from poller.sched.learn import LAYOUT, DurationSketch, LearnedDurations, LearnedKind
 from poller.sched.ratelimit import RateLimit
@@ -220,27 +221,43 @@ def bins(**weights: float) -> list[float]:
     return counts
 
 
+def pushed(sync: LearnSync, learned: LearnedDurations) -> list[tuple[str, dict[str, float]]]:
+    """What ``sync`` pushes of ``learned``, every push acknowledged."""
+    sync.take(learned)
+    out = []
+    while (push := sync.pending()) is not None:
+        out += [(name, delta) for name, delta in json.loads(push[1])]
+        sync.acknowledged(push[0])
+    return out
+
+
+def sparse(counts: list[float]) -> dict[str, float]:
+    return {str(i): c for i, c in enumerate(counts) if c}
+
+
 def test_learn_sync_pushes_only_what_is_new() -> None:
     sync = LearnSync()
-    assert sync.deltas(snapshot(bins(b3=2.0))) == [(kind_id(KIND), {"3": 2.0})]
-    merged = sync.merge([(kind_id(KIND), bins(b3=2.0, b4=5.0))], snapshot(bins(b3=2.0)))
+    assert pushed(sync, snapshot(bins(b3=2.0))) == [(kind_id(KIND), {"3": 2.0})]
+    merged = sync.merge([(kind_id(KIND), sparse(bins(b3=2.0, b4=5.0)))], snapshot(bins(b3=2.0)))
     assert merged is not None and merged.kinds[0].counts == bins(b3=2.0, b4=5.0)
     # Loaded; one more sample locally: only it is pushed.
-    assert sync.deltas(snapshot(bins(b3=2.0, b4=5.0, b7=1.0))) == [(kind_id(KIND), {"7": 1.0})]
+    assert pushed(sync, snapshot(bins(b3=2.0, b4=5.0, b7=1.0))) == [(kind_id(KIND), {"7": 1.0})]
 
 
-def test_learn_sync_keeps_what_was_learned_while_the_call_was_out() -> None:
+def test_learn_sync_keeps_what_was_learned_since_the_push() -> None:
     sync = LearnSync()
-    sync.deltas(snapshot(bins(b3=2.0)))
-    merged = sync.merge([(kind_id(KIND), bins(b3=2.0, b4=5.0))], snapshot(bins(b3=2.0, b9=1.0)))
+    pushed(sync, snapshot(bins(b3=2.0)))
+    merged = sync.merge(
+        [(kind_id(KIND), sparse(bins(b3=2.0, b4=5.0)))], snapshot(bins(b3=2.0, b9=1.0))
+    )
     assert merged is not None and merged.kinds[0].counts == bins(b3=2.0, b4=5.0, b9=1.0)
-    assert sync.deltas(snapshot(bins(b3=2.0, b4=5.0, b9=1.0))) == [(kind_id(KIND), {"9": 1.0})]
+    assert pushed(sync, snapshot(bins(b3=2.0, b4=5.0, b9=1.0))) == [(kind_id(KIND), {"9": 1.0})]
 
 
 def test_learn_sync_follows_the_local_fading() -> None:
     sync = LearnSync(max_weight=10.0)
-    sync.deltas(snapshot(bins(b1=8.0)))
-    sync.merge([(kind_id(KIND), bins(b1=8.0))], snapshot(bins(b1=8.0)))
+    pushed(sync, snapshot(bins(b1=8.0)))
+    sync.merge([(kind_id(KIND), sparse(bins(b1=8.0)))], snapshot(bins(b1=8.0)))
     # Three more samples push the local total past 10: everything halved, (8 + 3) / 2.
     faded = DurationSketch(max_weight=10.0)
     faded.restore(bins(b1=8.0))
@@ -248,20 +265,48 @@ def test_learn_sync_follows_the_local_fading() -> None:
         faded.add(0.08)  # bin 2
     counts = list(faded.counts)
     assert sum(counts) < 8.0
-    delta = dict(sync.deltas(snapshot(counts)))[kind_id(KIND)]
+    delta = dict(pushed(sync, snapshot(counts)))[kind_id(KIND)]
     assert delta == {"3": pytest.approx(1.5)}
 
 
 def test_learn_sync_halves_what_it_loads_past_the_max_weight() -> None:
     sync = LearnSync(max_weight=10.0)
-    merged = sync.merge([(kind_id(KIND), bins(b1=8.0))], snapshot(bins(b2=6.0)))
+    merged = sync.merge([(kind_id(KIND), sparse(bins(b1=8.0)))], snapshot(bins(b2=6.0)))
     assert merged is not None and sum(merged.kinds[0].counts) == pytest.approx(7.0)
 
 
 def test_learn_sync_reset_pushes_everything_again() -> None:
     sync = LearnSync()
-    sync.deltas(snapshot(bins(b3=2.0)))
-    sync.merge([(kind_id(KIND), bins(b3=2.0))], snapshot(bins(b3=2.0)))
-    assert sync.deltas(snapshot(bins(b3=2.0))) == []
+    pushed(sync, snapshot(bins(b3=2.0)))
+    sync.merge([(kind_id(KIND), sparse(bins(b3=2.0)))], snapshot(bins(b3=2.0)))
+    assert pushed(sync, snapshot(bins(b3=2.0))) == []
     sync.reset()
-    assert sync.deltas(snapshot(bins(b3=2.0))) == [(kind_id(KIND), {"3": 2.0})]
+    assert pushed(sync, snapshot(bins(b3=2.0))) == [(kind_id(KIND), {"3": 2.0})]
+
+
+def test_learn_sync_pushes_a_few_dozen_kinds_at_a_time_until_acknowledged() -> None:
+    """2,000 kinds go in pushes of PUSH_KINDS; one not acknowledged (its answer lost) is
+    sent again with its number, and nothing of it is taken twice."""
+    sync = LearnSync()
+    kinds = [
+        LearnedKind(
+            organization_id=f"org_{i}", endpoint="/v1/x", status="queued", counts=bins(b1=1)
+        )
+        for i in range(2_000)
+    ]
+    sync.take(LearnedDurations(layout=LAYOUT, kinds=kinds))
+    first = sync.pending()
+    assert first is not None and len(json.loads(first[1])) == PUSH_KINDS
+    sync.take(LearnedDurations(layout=LAYOUT, kinds=kinds))  # nothing new meanwhile
+    assert sync.pending() == first  # not acknowledged: the same push, the same number
+    numbers = []
+    while (push := sync.pending()) is not None:
+        numbers.append(push[0])
+        sync.acknowledged(push[0])
+    assert len(numbers) == 2_000 // PUSH_KINDS and numbers == sorted(set(numbers))
+
+
+def test_learn_sync_ignores_tables_it_cannot_use() -> None:
+    sync = LearnSync()
+    tables = [(kind_id(KIND), {"100": 1.0}), ("no tabs", {"1": 1.0}), (kind_id(KIND), [1.0])]
+    assert sync.merge(tables, None) is None  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ import pytest
 
 from poller.redis._client import ScriptClient
 from poller.redis._coordinator import _ADAPTIVE
-from poller.redis._scripts import HEARTBEAT, LEARN, LEASE, THROTTLE
+from poller.redis._scripts import HEARTBEAT, LEARN_PUSH, LEARN_READ, LEASE, THROTTLE
 
 pytestmark = pytest.mark.anyio
 T0 = 1_000.0
@@ -214,13 +214,10 @@ async def test_every_key_has_a_ttl(client: ScriptClient, redis_ns: str) -> None:
     await org.throttle(T0, 1.0, accepted=5)
     keys = [f"{redis_ns}:engines", f"{redis_ns}:epoch"]
     await client.run(HEARTBEAT, keys, [T0, "a", 5, 60, "e1", "0", 3600])
-    delta = json.dumps([["org\t/v1/x\tqueued", {"2": 1.0}]])
-    learn = [f"{redis_ns}:learn", f"{redis_ns}:epoch"]
-    await client.run(
-        LEARN, learn, [T0, "-inf", "e1", "e2", 4000, 10, 3600, f"{redis_ns}:learn:", delta]
-    )
+    learn = Learn(client, redis_ns)
+    await learn.push(1, [["org\t/v1/x\tqueued", {"2": 1.0}]], engine="e1", epoch="e1")
     found = [key async for key in client.redis.scan_iter(match=f"{redis_ns}:*")]
-    assert len(found) == 5
+    assert len(found) == 6  # budget, engines, epoch, learn index, one table, e1's push
     for key in found:
         assert await client.redis.ttl(key) > 0, key
 
@@ -241,34 +238,88 @@ async def test_heartbeats_count_live_engines(client: ScriptClient, redis_ns: str
     assert (await beat(T0 + 7, ""))[0] == 0
 
 
+class Learn:
+    """Calls the learning scripts the way the coordinator does."""
+
+    def __init__(self, client: ScriptClient, ns: str, max_weight: float = 4000.0) -> None:
+        self.client = client
+        self.ns = ns
+        self.max_weight = max_weight
+
+    async def push(
+        self, number: int, deltas: list[Any], *, engine: str = "a", epoch: str = "e", kinds: int = 2
+    ) -> tuple[str, str]:
+        keys = [f"{self.ns}:learn", f"{self.ns}:epoch", f"{self.ns}:learn-seq:{engine}"]
+        argv = [epoch, "e", number, self.max_weight, kinds, 3600, f"{self.ns}:learn:", 100]
+        result = await self.client.run(LEARN_PUSH, keys, [*argv, json.dumps(deltas)])
+        return result[0], result[1]
+
+    async def read(self, after: str = "0", page: int = 50, epoch: str = "e") -> Any:
+        keys = [f"{self.ns}:learn", f"{self.ns}:epoch"]
+        _, ok, body, last, done = await self.client.run(
+            LEARN_READ, keys, [epoch, after, page, f"{self.ns}:learn:"]
+        )
+        return ok, json.loads(body), last, done
+
+
 async def test_learned_tables_merge_fade_and_stay_bounded(
     client: ScriptClient, redis_ns: str
 ) -> None:
-    keys = [f"{redis_ns}:learn", f"{redis_ns}:epoch"]
-    prefix = f"{redis_ns}:learn:"
-
-    async def push(now: float, deltas: list[Any], since: str = "-inf", epoch: str = "e") -> Any:
-        argv = [now, since, epoch, "e", 10.0, 2, 3600, prefix, json.dumps(deltas)]
-        return await client.run(LEARN, keys, argv)
-
+    learn = Learn(client, redis_ns, max_weight=10.0)
     kind_a = "org\t/v1/x\tqueued"
-    _, _, applied, body = await push(T0, [[kind_a, {"0": 2.0, "5": 1.0}]])
-    assert applied == "1"
-    assert json.loads(body)[0][1][:6] == [2, 0, 0, 0, 0, 1]
-    _, _, _, body = await push(T0 + 1, [[kind_a, {"5": 3.0}]])  # another engine's samples
-    assert json.loads(body)[0][1][5] == 4
-    _, _, _, body = await push(T0 + 2, [[kind_a, {"5": 5.0}]])  # total 11 > 10: halved
-    assert json.loads(body)[0][1][:6] == [1, 0, 0, 0, 0, 4.5]
+    assert await learn.push(1, [[kind_a, {"0": 2.0, "5": 1.0}]]) == ("e", "1")
+    _, tables, last, done = await learn.read()
+    assert tables == [[kind_a, {"0": 2, "5": 1}]] and done == "1"  # sparse
+    await learn.push(1, [[kind_a, {"5": 3.0}]], engine="b")  # another engine's samples
+    _, tables, *_ = await learn.read()
+    assert tables[0][1]["5"] == 4
+    await learn.push(2, [[kind_a, {"5": 5.0}]], engine="b")  # total 11 > 10: halved
+    _, tables, *_ = await learn.read()
+    assert tables[0][1] == {"0": 1, "5": 4.5}
     # At most two kinds: the least recently changed goes.
-    await push(T0 + 3, [["org\t/v1/x\tin_progress", {"1": 1.0}]])
-    _, _, _, body = await push(T0 + 4, [["org\t/v1/y\tqueued", {"1": 1.0}]])
-    assert sorted(k for k, _ in json.loads(body)) == [
-        "org\t/v1/x\tin_progress",
-        "org\t/v1/y\tqueued",
-    ]
-    # Only what changed since is read back.
-    _, _, _, body = await push(T0 + 5, [], since=f"({T0 + 3.5!r}")
-    assert [k for k, _ in json.loads(body)] == ["org\t/v1/y\tqueued"]
+    await learn.push(2, [["org\t/v1/x\tin_progress", {"1": 1.0}]])
+    await learn.push(3, [["org\t/v1/y\tqueued", {"1": 1.0}]])
+    _, tables, last, _ = await learn.read()
+    assert [k for k, _ in tables] == ["org\t/v1/x\tin_progress", "org\t/v1/y\tqueued"]
+    # Only what changed after the last change read comes back.
+    await learn.push(4, [["org\t/v1/y\tqueued", {"2": 1.0}]])
+    _, tables, _, _ = await learn.read(after=last)
+    assert [k for k, _ in tables] == ["org\t/v1/y\tqueued"]
     # An engine that knew another epoch pushes nothing: it must send its tables whole.
-    _, epoch, applied, _ = await push(T0 + 6, [[kind_a, {"1": 1.0}]], epoch="old")
-    assert (epoch, applied) == ("e", "0")
+    assert await learn.push(5, [[kind_a, {"1": 1.0}]], epoch="old") == ("e", "0")
+    assert (await learn.read(epoch="old"))[0] == "0"
+
+
+async def test_a_push_sent_again_is_counted_once(client: ScriptClient, redis_ns: str) -> None:
+    """Its answer was lost (a timeout after Redis applied it): the engine sends it again,
+    with its number, and Redis does not add it twice."""
+    learn = Learn(client, redis_ns)
+    kind = "org\t/v1/x\tqueued"
+    assert await learn.push(7, [[kind, {"3": 1.0}]]) == ("e", "1")
+    assert await learn.push(7, [[kind, {"3": 1.0}]]) == ("e", "2")
+    assert await learn.push(6, [[kind, {"3": 1.0}]]) == ("e", "2")
+    _, tables, *_ = await learn.read()
+    assert tables == [[kind, {"3": 1}]]
+
+
+async def test_the_learned_tables_are_read_a_page_at_a_time(
+    client: ScriptClient, redis_ns: str
+) -> None:
+    learn = Learn(client, redis_ns)
+    names = [f"org_{i:03}\t/v1/x\tqueued" for i in range(120)]
+    for number, start in enumerate(range(0, 120, 50), start=1):
+        chunk = [[name, {"1": 1.0}] for name in names[start : start + 50]]
+        await learn.push(number, chunk, kinds=1000)
+    seen, after, pages = [], "0", 0
+    while True:
+        _, tables, after, done = await learn.read(after=after, page=50)
+        pages += 1
+        seen += [name for name, _ in tables]
+        if done == "1":
+            break
+    assert seen == names and pages == 3
+    # An index that started over (it expired) is read from its start.
+    await client.redis.delete(f"{redis_ns}:learn")
+    await learn.push(9, [[names[0], {"1": 1.0}]], kinds=1000)
+    _, tables, *_ = await learn.read(after=after)
+    assert [name for name, _ in tables] == [names[0]]

@@ -17,9 +17,11 @@ This module is its background side, four loops in the engine's task group:
 - **heartbeat** (every ``heartbeat_s``): registers the engine, counts the live ones,
   and watches the namespace's epoch (a new one: Redis lost its data);
 - **learning** (every ``sync_interval_s``): pushes what the engine learned about job
-  durations since the last push, and loads the fleet's merged tables
-  (``poller.redis._learning``); the first sync runs at once, so a new engine polls
-  with the fleet's knowledge from its first jobs.
+  durations since the last push, and loads the fleet's tables changed since it last
+  read them (``poller.redis._learning``), a few dozen kinds per call, on a connection
+  of its own with a longer timeout; the first sync runs at once, so a new engine
+  polls with the fleet's knowledge from its first jobs. A failed sync is retried at
+  the next one (with one warning): it never sends the budgets local.
 
 **When Redis fails** (unreachable, slower than ``timeout_s``, restarted empty),
 polling goes on: every budget falls back to a local share of its configured limit,
@@ -50,9 +52,9 @@ from ..coordination import EngineLink
 from ..errors import ConfigError
 from ..sched.ratelimit import HEADROOM, AdaptiveBudget, Budget, RateLimit
 from ._client import Call, ScriptClient, check_namespace, check_url, redact
-from ._learning import LearnSync
+from ._learning import PUSH_KINDS, LearnSync
 from ._lease import LEASE_HORIZON_S, LeasedBudget, LeaseGrant, LeaseReport
-from ._scripts import HEARTBEAT, LEARN, LEASE, THROTTLE
+from ._scripts import HEARTBEAT, LEARN_PUSH, LEARN_READ, LEASE, THROTTLE
 
 __all__ = ["RedisCoordinator"]
 
@@ -65,6 +67,8 @@ _BUDGET_TTL_S: Final = 60
 _ENGINES_TTL_S: Final = 60
 _CLOSE_S: Final = 0.5  # at most this long spent telling the fleet this engine leaves
 _TROUBLE: Final = (RedisError, OSError, TimeoutError)
+_LEARN_BINS: Final = 100
+_LEARN_TIMEOUT_S: Final = 2.0  # learning calls may be slower than leases: at least this
 # The adaptive parameters travel to the scripts from AdaptiveBudget's own defaults.
 _DEFAULTS: Final = AdaptiveBudget()
 _ADAPTIVE: Final = [
@@ -196,18 +200,21 @@ class RedisCoordinator:
         self._clock = link.clock
         self._wake = asyncio.Event()
         client = ScriptClient(self._url, timeout_s=self.timeout_s)
+        # Learning has a client of its own, with a longer timeout: its calls carry more.
+        learner = ScriptClient(self._url, timeout_s=max(_LEARN_TIMEOUT_S, 4 * self.timeout_s))
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._heartbeats, client, name="poller-redis-heartbeat")
                 tg.start_soon(self._leases, client, name="poller-redis-leases")
                 tg.start_soon(self._events, client, name="poller-redis-events")
-                tg.start_soon(self._learning, client, link, name="poller-redis-learning")
+                tg.start_soon(self._learning, learner, link, name="poller-redis-learning")
         finally:
             with anyio.CancelScope(shield=True):
                 with anyio.move_on_after(_CLOSE_S):
-                    await self._leave(client, link)
-                with anyio.move_on_after(_CLOSE_S):
-                    await client.aclose()
+                    await self._leave(client, learner, link)
+                for each in (client, learner):
+                    with anyio.move_on_after(_CLOSE_S):
+                        await each.aclose()
             self._running = False
 
     # -- keys -------------------------------------------------------------------------
@@ -218,6 +225,14 @@ class RedisCoordinator:
     @property
     def _channel(self) -> str:
         return f"{self.namespace}:events"
+
+    @property
+    def _epoch_key(self) -> str:
+        return f"{self.namespace}:epoch"
+
+    @property
+    def _learn_key(self) -> str:
+        return f"{self.namespace}:learn"
 
     # -- state ------------------------------------------------------------------------
 
@@ -277,7 +292,7 @@ class RedisCoordinator:
     async def _heartbeat(self, client: ScriptClient, *, leaving: bool = False) -> None:
         count, epoch = await client.run(
             HEARTBEAT,
-            [f"{self.namespace}:engines", f"{self.namespace}:epoch"],
+            [f"{self.namespace}:engines", self._epoch_key],
             [
                 "",
                 self.engine_id,
@@ -424,48 +439,84 @@ class RedisCoordinator:
     async def _learning(self, client: ScriptClient, link: EngineLink) -> None:
         if link.learned() is None:
             return  # learning is off in this engine
+        failing = False
         while True:
-            if self._online:
-                await self._guarded(lambda: self._sync(client, link))
-                await anyio.sleep(self.sync_interval_s)
-            else:
+            if not self._online:
                 await anyio.sleep(min(self.heartbeat_s, self.sync_interval_s) / 2)
+                continue
+            # Its own guard: a slow or failed sync is retried at the next one, and never
+            # sends the budgets local (the leases and the heartbeat tell that).
+            try:
+                await self._sync(client, link)
+            except _TROUBLE as exc:
+                if not failing:
+                    log.warning(
+                        "learned durations not shared with the fleet this time (%s): "
+                        "retrying every %g s",
+                        _describe(exc, self._url),
+                        self.sync_interval_s,
+                    )
+                failing = True
+            else:
+                failing = False
+            await anyio.sleep(self.sync_interval_s)
 
-    async def _sync(self, client: ScriptClient, link: EngineLink) -> None:
-        for _ in (0, 1):
-            deltas = self._learn.deltas(link.learned())
-            now_s, epoch, applied, body = await client.run(
-                LEARN,
-                [f"{self.namespace}:learn", f"{self.namespace}:epoch"],
+    async def _sync(self, client: ScriptClient, link: EngineLink, *, read: bool = True) -> None:
+        """Push what was learned, a few dozen kinds a call, then read the fleet's changed
+        tables a page at a time, loading each (see ``poller.redis._learning``)."""
+        sync = self._learn
+        sync.take(link.learned())
+        resets = 0
+        while (push := sync.pending()) is not None:
+            number, deltas = push
+            epoch, applied = await client.run(
+                LEARN_PUSH,
+                [self._learn_key, self._epoch_key, f"{self._learn_key}-seq:{self.engine_id}"],
                 [
-                    "",
-                    f"({self._learn.since!r}" if self._learn.since else "-inf",
                     self._epoch or "",
                     secrets.token_hex(8),
-                    self._learn.max_weight,
+                    number,
+                    sync.max_weight,
                     self.max_learned_kinds,
                     self.learned_ttl_s,
-                    f"{self.namespace}:learn:",
-                    orjson.dumps(deltas).decode(),
+                    f"{self._learn_key}:",
+                    _LEARN_BINS,
+                    deltas,
                 ],
             )
-            if applied != "1":  # the namespace's epoch changed: push everything whole
+            if applied == "0":  # the namespace's epoch changed: push everything whole
+                if resets:
+                    return
+                resets += 1
                 self._epoch = epoch
-                self._learn.reset()
+                sync.reset()
+                sync.take(link.learned())
                 continue
-            tables = orjson.loads(body)
-            merged = self._learn.merge(((k, c) for k, c in tables), link.learned())
-            self._learn.since = float(now_s)
+            sync.acknowledged(number)
+        if not read:
+            return
+        for _ in range(self.max_learned_kinds // PUSH_KINDS + 2):  # bounded: others push
+            epoch, ok, body, last, done = await client.run(
+                LEARN_READ,
+                [self._learn_key, self._epoch_key],
+                [self._epoch or "", sync.after, PUSH_KINDS, f"{self._learn_key}:"],
+            )
+            if ok != "1":
+                sync.reset()  # the next sync pushes everything whole
+                return
+            merged = sync.merge(orjson.loads(body), link.learned())
             if merged is not None:
                 try:
                     link.load_learned(merged)
                 except ConfigError as exc:  # a table this version cannot use
                     log.warning("ignoring the fleet's learned durations: %s", exc)
-            return
+            sync.after = last
+            if done == "1":
+                return
 
     # -- leaving ----------------------------------------------------------------------------
 
-    async def _leave(self, client: ScriptClient, link: EngineLink) -> None:
+    async def _leave(self, client: ScriptClient, learner: ScriptClient, link: EngineLink) -> None:
         """Give back unspent slots, deregister, push the last learned samples."""
         if not self._online:
             return
@@ -480,7 +531,7 @@ class RedisCoordinator:
                 await client.run_many(calls)
             await self._heartbeat(client, leaving=True)
             if link.learned() is not None:
-                await self._sync(client, link)
+                await self._sync(learner, link, read=False)
 
 
 def _grant(result: list[Any]) -> LeaseGrant:

@@ -1,11 +1,12 @@
 """The Lua scripts that hold a fleet's shared state in Redis, each one atomic.
 
-Every script takes its time as its first argument: a Unix time in seconds, or an
-empty string for the server's ``TIME``. Engines pass an empty string, so that a
-fleet spread over machines whose clocks disagree still shares one clock; tests pass
-a time and are deterministic. Scripts are sent by SHA (``EVALSHA``) and loaded once
-more when a server answers ``NOSCRIPT`` (a restart, ``SCRIPT FLUSH``), see
-:class:`ScriptRunner`.
+LEASE, THROTTLE and HEARTBEAT take their time as their first argument: a Unix time in
+seconds, or an empty string for the server's ``TIME``. Engines pass an empty string,
+so that a fleet spread over machines whose clocks disagree still shares one clock;
+tests pass a time and are deterministic. The learning scripts need no clock: they
+number changes. Scripts are sent by SHA (``EVALSHA``) and loaded once more when a
+server answers ``NOSCRIPT`` (a restart, ``SCRIPT FLUSH``), see
+:class:`poller.redis._client.ScriptClient`.
 
 Key layout (``NS`` is the namespace; keys of one organisation share the hash tag
 ``{NS:ORG}``, so a script touching them could run on one Redis Cluster slot)::
@@ -15,8 +16,13 @@ Key layout (``NS`` is the namespace; keys of one organisation share the hash tag
     NS:engines           sorted set: engine ID -> last heartbeat (live engines)
     NS:epoch             string: a random ID made when the namespace is first used;
                          a new one means Redis lost the namespace (restart, flush)
-    NS:learn             sorted set: learned kind -> when it last changed
-    NS:learn:SHA1        string, JSON: one kind's merged duration histogram
+    NS:learn             sorted set: learned kind -> its last change number (changes
+                         to the tables are numbered 1, 2, ...: a reader asks for the
+                         kinds changed after the last number it read)
+    NS:learn:SHA1        string, JSON {"t": total, "c": {bin: weight}}: one kind's
+                         merged duration histogram, sparse
+    NS:learn-seq:ENGINE  string: the number of the engine's last push applied (a push
+                         sent again after its answer was lost is not counted twice)
     NS:events            pub/sub channel: 429s, to every engine at once
 
 Every key is written with a TTL (refreshed while in use): a fleet that stops leaves
@@ -29,7 +35,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Final
 
-__all__ = ["HEARTBEAT", "LEARN", "LEASE", "THROTTLE", "Script"]
+__all__ = ["HEARTBEAT", "LEARN_PUSH", "LEARN_READ", "LEASE", "THROTTLE", "Script"]
 
 # Shared by LEASE and THROTTLE: the adaptive state, as AdaptiveBudget keeps it locally.
 _COMMON: Final = r"""
@@ -271,47 +277,49 @@ redis.call('EXPIRE', KEYS[2], ARGV[7])
 return {redis.call('ZCARD', KEYS[1]), epoch}
 """
 
-_LEARN_LUA: Final = r"""
--- KEYS[1] learn index, KEYS[2] epoch. ARGV: now, since, expected epoch, new epoch,
--- max_weight, max_kinds, ttl_s, key prefix, deltas (JSON: [[kind, {bin: weight}], ...]).
--- Adds each kind's delta to its merged histogram (bins 0-based in the JSON, halved
--- whenever the total passes max_weight, as DurationSketch fades), keeps at most
--- max_kinds kinds (the least recently changed go), and returns every kind changed at
--- or after `since`. A namespace that lost its epoch (Redis restarted empty) takes no
--- delta: the engine resends what it knows whole.
-local now
-if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
-  local t = redis.call('TIME'); now = tonumber(t[1]) + tonumber(t[2]) / 1e6 end
-local since, max_weight = ARGV[2], tonumber(ARGV[5])
-local max_kinds, ttl, prefix = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
-redis.call('SET', KEYS[2], ARGV[4], 'NX', 'EX', ttl)
+_LEARN_PUSH_LUA: Final = r"""
+-- KEYS[1] learn index, KEYS[2] epoch, KEYS[3] the engine's last push applied.
+-- ARGV: expected epoch, new epoch, push number, max_weight, max_kinds, ttl_s, key
+-- prefix, bins, deltas (JSON: [[kind, {bin: weight}], ...], a few dozen kinds at most).
+-- Adds each kind's delta to its merged histogram (sparse: {"t": total, "c": {bin:
+-- weight}}, halved whenever the total passes max_weight, as DurationSketch fades),
+-- numbers each kind changed with the next change number (its score in the index), and
+-- keeps at most max_kinds kinds (the least recently changed go). A push whose number
+-- was applied already (its answer was lost, and it is sent again) changes nothing. A
+-- namespace that lost its epoch (Redis restarted empty) takes no delta: the engine
+-- pushes what it knows whole. Returns the epoch and '1' applied, '2' applied before,
+-- '0' not applied (another epoch).
+local ttl, prefix = tonumber(ARGV[6]), ARGV[7]
+redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', ttl)
 local epoch = redis.call('GET', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ttl)
-if epoch ~= ARGV[3] then
-  return {tostring(now), epoch, '0', '[]'}
-end
+if epoch ~= ARGV[1] then return {epoch, '0'} end
+local number = tonumber(ARGV[3])
+if number <= tonumber(redis.call('GET', KEYS[3]) or '0') then return {epoch, '2'} end
+local max_weight, max_kinds, bins = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[8])
+local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+local change = tonumber(top[2] or '0')
 for _, item in ipairs(cjson.decode(ARGV[9])) do
   local kind, delta = item[1], item[2]
   local key = prefix .. redis.sha1hex(kind)
   local raw = redis.call('GET', key)
-  local h
-  if raw then h = cjson.decode(raw) else
-    h = {t = 0, c = {}}
-    for i = 1, 100 do h.c[i] = 0 end
-  end
+  local h = {t = 0, c = {}}
+  if raw then h = cjson.decode(raw) end
   for bin, weight in pairs(delta) do
-    local i = tonumber(bin) + 1
-    if i >= 1 and i <= #h.c and weight > 0 then
-      h.c[i] = h.c[i] + weight
+    local i = tonumber(bin)
+    if i ~= nil and i >= 0 and i < bins and i == math.floor(i) and weight > 0 then
+      local k = tostring(i)
+      h.c[k] = (h.c[k] or 0) + weight
       h.t = h.t + weight
     end
   end
   while h.t > max_weight do
-    for i = 1, #h.c do h.c[i] = h.c[i] / 2 end
+    for k, weight in pairs(h.c) do h.c[k] = weight / 2 end
     h.t = h.t / 2
   end
   redis.call('SET', key, cjson.encode(h), 'EX', ttl)
-  redis.call('ZADD', KEYS[1], now, kind)
+  change = change + 1
+  redis.call('ZADD', KEYS[1], change, kind)
 end
 local n = redis.call('ZCARD', KEYS[1])
 if n > max_kinds then
@@ -321,14 +329,35 @@ if n > max_kinds then
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - max_kinds - 1)
 end
 redis.call('EXPIRE', KEYS[1], ttl)
-local out = {}
-for _, kind in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], since, '+inf')) do
-  local raw = redis.call('GET', prefix .. redis.sha1hex(kind))
-  if raw then out[#out + 1] = {kind, cjson.decode(raw).c} end
+redis.call('SET', KEYS[3], number, 'EX', ttl)
+return {epoch, '1'}
+"""
+
+_LEARN_READ_LUA: Final = r"""
+-- KEYS[1] learn index, KEYS[2] epoch. ARGV: expected epoch, after (a change number),
+-- page, key prefix. Returns the epoch, '1' (or '0': another epoch, nothing read), up
+-- to `page` kinds changed after `after` in the order of their changes (JSON: [[kind,
+-- {bin: weight}], ...]), the last change number read (the next call's `after`), and
+-- '1' when there is no more. An index that started over (it expired) below `after`
+-- is read from its start.
+local epoch = redis.call('GET', KEYS[2])
+if epoch ~= ARGV[1] then return {epoch or '', '0', '[]', ARGV[2], '1'} end
+local after, page, prefix = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if tonumber(top[2] or '0') < tonumber(after) then after = '0' end
+local items = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. after, '+inf', 'WITHSCORES',
+                         'LIMIT', 0, page)
+local out, last = {}, after
+for i = 1, #items, 2 do
+  local raw = redis.call('GET', prefix .. redis.sha1hex(items[i]))
+  if raw then out[#out + 1] = {items[i], cjson.decode(raw).c} end
+  last = items[i + 1]
 end
 local body = '[]'
 if #out > 0 then body = cjson.encode(out) end
-return {tostring(now), epoch, '1', body}
+local done = '0'
+if #items < 2 * page then done = '1' end
+return {epoch, '1', body, last, done}
 """
 
 
@@ -352,5 +381,7 @@ THROTTLE: Final = Script(_THROTTLE_LUA)
 """A 429: pauses the organisation fleet-wide, cuts its rate, publishes the news."""
 HEARTBEAT: Final = Script(_HEARTBEAT_LUA)
 """Registers (or deregisters) an engine; counts the live ones; returns the epoch."""
-LEARN: Final = Script(_LEARN_LUA)
-"""Merges an engine's learned-duration deltas; returns the tables changed since."""
+LEARN_PUSH: Final = Script(_LEARN_PUSH_LUA)
+"""Merges a few dozen kinds of an engine's learned-duration deltas, once per push number."""
+LEARN_READ: Final = Script(_LEARN_READ_LUA)
+"""Returns a page of the learned tables changed after a change number."""
