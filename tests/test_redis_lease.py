@@ -178,7 +178,7 @@ def test_report_gives_back_what_demand_no_longer_needs() -> None:
 
 def test_going_local_spends_a_share_of_the_configured_limit() -> None:
     budget = LeasedBudget("org_a", RateLimit(per_s=100))
-    budget.granted(T0, grant(5))
+    budget.granted(T0, grant(5, rate_per_s=98.0))
     budget.go_local(T0, engines=4)
     assert budget.mode == "local" and budget.held_at(T0) == 0
     assert budget.rate_per_s == pytest.approx(25 * 0.98)
@@ -192,7 +192,23 @@ def test_going_local_spends_a_share_of_the_configured_limit() -> None:
     assert budget.mode == "joining" and budget.try_acquire(T0 + 11) > 0
 
 
-def test_going_local_without_a_limit_learns_alone() -> None:
+@pytest.mark.parametrize("limit", [None, RateLimit(per_s=100)])
+def test_going_local_keeps_what_the_fleet_learned(limit: RateLimit | None) -> None:
+    """The fleet had cut an undisclosed (or configured) limit to 80/s: a Redis blip must
+    not leave each engine uncapped (a storm of 429s), nor at the configured share."""
+    budget = LeasedBudget("org_a", limit)
+    budget.granted(T0, grant(5, rate_per_s=80.0, share_per_s=20.0))
+    budget.go_local(T0, engines=4)
+    assert budget.rate_per_s == pytest.approx(20.0)
+    now, sent = T0, 0
+    while now < T0 + 10.0:
+        wait = budget.try_acquire(now)
+        sent += wait == 0.0
+        now = max(now + wait, math.nextafter(now, math.inf))
+    assert 195 <= sent <= 215  # ~20/s, climbing slowly while refused
+
+
+def test_going_local_with_nothing_learned_learns_alone() -> None:
     budget = LeasedBudget("org_a", None)
     budget.go_local(T0, engines=3)
     assert budget.rate_per_s is None and budget.try_acquire(T0) == 0.0

@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
+from poller.redis import LeasedBudget, RedisCoordinator
 from poller.redis._client import ScriptClient
 from poller.redis._coordinator import _ADAPTIVE
 from poller.redis._scripts import HEARTBEAT, LEARN_PUSH, LEARN_READ, LEASE, THROTTLE
+from poller.sched.core import ORG_IDLE_S
 
 pytestmark = pytest.mark.anyio
 T0 = 1_000.0
@@ -220,6 +222,19 @@ async def test_every_key_has_a_ttl(client: ScriptClient, redis_ns: str) -> None:
     assert len(found) == 6  # budget, engines, epoch, learn index, one table, e1's push
     for key in found:
         assert await client.redis.ttl(key) > 0, key
+
+
+async def test_what_the_fleet_learned_outlives_an_idle_hour(
+    client: ScriptClient, redis_url: str, redis_ns: str
+) -> None:
+    """An engine keeps an idle organisation's budget ORG_IDLE_S: the fleet's adaptive
+    state (an undisclosed limit learned from 429s) lives as long in Redis."""
+    coord = RedisCoordinator(redis_url, namespace=redis_ns)
+    budget = coord.budget("org", None)
+    assert isinstance(budget, LeasedBudget)
+    await client.run(*coord._lease_call("org", budget, budget.report(T0), now=T0))
+    key = f"{redis_ns}:{{{redis_ns}:org}}:budget"
+    assert await client.redis.ttl(key) >= ORG_IDLE_S - 5
 
 
 async def test_heartbeats_count_live_engines(client: ScriptClient, redis_ns: str) -> None:

@@ -50,6 +50,7 @@ from .._boundary import scrub
 from .._redis_url import url_secrets
 from ..coordination import EngineLink
 from ..errors import ConfigError
+from ..sched.core import ORG_IDLE_S
 from ..sched.ratelimit import HEADROOM, AdaptiveBudget, Budget, RateLimit
 from ._client import Call, ScriptClient, check_namespace, check_url, redact
 from ._learning import PUSH_KINDS, LearnSync
@@ -63,7 +64,9 @@ log = logging.getLogger("poller.redis")
 _MIN_GAP_S: Final = 0.01  # lease rounds never come closer than this
 _STALE_ENGINE_S: Final = 2.0  # a demand report older than this no longer counts
 _ALIVE_S: Final = 5.0  # an engine with no heartbeat for this long is not counted
-_BUDGET_TTL_S: Final = 60
+# The budget holds the adaptive state (what the fleet learned of an undisclosed limit):
+# kept as long as an engine keeps an idle organisation's budget.
+_BUDGET_TTL_S: Final = int(ORG_IDLE_S)
 _ENGINES_TTL_S: Final = 60
 _CLOSE_S: Final = 0.5  # at most this long spent telling the fleet this engine leaves
 _TROUBLE: Final = (RedisError, OSError, TimeoutError)

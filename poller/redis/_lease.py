@@ -363,14 +363,19 @@ class LeasedBudget:
         self._pause(now, pause_s)
 
     def go_local(self, now: float, engines: int) -> None:
-        """The shared store is out of reach: spend a local share of the configured limit
-        (``limit / engines``), or learn alone when none is configured."""
+        """The shared store is out of reach: spend a local share (``1 / engines``) of the
+        configured limit, starting from that share of the rate the fleet had learned
+        (an undisclosed limit is not forgotten); learn alone only when nothing was known
+        (no limit configured, no 429 yet)."""
+        engines = max(1, engines)
         share = None
         if self.limit is not None:
-            per_s = self.limit.per_s / max(1, engines)
+            per_s = self.limit.per_s / engines
             burst = None if self.limit.burst is None else max(1.0, self.limit.burst / engines)
             share = RateLimit(per_s=per_s, burst=burst, weight=self.limit.weight)
-        self._local = AdaptiveBudget(share)
+        learned = self.rate_per_fleet
+        initial = learned / engines if learned is not None and not self._uncapped else None
+        self._local = AdaptiveBudget(share, initial_rate_per_s=initial)
         self.mode = "local"
         self._drop()
         self._throttles.clear()
