@@ -24,12 +24,16 @@ This module is its background side, four loops in the engine's task group:
   the next one (with one warning): it never sends the budgets local.
 
 **When Redis fails** (unreachable, slower than ``timeout_s``, restarted empty),
-polling goes on: every budget falls back to a local share of its configured limit,
-the limit divided by the live engines last counted (an undisclosed limit is learned
-alone again, from 429s), with one warning; the heartbeat keeps trying, and when Redis
-answers the budgets rejoin the shared ones, with one more line in the log. The
-scripts carry the configuration on every call, so an empty Redis is re-seeded by the
-first calls, and the learned tables by the engines pushing what they know whole.
+polling goes on. One failed call is a blip (the budgets spend the slots they hold);
+after :data:`_FALLBACK_FAILURES` in a row, or failures for longer than leased slots
+last, every budget falls back to a local share of its configured limit, the limit
+divided by the live engines last counted, starting from that share of the rate the
+fleet had learned, with one warning. The heartbeat keeps trying; once it answers,
+the next lease round asks for the local budgets too, and when it goes through they
+rejoin the shared ones, with one more line in the log (a heartbeat alone proves
+nothing of the leases). The scripts carry the configuration on every call, so an
+empty Redis is re-seeded by the first calls, and the learned tables by the engines
+pushing what they know whole.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ _ALIVE_S: Final = 5.0  # an engine with no heartbeat for this long is not counte
 _BUDGET_TTL_S: Final = int(ORG_IDLE_S)
 _ENGINES_TTL_S: Final = 60
 _CLOSE_S: Final = 0.5  # at most this long spent telling the fleet this engine leaves
+_FALLBACK_FAILURES: Final = 3  # Redis calls failed in a row: budgets go local
 _TROUBLE: Final = (RedisError, OSError, TimeoutError)
 _LEARN_BINS: Final = 100
 _LEARN_TIMEOUT_S: Final = 2.0  # learning calls may be slower than leases: at least this
@@ -147,6 +152,10 @@ class RedisCoordinator:
         self._budgets: dict[str, LeasedBudget] = {}
         self._next_lease: dict[str, float] = {}
         self._online: bool | None = None  # None: not known yet
+        self._reachable = False  # offline, but a heartbeat went through: probe with leases
+        self._failures = 0  # Redis calls failed in a row
+        self._failing_since: float | None = None
+        self._fallback_s = LEASE_HORIZON_S + self.timeout_s
         self._engines = 1  # live engines last counted, this one included
         self._epoch: str | None = None
         self._learn = LearnSync()
@@ -247,11 +256,39 @@ class RedisCoordinator:
         if self._wake is not None:
             self._wake.set()
 
-    def _trouble(self, exc: BaseException) -> None:
-        """A Redis call failed: budgets go local (once, with one warning)."""
+    def _failed(self, exc: BaseException) -> None:
+        """A Redis call failed. Budgets go local only when it is no blip: after
+        :data:`_FALLBACK_FAILURES` failures in a row, or when calls have failed for
+        longer than leased slots last (meanwhile they spend what they hold)."""
+        now = self._now()
+        self._failures += 1
+        if self._failing_since is None:
+            self._failing_since = now
         if self._online is False:
+            self._reachable = False  # the probe failed: the next heartbeat says when to retry
+        elif self._failures >= _FALLBACK_FAILURES or now - self._failing_since >= self._fallback_s:
+            self._trouble(exc)
+
+    def _succeeded(self) -> None:
+        """A lease round went through (or a heartbeat, with nothing to lease)."""
+        self._failures = 0
+        self._failing_since = None
+        if self._online:
             return
+        rejoining = self._online is False
+        self._online = True
+        self._reachable = False
+        for budget in self._budgets.values():
+            if budget.mode == "local":
+                budget.rejoin()
+        self._poke()
+        if rejoining:
+            log.warning("Redis at %s answers again: budgets are shared again", self.url)
+
+    def _trouble(self, exc: BaseException) -> None:
+        """Redis is out of reach: budgets go local (once, with one warning)."""
         self._online = False
+        self._reachable = False
         now = self._now()
         for budget in self._budgets.values():
             budget.go_local(now, self._engines)
@@ -263,25 +300,12 @@ class RedisCoordinator:
             self._engines,
         )
 
-    def _answered(self) -> None:
-        """A heartbeat went through: budgets (re)join the shared ones."""
-        if self._online:
-            return
-        rejoining = self._online is False
-        self._online = True
-        for budget in self._budgets.values():
-            budget.rejoin()
-        self._next_lease.clear()
-        self._poke()
-        if rejoining:
-            log.warning("Redis at %s answers again: budgets are shared again", self.url)
-
     async def _guarded(self, what: Callable[[], Awaitable[None]]) -> bool:
         try:
             with anyio.fail_after(self.timeout_s * 4):
                 await what()
         except _TROUBLE as exc:
-            self._trouble(exc)
+            self._failed(exc)
             return False
         return True
 
@@ -313,7 +337,12 @@ class RedisCoordinator:
             log.warning("Redis at %s lost the fleet's data: re-seeding it", self.url)
             self._learn.reset()
         self._epoch = epoch
-        self._answered()
+        if not self._budgets:
+            self._succeeded()  # nothing to lease: the heartbeat is the proof
+        elif self._online is False and not self._reachable:
+            # Budgets rejoin once a lease goes through, not on a heartbeat alone.
+            self._reachable = True
+            self._poke()
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -328,28 +357,38 @@ class RedisCoordinator:
             with anyio.move_on_after(timeout):
                 await wake.wait()
             wake.clear()
-            if self._online:
-                await self._guarded(lambda: self._lease_round(client))
+            if self._online is not False or self._reachable:
+                try:
+                    with anyio.fail_after(self.timeout_s * 4):
+                        called = await self._lease_round(client)
+                except _TROUBLE as exc:
+                    self._failed(exc)
+                else:
+                    if called:
+                        self._succeeded()
             await anyio.sleep(_MIN_GAP_S)
 
-    async def _lease_round(self, client: ScriptClient) -> None:
+    async def _lease_round(self, client: ScriptClient) -> bool:
+        """One pipelined round of LEASE (and THROTTLE) calls; whether there was one to
+        make."""
         now = self._now()
         calls: list[Call] = []
         plan: list[tuple[str, LeasedBudget, LeaseReport | None]] = []
         report: LeaseReport | None
+        probing = self._online is False  # local budgets ask too: they rejoin on an answer
         for org_id, budget in list(self._budgets.items()):
-            if budget.mode == "local":
+            if budget.mode == "local" and not probing:
                 continue
             pause_s = budget.take_throttle()
             if pause_s is not None:
                 calls.append(self._throttle_call(org_id, budget, pause_s))
                 plan.append(("throttle", budget, None))
-            if budget.needs_lease() and now >= self._next_lease.get(org_id, -math.inf):
+            if probing or (budget.needs_lease() and now >= self._next_lease.get(org_id, -math.inf)):
                 report = budget.report(now)
                 calls.append(self._lease_call(org_id, budget, report))
                 plan.append((org_id, budget, report))
         if not calls:
-            return
+            return False
         results = await client.run_many(calls)
         arrived = self._now()
         for (org_id, budget, report), result in zip(plan, results, strict=True):
@@ -359,9 +398,12 @@ class RedisCoordinator:
                 continue
             self.lease_calls += 1
             grant = _grant(result)
+            if budget.mode == "local":
+                budget.rejoin()
             budget.granted(arrived, grant)
             full = 0 < report.want <= grant.count
             self._next_lease[org_id] = now + (_MIN_GAP_S if full else self.lease_period_s)
+        return True
 
     def _limits(self, budget: LeasedBudget) -> list[Any]:
         limit = budget.limit

@@ -27,9 +27,10 @@ background task (``poller.redis._coordinator``) keeps it supplied:
 Modes. ``joining``: no answer from the fleet yet, so no token (a fleet of engines
 starting together must not each spend the whole limit); ``shared``: spending leased
 slots, or nothing to lease while the organisation is uncapped (no limit configured
-and no 429 yet); ``local``: the shared store is unreachable, and an
+and no 429 yet); ``local``: the shared store is unreachable, and, once the slots held are spent, an
 :class:`~poller.sched.ratelimit.AdaptiveBudget` with this engine's share of the configured
-limit (the limit divided by the live engines last counted) stands in.
+limit (the limit divided by the live engines last counted), starting from that share of
+the rate the fleet had learned, stands in.
 """
 
 from __future__ import annotations
@@ -207,17 +208,18 @@ class LeasedBudget:
         """See :meth:`poller.sched.ratelimit.Budget.try_acquire`."""
         if now < self._paused_until:
             return self._paused_until - now
-        if self._local is not None:
-            wait = self._local.try_acquire(now)
-            if wait == 0.0:
-                self._sent += 1
-            return wait
         if self._uncapped:
             self._sent += 1
             return 0.0
         while True:
             if self._left <= 0:
                 if not self._blocks:
+                    local = self._local
+                    if local is not None:  # the slots held when it went local are spent
+                        wait = local.try_acquire(now)
+                        if wait == 0.0:
+                            self._sent += 1
+                        return wait
                     if not self._hungry:
                         self._hungry = True
                         self._wake()
@@ -376,9 +378,10 @@ class LeasedBudget:
         learned = self.rate_per_fleet
         initial = learned / engines if learned is not None and not self._uncapped else None
         self._local = AdaptiveBudget(share, initial_rate_per_s=initial)
+        self._uncapped = False
         self.mode = "local"
-        self._drop()
         self._throttles.clear()
+        # The slots it holds are the fleet's, good until their time: spent first.
 
     def rejoin(self) -> None:
         """The shared store answers again: take leases from it (none held until then)."""
