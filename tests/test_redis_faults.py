@@ -24,7 +24,7 @@ from poller import RateLimit
 from poller.coordination import EngineLink
 from poller.redis import RedisCoordinator
 from poller.redis._client import ScriptClient
-from poller.redis._lease import LeasedBudget
+from poller.redis._lease import IDLE_S, LeasedBudget
 from poller.redis._scripts import LEASE
 from poller.sched.learn import DurationModel
 
@@ -198,8 +198,66 @@ async def test_budgets_rejoin_only_once_a_lease_goes_through(
     assert caplog.text.count("answers again") == 1
 
 
-async def _keep_spending(budget: LeasedBudget) -> None:
-    """A job due every 10 ms: the budget has demand, so it leases."""
-    while True:
-        budget.try_acquire(time.time())
-        await anyio.sleep(0.01)
+async def _keep_spending(budget: LeasedBudget, scope: anyio.CancelScope | None = None) -> None:
+    """A job due every 10 ms: the budget has demand, so it leases (until ``scope`` is
+    cancelled)."""
+    with scope if scope is not None else anyio.CancelScope():
+        while True:
+            budget.try_acquire(time.time())
+            await anyio.sleep(0.01)
+
+
+async def test_a_silent_events_connection_is_found_out(private_redis: RedisServer) -> None:
+    """A half-open connection (a NAT or a peer gone without a word) stays silent, not
+    closed: the listener PINGs it, and gives it up when no answer comes, so that 429s
+    are heard again on a new one (they were lost for good)."""
+    async with DelayProxy(private_redis.port) as proxy:
+        coord = coordinator(proxy.url)  # PINGs every 0.5 s, gives up 0.4 s later
+        client = ScriptClient(proxy.url, timeout_s=0.1)
+        try:
+            async with anyio.create_task_group() as tg:
+                heard: list[float] = []
+
+                async def listen() -> None:
+                    with pytest.raises(TimeoutError):
+                        await coord._listen(client)
+                    heard.append(time.monotonic())
+
+                tg.start_soon(listen)
+                await anyio.sleep(0.3)
+                cut = time.monotonic()
+                proxy.cut()
+                await _until(lambda: bool(heard), timeout_s=3.0)
+        finally:
+            await client.aclose()
+    assert heard[0] - cut <= 0.5 + 0.4 + 0.3
+
+
+async def test_429s_are_heard_again_after_an_outage(private_redis: RedisServer) -> None:
+    """Every connection went silent (half-open): the engine falls back, rejoins through
+    new ones, and subscribes anew, so a 429 elsewhere reaches even an idle budget (one
+    that makes no lease call, and learns of a pause only so)."""
+    async with DelayProxy(private_redis.port) as proxy:
+        a, b = coordinator(proxy.url), coordinator(private_redis.url)
+        budget_a = a.budget(ORG, RateLimit(per_s=50))
+        budget_b = b.budget(ORG, RateLimit(per_s=50))
+        model = DurationModel()
+        link = EngineLink(time.time, model.snapshot, model.load)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a.run, link)
+            tg.start_soon(b.run, link)
+            await _until(lambda: budget_a.mode == budget_b.mode == "shared")
+            await anyio.sleep(0.3)
+            proxy.cut()
+            proxy.refusing = True
+            spending = anyio.CancelScope()
+            tg.start_soon(_keep_spending, budget_a, spending)  # its leases fail
+            await _until(lambda: budget_a.mode == "local")
+            proxy.refusing = False
+            await _until(lambda: budget_a.mode == "shared")
+            spending.cancel()
+            await anyio.sleep(IDLE_S + 0.5)  # budget_a idle: no lease call
+            budget_b.on_throttled(time.time(), 2.0)
+            # Not asked for a token (a dry budget would lease, and hear it so): watched.
+            await _until(lambda: budget_a._paused_until > time.time() + 1.0, timeout_s=1.0)
+            tg.cancel_scope.cancel()

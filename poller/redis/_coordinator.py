@@ -13,7 +13,9 @@ This module is its background side, four loops in the engine's task group:
   organisation is paused and its rate cut for every engine, and the news is
   published at once;
 - **events**: a pub/sub subscription that hears those 429s, so every engine drops
-  its unspent slots and pauses within one round trip of the first;
+  its unspent slots and pauses within one round trip of the first. Its connection is
+  PINGed every few heartbeats and replaced when the answer does not come (a
+  half-open connection is silent, not closed), and after every outage;
 - **heartbeat** (every ``heartbeat_s``): registers the engine, counts the live ones,
   and watches the namespace's epoch (a new one: Redis lost its data);
 - **learning** (every ``sync_interval_s``): pushes what the engine learned about job
@@ -43,6 +45,7 @@ import contextlib
 import logging
 import math
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -74,6 +77,7 @@ _BUDGET_TTL_S: Final = int(ORG_IDLE_S)
 _ENGINES_TTL_S: Final = 60
 _CLOSE_S: Final = 0.5  # at most this long spent telling the fleet this engine leaves
 _FALLBACK_FAILURES: Final = 3  # Redis calls failed in a row: budgets go local
+_EVENTS_PING_HEARTBEATS: Final = 5  # the events connection is PINGed every 5 heartbeats
 _TROUBLE: Final = (RedisError, OSError, TimeoutError)
 _LEARN_BINS: Final = 100
 _LEARN_TIMEOUT_S: Final = 2.0  # learning calls may be slower than leases: at least this
@@ -153,6 +157,7 @@ class RedisCoordinator:
         self._next_lease: dict[str, float] = {}
         self._online: bool | None = None  # None: not known yet
         self._reachable = False  # offline, but a heartbeat went through: probe with leases
+        self._resubscribe = False  # the events listener should subscribe again
         self._failures = 0  # Redis calls failed in a row
         self._failing_since: float | None = None
         self._fallback_s = LEASE_HORIZON_S + self.timeout_s
@@ -278,6 +283,8 @@ class RedisCoordinator:
         rejoining = self._online is False
         self._online = True
         self._reachable = False
+        # The events connection may have died with the outage, half-open: a new one.
+        self._resubscribe = rejoining
         for budget in self._budgets.values():
             if budget.mode == "local":
                 budget.rejoin()
@@ -454,17 +461,35 @@ class RedisCoordinator:
         while True:
             with contextlib.suppress(*_TROUBLE):  # the heartbeat tells if Redis is down
                 await self._listen(client)
+                continue  # asked to subscribe again (the budgets rejoined): at once
             await anyio.sleep(self.heartbeat_s)
 
     async def _listen(self, client: ScriptClient) -> None:
+        """Hear the fleet's 429s until the connection fails (raises), looks dead (a PING
+        unanswered: raises ``TimeoutError``) or the budgets rejoin (returns: a connection
+        kept through an outage may be half-open, silent for ever)."""
         pubsub = client.redis.pubsub()
+        ping_s = _EVENTS_PING_HEARTBEATS * self.heartbeat_s
+        deadline_s = ping_s + 4 * self.timeout_s
+        self._resubscribe = False
         try:
             with anyio.fail_after(self.timeout_s * 4):
                 await pubsub.subscribe(self._channel)
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            heard = pinged = time.monotonic()
+            while not self._resubscribe:
+                now = time.monotonic()
+                if now - heard > deadline_s:
+                    raise TimeoutError("the events connection did not answer a PING")
+                if now - pinged >= ping_s:
+                    await pubsub.ping()
+                    pinged = now
+                message = await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=min(1.0, ping_s)
+                )
                 if message is not None:
-                    self._on_event(message.get("data"))
+                    heard = time.monotonic()
+                    if message.get("type") == "message":
+                        self._on_event(message.get("data"))
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_S):
                 await pubsub.aclose()
