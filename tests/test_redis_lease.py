@@ -88,7 +88,7 @@ def test_an_idle_budget_hands_everything_back_and_goes_quiet() -> None:
     calls = 0
     while budget.needs_lease():
         now += 0.1
-        budget.granted(now, grant(1, start_in_s=0.5, step_s=0.01))  # what it asked for
+        budget.granted(now, grant(1, start_in_s=0.55, step_s=0.01))  # what it asked for
         report = budget.report(now)
         calls += 1
         assert calls < 30, "still leasing"
@@ -174,6 +174,19 @@ def test_report_gives_back_what_demand_no_longer_needs() -> None:
     report = budget.report(T0 + 0.1)  # nothing sent: no demand
     assert report.give_back == 200 and report.held == 0
     assert budget.held_at(T0 + 0.1) == 0
+
+
+def test_only_slots_still_to_come_are_handed_back() -> None:
+    """A slot whose time has come is the schedule's past: spent (within its grace) or
+    forfeited, never handed back for the fleet to grant again."""
+    budget = LeasedBudget("org_a", RateLimit(per_s=100), grace_s=0.05)
+    budget.report(T0)
+    budget.granted(T0, grant(4, step_s=0.01))  # T0 .. T0 + 0.03
+    budget.granted(T0, grant(3, start_in_s=0.5, step_s=0.01))
+    report = budget.leave(T0 + 0.015)
+    assert report.give_back == 3 + 2  # the later block, and T0 + 0.02, T0 + 0.03
+    assert report.held == 2 and report.demand_per_s == 0 and report.want == 0
+    assert budget.try_acquire(T0 + 0.015) == 0.0  # T0's slot, within its grace
 
 
 def test_going_local_spends_a_share_of_the_configured_limit() -> None:

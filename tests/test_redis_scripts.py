@@ -125,6 +125,31 @@ async def test_idle_engines_reserve_no_part_of_the_rate(
     assert engines == 1 and share == pytest.approx(98.0)
 
 
+async def test_handing_back_never_frees_slots_another_engine_holds(
+    client: ScriptClient, redis_ns: str
+) -> None:
+    """Slots handed back are the schedule's last only when no engine was granted any
+    after them: otherwise taking them back would hand out slots held elsewhere."""
+    org = Org(client, redis_ns)
+    slots: list[float] = []
+
+    async def lease(engine: str, want: int, give_back: int = 0) -> None:
+        count, start, step, *_ = await org.lease(T0, engine, want, give_back=give_back)
+        slots.extend(T0 + start + k * step for k in range(count))
+
+    await lease("a", 10)
+    await lease("b", 10)  # granted after a's: b holds the schedule's last slots
+    await lease("a", 0, give_back=5)  # a's last five: not the schedule's last
+    await lease("c", 4)
+    assert len(slots) == 24
+    slots.sort()
+    assert all(b - a >= 1 / 98 - 1e-4 for a, b in itertools.pairwise(slots)), "a slot twice"
+    # Handed back by the engine that holds the schedule's last slots: taken back.
+    await org.lease(T0, "c", 0, give_back=4)
+    again, start, *_ = await org.lease(T0, "d", 4)
+    assert again == 4 and T0 + start == pytest.approx(slots[20], abs=1e-3)
+
+
 async def test_one_engine_cannot_take_more_than_its_share(
     client: ScriptClient, redis_ns: str
 ) -> None:

@@ -587,15 +587,15 @@ class RedisCoordinator:
     # -- leaving ----------------------------------------------------------------------------
 
     async def _leave(self, client: ScriptClient, learner: ScriptClient, link: EngineLink) -> None:
-        """Give back unspent slots, deregister, push the last learned samples."""
+        """Leave the shares (giving back the slots still to come), deregister, push the
+        last learned samples."""
         if not self._online:
             return
         calls: list[Call] = []
+        now = self._now()
         for org_id, budget in self._budgets.items():
-            held = budget.held_at(self._now())
-            if held and budget.mode == "shared":
-                report = LeaseReport(0, 0, 0.0, False, 0, 0, held)
-                calls.append(self._lease_call(org_id, budget, report))
+            if budget.mode == "shared" and budget.needs_lease():
+                calls.append(self._lease_call(org_id, budget, budget.leave(now)))
         with contextlib.suppress(*_TROUBLE):
             if calls:
                 await client.run_many(calls)

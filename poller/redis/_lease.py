@@ -309,9 +309,9 @@ class LeasedBudget:
         want = max(0, target - held) if not self._uncapped else 0
         give_back = 0
         if idle:
-            give_back = self._take_tail(held)
+            give_back = self._take_tail(held, now)
         elif not hungry and held > 2 * target + 2:
-            give_back = self._take_tail(held - target)
+            give_back = self._take_tail(held - target, now)
         report = LeaseReport(
             sent=self._sent,
             accepted=self._accepted,
@@ -345,6 +345,24 @@ class LeasedBudget:
                 self._next_at, self._step, self._left, self._grace = block
             else:
                 self._blocks.append(block)
+
+    def leave(self, now: float) -> LeaseReport:
+        """The last report, when the engine closes: no demand, every slot still to come
+        handed back."""
+        held = self.held_at(now)
+        give_back = self._take_tail(held, now)
+        self._demand = self._reported_demand = 0.0
+        report = LeaseReport(
+            sent=self._sent,
+            accepted=self._accepted,
+            demand_per_s=0.0,
+            hungry=False,
+            held=held - give_back,
+            want=0,
+            give_back=give_back,
+        )
+        self._sent = self._accepted = 0
+        return report
 
     def take_throttle(self) -> float | None:
         """The longest pause asked by 429s since the last call, to tell the fleet; None if
@@ -418,17 +436,31 @@ class LeasedBudget:
         self._left = 0
         self._blocks.clear()
 
-    def _take_tail(self, count: int) -> int:
-        """Remove up to ``count`` of the latest slots; returns how many were removed."""
+    def _take_tail(self, count: int, now: float) -> int:
+        """Remove up to ``count`` of the latest slots dated after ``now`` (a slot whose
+        time has come is spent or forfeited, never handed back: the fleet's schedule has
+        moved past it); returns how many were removed."""
         taken = 0
+        kept: list[tuple[float, float, int, float]] = []
         while taken < count and self._blocks:
             start, step, left, grace = self._blocks.pop()
-            take = min(left, count - taken)
+            take = min(_future(start, step, left, now), count - taken)
             taken += take
             if left > take:
-                self._blocks.append((start, step, left - take, grace))
-        if taken < count and self._left > 0:
-            take = min(self._left, count - taken)
+                kept.append((start, step, left - take, grace))
+                break
+        self._blocks.extend(reversed(kept))
+        if taken < count and self._left > 0 and not self._blocks:
+            take = min(_future(self._next_at, self._step, self._left, now), count - taken)
             self._left -= take
             taken += take
         return taken
+
+
+def _future(start: float, step: float, count: int, now: float) -> int:
+    """How many of ``count`` slots from ``start``, ``step`` apart, are dated after ``now``."""
+    if start > now:
+        return count
+    if step <= 0.0:
+        return 0
+    return max(0, count - (math.floor((now - start) / step) + 1))

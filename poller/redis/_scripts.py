@@ -188,7 +188,15 @@ if rate ~= nil then
   step = 1 / rate
   local burst = s.burst or math.max(1, 0.02 * rate)
   if give_back > 0 then
-    s.tat = math.max(now, s.tat - give_back * step)
+    -- Slots handed back are the latest this engine holds (all dated after now). They
+    -- are the fleet's last only if no engine was granted any after them (e.tail: where
+    -- this engine's last grant ended, e.ts: where it began): only then may the schedule
+    -- take them back; otherwise they are lost, as taking them back would hand out
+    -- slots another engine holds.
+    if e.tail ~= nil and s.tat == e.tail then
+      s.tat = math.max(now, e.ts, s.tat - give_back * step)
+      e.tail = s.tat
+    end
     if share > 0 then e.tat = math.max(now, e.tat - give_back / share) end
   end
   if pause == 0 and want > 0 and share > 0 then
@@ -202,6 +210,7 @@ if rate ~= nil then
     if grant > 0 then
       s.tat = start + grant * step
       e.tat = math.max(e.tat, now) + grant / share
+      e.ts, e.tail = start, s.tat
     end
   end
   if demand < 0 and grant < want and pause == 0 then s.hungry_at = now end
