@@ -120,6 +120,20 @@ def test_a_429_elsewhere_pauses_this_engine_too() -> None:
     assert budget.try_acquire(T0 + 1.0) == pytest.approx(0.5)
 
 
+def test_a_lease_answer_that_comes_after_a_pause_brings_no_slot() -> None:
+    """The fleet's pause was heard (pub/sub) while the lease call was out: the answer's
+    slots were meant for before it, and must not go out when it ends."""
+    budget = LeasedBudget("org_a", RateLimit(per_s=100))
+    budget.granted(T0, grant(2))
+    report = budget.report(T0 + 0.1)
+    budget.fleet_paused(T0 + 0.1, 1.0)
+    budget.granted(T0 + 0.11, grant(5, tight=False), report.generation)
+    assert budget.held_at(T0 + 0.11) == 0
+    assert budget.try_acquire(T0 + 1.2) > 0  # after the pause: nothing to spend
+    budget.granted(T0 + 1.2, grant(3), budget.report(T0 + 1.2).generation)
+    assert budget.held_at(T0 + 1.2) == 3
+
+
 def test_uncapped_organisations_need_no_token() -> None:
     budget = LeasedBudget("org_a", None)
     budget.granted(T0, grant(0, rate_per_s=None))  # type: ignore[arg-type]

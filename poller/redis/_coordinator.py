@@ -407,7 +407,9 @@ class RedisCoordinator:
             grant = _grant(result)
             if budget.mode == "local":
                 budget.rejoin()
-            budget.granted(arrived, grant)
+                budget.granted(arrived, grant)  # its first slots since the fallback
+            else:
+                budget.granted(arrived, grant, report.generation)
             full = 0 < report.want <= grant.count
             self._next_lease[org_id] = now + (_MIN_GAP_S if full else self.lease_period_s)
         return True

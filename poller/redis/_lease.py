@@ -81,6 +81,8 @@ class LeaseReport:
         held: leased tokens not spent yet.
         want: tokens asked for now.
         give_back: tokens handed back (demand dropped).
+        generation: the budget's generation when the report was taken (an answer to it
+            that comes after a pause or a fallback brings no slot).
     """
 
     sent: int
@@ -90,6 +92,7 @@ class LeaseReport:
     held: int
     want: int
     give_back: int
+    generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,7 @@ class LeasedBudget:
         "_accepted",
         "_blocks",
         "_demand",
+        "_generation",
         "_grace",
         "_hungry",
         "_left",
@@ -178,6 +182,7 @@ class LeasedBudget:
         self._left = 0
         self._grace = grace_s
         self._blocks: deque[tuple[float, float, int, float]] = deque()
+        self._generation = 0  # bumped whenever the slots are dropped
         self._paused_until = -math.inf
         self._sent = 0
         self._accepted = 0
@@ -320,14 +325,18 @@ class LeasedBudget:
             held=held - give_back,
             want=want,
             give_back=give_back,
+            generation=self._generation,
         )
         self._sent = self._accepted = 0
         self._hungry = self._refused = False
         self._reported_demand = demand
         return report
 
-    def granted(self, now: float, grant: LeaseGrant) -> None:
-        """Apply a lease answer that arrived at ``now`` (this engine's clock)."""
+    def granted(self, now: float, grant: LeaseGrant, generation: int | None = None) -> None:
+        """Apply a lease answer that arrived at ``now`` (this engine's clock), to a report
+        of ``generation`` (None: the current one). The slots of an answer that comes
+        after the budget dropped its slots (a pause, told by another engine while the
+        call was out) are not taken: they were meant for before."""
         if self._local is not None:
             return  # gone local while the call was out: the answer is stale
         self.mode = "shared"
@@ -336,7 +345,7 @@ class LeasedBudget:
         self._uncapped = grant.rate_per_s is None
         if grant.pause_s > 0.0:
             self._pause(now, grant.pause_s)
-        if grant.count > 0:
+        if grant.count > 0 and (generation is None or generation == self._generation):
             grace = self.grace_s if grant.tight else max(self.grace_s, LOOSE_GRACE_S)
             # Slots dated before the answer came are due now (the burst after a quiet
             # spell): date them on arrival, or the grace would already be running.
@@ -433,6 +442,7 @@ class LeasedBudget:
             self.expired += skip
 
     def _drop(self) -> None:
+        self._generation += 1
         self._left = 0
         self._blocks.clear()
 
