@@ -173,6 +173,9 @@ class Poller:
         stack = AsyncExitStack()
         self._stack = stack
         try:
+            if self._coordinator is not None:
+                # Before anything starts: a coordinator another engine holds fails here.
+                stack.enter_context(self._coordinator.claim())
             fetch_status: FetchStatus
             if self._given_transport is None:
                 own = AiohttpTransport(

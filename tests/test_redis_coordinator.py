@@ -354,6 +354,29 @@ async def test_an_engine_whose_redis_is_unreachable_still_polls(
     assert len(warnings) == 1
 
 
+async def test_a_coordinator_serves_one_engine_at_a_time(redis_url: str, redis_ns: str) -> None:
+    """A second engine given the same coordinator fails to open, at once (it opened, then
+    failed inside its task group, and its budgets went to the first engine's); reused
+    once its engine closed, the coordinator starts afresh."""
+    coord = RedisCoordinator(redis_url, namespace=redis_ns)
+
+    def engine() -> Poller:
+        return Poller(api_key=SECRET_KEY, base_url="http://127.0.0.1:9", coordinator=coord)
+
+    async with engine():
+        first = coord.engine_id
+        coord.budget(ORG, RateLimit(per_s=10))
+        await _until(lambda: coord.online)
+        with pytest.raises(ConfigError, match="coordinator"):
+            async with engine():
+                pass
+        assert coord.engine_id == first
+    async with engine():
+        assert coord.engine_id != first and "joining" in repr(coord)
+        assert ORG not in coord._budgets
+        await _until(lambda: coord.online)
+
+
 @pytest.fixture
 def unused_tcp_port() -> int:
     import socket

@@ -46,7 +46,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Final
 
 import anyio
@@ -105,8 +105,10 @@ class RedisCoordinator:
         coord = RedisCoordinator("redis://127.0.0.1:6379/0", namespace="poller")
         async with Poller(rate_limit=RateLimit(per_s=100), coordinator=coord) as p: ...
 
-    One coordinator serves one engine at a time. Every engine of a fleet should be
-    configured with the same limits; the last to speak sets an organisation's.
+    One coordinator serves one engine at a time (a second engine given it fails to
+    open, with ``ConfigError``); reused once its engine closed, it starts afresh, as a
+    new engine of the fleet. Every engine of a fleet should be configured with the same
+    limits; the last to speak sets an organisation's.
 
     Args:
         url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS) or
@@ -152,6 +154,12 @@ class RedisCoordinator:
         if max_learned_kinds < 1:
             raise ConfigError("max_learned_kinds: must be an integer >= 1")
         self.max_learned_kinds = max_learned_kinds
+        self._claimed = False
+        self._running = False
+        self._start()
+
+    def _start(self) -> None:
+        """A fresh state: no budget, nothing known of the fleet, a new engine ID."""
         self.engine_id = secrets.token_hex(8)
         self._budgets: dict[str, LeasedBudget] = {}
         self._next_lease: dict[str, float] = {}
@@ -166,7 +174,6 @@ class RedisCoordinator:
         self._learn = LearnSync()
         self._wake: asyncio.Event | None = None
         self._clock: Callable[[], float] | None = None
-        self._running = False
         self.lease_calls = 0
         self.throttle_calls = 0
 
@@ -202,6 +209,21 @@ class RedisCoordinator:
         self._budgets[org_id] = budget
         self._next_lease.pop(org_id, None)
         return budget
+
+    @contextlib.contextmanager
+    def claim(self) -> Iterator[None]:
+        """See :meth:`poller.coordination.Coordinator.claim`."""
+        if self._claimed or self._running:
+            raise ConfigError(
+                "coordinator: this RedisCoordinator serves another engine; give each "
+                "engine a RedisCoordinator of its own"
+            )
+        self._claimed = True
+        self._start()
+        try:
+            yield
+        finally:
+            self._claimed = False
 
     def forget(self, org_id: str) -> None:
         """See :meth:`poller.coordination.Coordinator.forget`. The budget is idle (its
