@@ -20,7 +20,7 @@ from poller.models import Endpoint, JobStatus, Status
 from poller.redis import LeasedBudget, RedisCoordinator
 from poller.redis._client import ScriptClient
 from poller.redis._learning import PUSH_KINDS
-from poller.redis._lease import IDLE_S
+from poller.redis._lease import IDLE_S, MAX_LEASE_PERIOD_S
 from poller.redis._scripts import LEARN_PUSH, LEARN_READ, Script
 from poller.sched.learn import LAYOUT, DurationModel, LearnedDurations, LearnedKind
 from poller.testing import Change, JobsSimulator, SimServer
@@ -70,7 +70,9 @@ async def test_engines_hold_a_configured_limit_together(redis_url: str, redis_ns
             ps[index % 2].track(job_id)
         start = time.time()
         await anyio.sleep(3.0)
-    assert sim.log.max_requests_in_window(ORG, 1.0) <= 42
+    # 39.2/s, and each engine's slots come at its own pace: in a second, one more for
+    # where the second falls in its pace, one more spent late, within its grace.
+    assert sim.log.max_requests_in_window(ORG, 1.0) <= 39 + 2 * 2
     settled = [r for r in sim.log if r.at >= start + 1.0]
     assert len(settled) >= 0.85 * 40 * 2.0  # used together, not each a share of it
 
@@ -115,8 +117,9 @@ async def test_engines_discover_an_undisclosed_limit_together(
 
 
 async def test_idle_organisations_cost_no_redis_call(redis_url: str, redis_ns: str) -> None:
-    """Five organisations polled once, then left alone: after IDLE_S their budgets hand
-    everything back and make no more lease calls; a forgotten one is dropped."""
+    """Five organisations polled once, then left alone: after IDLE_S (told at the next
+    lease period, a second at most) their budgets hand everything back and make no more
+    lease calls; a forgotten one is dropped."""
     coord = RedisCoordinator(redis_url, namespace=redis_ns)
     budgets = [coord.budget(f"org_{i}", RateLimit(per_s=50)) for i in range(5)]
     model = DurationModel()
@@ -124,7 +127,7 @@ async def test_idle_organisations_cost_no_redis_call(redis_url: str, redis_ns: s
         tg.start_soon(coord.run, EngineLink(time.time, model.snapshot, model.load))
         for budget in budgets:
             await _until(lambda b=budget: b.try_acquire(time.time()) == 0.0)  # type: ignore[misc]
-        await anyio.sleep(IDLE_S + 0.5)
+        await anyio.sleep(IDLE_S + MAX_LEASE_PERIOD_S + 0.3)
         before = coord.lease_calls
         await anyio.sleep(1.5)
         idle_calls = coord.lease_calls - before

@@ -1,10 +1,10 @@
-"""Fleets in virtual time: LeasedBudgets and the coordinator's LEASE calls against a
-real Redis, with the time given (the scripts take ``now``), so the outcome is exact.
+"""Fleets in virtual time: LeasedBudgets and the coordinator's own lease rounds against
+a real Redis, with the time given (the scripts take ``now``), so the outcome is exact.
 
-Each engine is a ``RedisCoordinator`` (never run: only its calls are used) and the
-budget it makes; :func:`simulate` steps time, leases every period as the background
-loop does, and spends tokens as a scheduler would: a *hungry* engine always has a job
-due, another has jobs coming due at its own rate.
+Each engine is a ``RedisCoordinator`` (not run: its lease rounds are called here, on
+the virtual clock, and decide themselves when each budget is due) and the budget it
+makes; :meth:`VirtualFleet.run` steps time and spends tokens as a scheduler would: a
+*hungry* engine always has a job due, another has jobs coming due at its own rate.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import pytest
 
 from poller.redis import LeasedBudget, RedisCoordinator
 from poller.redis._client import ScriptClient
-from poller.redis._coordinator import _grant
 from poller.sched.ratelimit import RateLimit
 
 pytestmark = pytest.mark.anyio
@@ -51,28 +50,23 @@ class VirtualFleet:
         self.ns = ns
         self.limit = limit
         self.engines: dict[str, Engine] = {}
+        self.now = T0
 
     def add(self, name: str, demand_per_s: float | None, **settings: float) -> Engine:
         coord = RedisCoordinator(self.url, namespace=self.ns, **settings)  # type: ignore[arg-type]
+        coord._clock, coord._given_time, coord._online = (lambda: self.now), True, True
         budget = coord.budget(ORG, self.limit)
         assert isinstance(budget, LeasedBudget)
         engine = self.engines[name] = Engine(coord, budget, demand_per_s)
         return engine
 
-    async def lease(self, now: float, engine: Engine) -> None:
-        report = engine.budget.report(now)
-        call = engine.coord._lease_call(ORG, engine.budget, report, now=now)
-        result = await self.client.run(*call)
-        engine.budget.granted(now, _grant(result))
-
     async def throttle(self, now: float, engine: Engine, accepted: int) -> None:
         """A 429 met by ``engine``, after the fleet had ``accepted`` answers that second."""
+        self.now = now
         for _ in range(accepted):
             engine.budget.on_accepted(now)
-        pause_s = engine.budget.on_throttled(now, 1.0)
-        engine.budget.take_throttle()
-        call = engine.coord._throttle_call(ORG, engine.budget, pause_s, now=now)
-        await self.client.run(*call)
+        engine.budget.on_throttled(now, 1.0)
+        await engine.coord._lease_round(self.client)
 
     def spend(self, now: float, dt: float, engine: Engine) -> None:
         if engine.demand_per_s is not None:
@@ -84,19 +78,17 @@ class VirtualFleet:
             engine.budget.on_accepted(now)
             engine.due -= 1.0
 
-    async def run(
-        self, seconds: float, *, start: float = 0.0, period_s: float = 0.1, dt: float = 0.002
-    ) -> None:
-        """Run the fleet from ``T0 + start`` for ``seconds``."""
-        steps = round(seconds / dt)
-        every = round(period_s / dt)
+    async def run(self, seconds: float, *, start: float = 0.0, dt: float = 0.002) -> None:
+        """Run the fleet from ``T0 + start`` for ``seconds``; the engines start 13 ms
+        apart (a fleet's engines are not in step)."""
         names = sorted(self.engines)
-        for step in range(steps):
-            now = T0 + start + step * dt
+        for step in range(round(seconds / dt)):
+            now = self.now = T0 + start + step * dt
             for index, name in enumerate(names):
+                if now < T0 + index * 0.013:
+                    continue
                 engine = self.engines[name]
-                if (step + index * every // len(names)) % every == 0:  # staggered
-                    await self.lease(now, engine)
+                await engine.coord._lease_round(self.client)
                 self.spend(now, dt, engine)
 
     def sent_between(self, start: float, end: float) -> int:
@@ -158,3 +150,20 @@ async def test_the_rate_regrows_while_an_engine_runs_dry(undisclosed: VirtualFle
     await undisclosed.run(5.0, start=1.0)
     assert engine.budget.rate_per_fleet is not None
     assert engine.budget.rate_per_fleet > 0.9 * 52 + 0.1
+
+
+async def test_engines_polling_a_few_times_a_second_lease_about_once_a_second(
+    fleet: VirtualFleet,
+) -> None:
+    """Four hungry engines share 98/s, ~25/s each (the fleet benchmark's case (a)): each
+    leases about once a second (LEASE_TOKENS a lease), not 10-50 times, and together
+    they still use the rate and never pass it."""
+    engines = [fleet.add(name, None) for name in "abcd"]
+    await fleet.run(3.0)
+    before = [e.coord.lease_calls for e in engines]
+    await fleet.run(7.0, start=3.0)
+    used = fleet.sent_between(3.0, 10.0) / 7.0
+    assert used >= 90.0
+    assert fleet.max_in_any_second() <= 98 + 4  # each engine one slot more at most
+    calls = [e.coord.lease_calls - b for e, b in zip(engines, before, strict=True)]
+    assert sum(calls) / fleet.sent_between(3.0, 10.0) <= 0.05

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -9,7 +10,13 @@ import pytest
 
 from poller.redis import LeasedBudget
 from poller.redis._learning import PUSH_KINDS, LearnSync, kind_id
-from poller.redis._lease import IDLE_S, LOOSE_GRACE_S, LeaseGrant
+from poller.redis._lease import (
+    IDLE_S,
+    LEASE_MARGIN_S,
+    LEASE_TOKENS,
+    MAX_LEASE_PERIOD_S,
+    LeaseGrant,
+)
 from poller.sched.learn import LAYOUT, DurationSketch, LearnedDurations, LearnedKind
 from poller.sched.ratelimit import RateLimit
 
@@ -55,24 +62,25 @@ def test_later_blocks_queue_behind_the_current_one() -> None:
 
 def test_a_slot_left_past_the_grace_is_forfeited() -> None:
     """Spent late, slots would bunch up with later ones at the server."""
-    budget = LeasedBudget("org_a", RateLimit(per_s=10), grace_s=0.02)
-    budget.granted(T0, grant(5, start_in_s=0.0, step_s=0.1))
-    # At T0 + 0.25 the slots of T0, T0 + 0.1 and T0 + 0.2 are past their grace.
-    assert budget.try_acquire(T0 + 0.25) == pytest.approx(0.05)
+    budget = LeasedBudget("org_a", RateLimit(per_s=100), grace_s=0.02)
+    budget.granted(T0, grant(5, start_in_s=0.0, step_s=0.01))
+    # At T0 + 0.045 the slots of T0, T0 + 0.01 and T0 + 0.02 are past their grace.
+    assert budget.try_acquire(T0 + 0.045) == 0.0  # T0 + 0.03's
     assert budget.expired == 3
-    assert budget.try_acquire(T0 + 0.3) == 0.0
-    assert budget.held_at(T0 + 0.3) == 1
+    assert budget.try_acquire(T0 + 0.045) == 0.0  # T0 + 0.04's
+    assert budget.held_at(T0 + 0.045) == 0
 
 
-def test_slots_keep_longer_while_the_rate_does_not_bind() -> None:
-    """Below the limit the fleet cannot overshoot it: a late slot is still good, for a
-    while (an idle budget must not hold slots for ever)."""
-    budget = LeasedBudget("org_a", RateLimit(per_s=10), grace_s=0.02)
-    budget.granted(T0, grant(3, start_in_s=0.0, step_s=0.001, tight=False))
-    assert budget.try_acquire(T0 + 0.5) == 0.0
-    assert budget.expired == 0 and budget.held_at(T0 + 0.5) == 2
-    assert budget.held_at(T0 + LOOSE_GRACE_S + 0.01) == 0
-    assert budget.expired == 2
+def test_a_slot_keeps_one_interval_past_its_time() -> None:
+    """Slots come at the engine's pace: one a job did not take at its time may go with
+    the next job, if that comes before the next slot's time (later, it would bunch up
+    with the next ones)."""
+    budget = LeasedBudget("org_a", RateLimit(per_s=100), grace_s=0.02)
+    budget.granted(T0, grant(3, step_s=0.1))
+    assert budget.try_acquire(T0 + 0.09) == 0.0  # T0's slot, 90 ms late
+    assert budget.expired == 0 and budget.held_at(T0 + 0.09) == 2
+    assert budget.held_at(T0 + 0.25) == 1  # T0 + 0.1's went unspent past T0 + 0.2
+    assert budget.expired == 1
 
 
 def test_an_idle_budget_hands_everything_back_and_goes_quiet() -> None:
@@ -127,10 +135,10 @@ def test_a_lease_answer_that_comes_after_a_pause_brings_no_slot() -> None:
     budget.granted(T0, grant(2))
     report = budget.report(T0 + 0.1)
     budget.fleet_paused(T0 + 0.1, 1.0)
-    budget.granted(T0 + 0.11, grant(5, tight=False), report.generation)
+    budget.granted(T0 + 0.11, grant(5), report)
     assert budget.held_at(T0 + 0.11) == 0
     assert budget.try_acquire(T0 + 1.2) > 0  # after the pause: nothing to spend
-    budget.granted(T0 + 1.2, grant(3), budget.report(T0 + 1.2).generation)
+    budget.granted(T0 + 1.2, grant(3), budget.report(T0 + 1.2))
     assert budget.held_at(T0 + 1.2) == 3
 
 
@@ -160,25 +168,59 @@ def test_report_sizes_the_lease_to_recent_demand() -> None:
 def test_report_tells_the_rate_sent_unpadded_and_hungry_only_after_running_dry() -> None:
     budget = LeasedBudget("org_a", RateLimit(per_s=1000))
     budget.report(T0)
-    budget.granted(T0, grant(40, step_s=0.001, tight=False))
-    for _ in range(40):
-        assert budget.try_acquire(T0 + 0.05) == 0.0
+    budget.granted(T0, grant(40, step_s=0.001))
+    for i in range(40):
+        assert budget.try_acquire(T0 + i * 0.001) == 0.0
     report = budget.report(T0 + 1.0)
     assert report.demand_per_s == pytest.approx(40.0) and not report.hungry
-    assert report.want == 10  # 40/s over the 250 ms horizon, nothing held
+    # 40/s: a period of 25 tokens is 0.625 s, and the lease covers 0.15 s more.
+    assert report.period_s == pytest.approx(LEASE_TOKENS / 40.0)
+    assert report.horizon_s == pytest.approx(LEASE_TOKENS / 40.0 + LEASE_MARGIN_S)
+    assert report.want == math.ceil(40.0 * report.horizon_s)  # nothing held
 
 
-@pytest.mark.parametrize(("sent", "hungry"), [(10, False), (48, True)])
-def test_kept_waiting_is_hungry_only_when_spending_the_whole_share(sent: int, hungry: bool) -> None:
-    """Slots come in blocks: an engine below its share waits for one now and then, and
-    that is no sign that it wants more than the rate gives."""
-    budget = LeasedBudget("org_a", RateLimit(per_s=100))
-    budget.report(T0)
-    budget.granted(T0, grant(sent + 1, step_s=0.001, share_per_s=50.0))
-    for i in range(sent):
-        assert budget.try_acquire(T0 + i * 0.001) == 0.0
-    assert budget.try_acquire(T0 + (sent - 1) * 0.001) > 0  # kept waiting
-    assert budget.report(T0 + 1.0).hungry is hungry
+@pytest.mark.parametrize(
+    ("wasted", "cut_short", "hungry"),
+    [(True, True, False), (False, False, False), (False, True, True)],
+)
+def test_kept_waiting_is_hungry_only_when_held_back_with_no_slot_unspent(
+    wasted: bool, cut_short: bool, hungry: bool
+) -> None:
+    """An engine whose slots come a little faster than its jobs is kept waiting now and
+    then too (their times do not match): no sign that it wants more. Nor is it when the
+    fleet gave it all it asked for: it then asks for more, leaving the rate alone."""
+    budget = LeasedBudget("org_a", RateLimit(per_s=100), grace_s=0.01)
+    asked = budget.report(T0)
+    asked = dataclasses.replace(asked, want=30 if cut_short else 20)
+    budget.granted(T0, grant(20, step_s=0.01, share_per_s=100.0), asked)
+    start = T0 + 0.05 if wasted else T0  # the first five slots go unspent
+    for i in range(10):
+        assert budget.try_acquire(start + i * 0.01) == 0.0
+    assert budget.try_acquire(start + 0.095) > 0  # kept waiting, sending at its share
+    report = budget.report(start + 0.1)
+    assert report.hungry is hungry
+    pressed = not wasted and not hungry
+    sent_per_s = 10 / (start + 0.1 - T0)
+    assert report.demand_per_s == pytest.approx(sent_per_s * (1.25 if pressed else 1.0))
+
+
+def test_the_lease_period_grows_as_demand_falls() -> None:
+    """At least LEASE_TOKENS tokens a lease, between the coordinator's lease_period_s and
+    MAX_LEASE_PERIOD_S: a budget polling a few times a second costs a call a second."""
+    periods = {}
+    for per_s in (2000.0, 100.0, 40.0, 5.0):
+        budget = LeasedBudget("org_a", None, min_period_s=0.1)
+        budget.report(T0)
+        budget.granted(T0, grant(0, rate_per_s=None))  # type: ignore[arg-type]
+        for _ in range(int(per_s)):
+            budget.try_acquire(T0 + 0.5)
+        periods[per_s] = budget.report(T0 + 1.0).period_s
+    assert periods == {
+        2000.0: 0.1,
+        100.0: pytest.approx(0.25),
+        40.0: pytest.approx(0.625),
+        5.0: MAX_LEASE_PERIOD_S,
+    }
 
 
 def test_report_gives_back_what_demand_no_longer_needs() -> None:

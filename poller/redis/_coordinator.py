@@ -4,14 +4,16 @@ The engine's hot path never waits on Redis: each organisation's budget is a
 :class:`~poller.redis._lease.LeasedBudget`, spending tokens leased ahead of need.
 This module is its background side, four loops in the engine's task group:
 
-- **leases** (every ``lease_period_s``, ~100 ms, sooner when a budget runs dry or
-  meets a 429): for each organisation with something to say, one ``LEASE`` script
-  call (all of them in one pipelined round trip) reports what the engine sent and
-  had accepted and its demand, and takes slots of the fleet's schedule covering
-  ~250 ms of that demand, within this engine's max-min fair share (by demand and
-  ``weight``) of the organisation's rate. A 429 is a ``THROTTLE`` call: the
-  organisation is paused and its rate cut for every engine, and the news is
-  published at once;
+- **leases** (each budget at its own period: ``lease_period_s``, 100 ms, for a busy
+  one, up to a second for one that polls a few times a second; sooner when a budget
+  runs dry or meets a 429): for each organisation with something to say, one
+  ``LEASE`` script call (all of them in one pipelined round trip) reports what the
+  engine sent and had accepted and its demand, and takes slots covering the period
+  and a margin of that demand, at a pace within this engine's max-min fair share (by
+  demand and ``weight``) of the organisation's rate, where the paces the other
+  engines reserved leave room (``poller.redis._lease``). A 429 is a ``THROTTLE``
+  call: the organisation is paused and its rate cut for every engine, and the news
+  is published at once;
 - **events**: a pub/sub subscription that hears those 429s, so every engine drops
   its unspent slots and pauses within one round trip of the first. Its connection is
   PINGed every few heartbeats and replaced when the answer does not come (a
@@ -118,7 +120,8 @@ class RedisCoordinator:
         weight: this engine's share of an organisation's rate, relative to the other
             engines', when they all want more than there is.
         timeout_s: a Redis call slower than this counts as Redis being out of reach.
-        lease_period_s: how often leases are topped up.
+        lease_period_s: how often a busy budget's leases are topped up (the shortest
+            lease period; a budget polling a few times a second leases once a second).
         heartbeat_s: how often the engine says it is alive (and Redis is retried).
         sync_interval_s: how often learned durations are pushed and merged.
         learned_ttl_s: how long the fleet's learned tables outlive their last change.
@@ -156,6 +159,7 @@ class RedisCoordinator:
         self.max_learned_kinds = max_learned_kinds
         self._claimed = False
         self._running = False
+        self._given_time = False  # tests: the scripts take the engine's clock
         self._start()
 
     def _start(self) -> None:
@@ -163,12 +167,13 @@ class RedisCoordinator:
         self.engine_id = secrets.token_hex(8)
         self._budgets: dict[str, LeasedBudget] = {}
         self._next_lease: dict[str, float] = {}
+        self._last_lease: dict[str, float] = {}
         self._online: bool | None = None  # None: not known yet
         self._reachable = False  # offline, but a heartbeat went through: probe with leases
         self._resubscribe = False  # the events listener should subscribe again
         self._failures = 0  # Redis calls failed in a row
         self._failing_since: float | None = None
-        self._fallback_s = LEASE_HORIZON_S + self.timeout_s
+        self._fallback_s = LEASE_HORIZON_S + self.timeout_s  # the longest a lease lasts
         self._engines = 1  # live engines last counted, this one included
         self._epoch: str | None = None
         self._learn = LearnSync()
@@ -203,7 +208,7 @@ class RedisCoordinator:
 
     def budget(self, org_id: str, limit: RateLimit | None) -> Budget:
         """See :meth:`poller.coordination.Coordinator.budget`."""
-        budget = LeasedBudget(org_id, limit, wake=self._poke)
+        budget = LeasedBudget(org_id, limit, wake=self._poke, min_period_s=self.lease_period_s)
         if self._online is False:
             budget.go_local(self._now(), self._engines)
         self._budgets[org_id] = budget
@@ -230,6 +235,7 @@ class RedisCoordinator:
         slots handed back long ago): its entry in Redis expires by itself."""
         self._budgets.pop(org_id, None)
         self._next_lease.pop(org_id, None)
+        self._last_lease.pop(org_id, None)
 
     async def run(self, link: EngineLink) -> None:
         """See :meth:`poller.coordination.Coordinator.run`."""
@@ -278,6 +284,12 @@ class RedisCoordinator:
     def _now(self) -> float:
         assert self._clock is not None or not self._running
         return self._clock() if self._clock is not None else 0.0
+
+    def _script_now(self) -> float | None:
+        """The time the scripts are given: None, the server's (one clock for a fleet on
+        many machines); the engine's clock only when ``_given_time`` (tests in virtual
+        time)."""
+        return self._now() if self._given_time else None
 
     def _poke(self) -> None:
         if self._wake is not None:
@@ -410,11 +422,11 @@ class RedisCoordinator:
                 continue
             pause_s = budget.take_throttle()
             if pause_s is not None:
-                calls.append(self._throttle_call(org_id, budget, pause_s))
+                calls.append(self._throttle_call(org_id, budget, pause_s, self._script_now()))
                 plan.append(("throttle", budget, None))
-            if probing or (budget.needs_lease() and now >= self._next_lease.get(org_id, -math.inf)):
+            if probing or (budget.needs_lease() and self._lease_due(org_id, budget, now)):
                 report = budget.report(now)
-                calls.append(self._lease_call(org_id, budget, report))
+                calls.append(self._lease_call(org_id, budget, report, self._script_now()))
                 plan.append((org_id, budget, report))
         if not calls:
             return False
@@ -431,17 +443,22 @@ class RedisCoordinator:
                 budget.rejoin()
                 budget.granted(arrived, grant)  # its first slots since the fallback
             else:
-                budget.granted(arrived, grant, report.generation)
-            full = 0 < report.want <= grant.count
-            self._next_lease[org_id] = now + (_MIN_GAP_S if full else self.lease_period_s)
+                budget.granted(arrived, grant, report)
+            # Hungry and given all it asked for (it is finding its demand): soon again.
+            ramping = report.hungry and 0 < report.want <= grant.count
+            self._next_lease[org_id] = now + (_MIN_GAP_S if ramping else report.period_s)
+            self._last_lease[org_id] = now
         return True
 
-    def _limits(self, budget: LeasedBudget) -> list[Any]:
-        limit = budget.limit
-        if limit is None:
-            return ["", ""]
-        burst = "" if limit.burst is None else limit.burst
-        return [limit.per_s * HEADROOM, burst]
+    def _lease_due(self, org_id: str, budget: LeasedBudget, now: float) -> bool:
+        """At the budget's period; sooner if it ran dry, lease_period_s after the last."""
+        if now >= self._next_lease.get(org_id, -math.inf):
+            return True
+        return budget.dry and now >= self._last_lease.get(org_id, -math.inf) + self.lease_period_s
+
+    def _ceiling(self, budget: LeasedBudget) -> float | str:
+        """The fleet's rate for a configured limit (aimed HEADROOM below); '' for none."""
+        return "" if budget.limit is None else budget.limit.per_s * HEADROOM
 
     def _lease_call(
         self, org_id: str, budget: LeasedBudget, report: LeaseReport, now: float | None = None
@@ -455,10 +472,11 @@ class RedisCoordinator:
             report.want,
             report.give_back,
             report.accepted,
-            *self._limits(budget),
-            LEASE_HORIZON_S,
+            self._ceiling(budget),
+            report.horizon_s,
             _BUDGET_TTL_S,
-            _STALE_ENGINE_S,
+            # Its demand counts until it is overdue: two periods, and a margin.
+            max(_STALE_ENGINE_S, 2.0 * report.period_s + 0.5),
             *_ADAPTIVE,
         ]
         return (LEASE, [self._budget_key(org_id)], argv)
@@ -471,7 +489,7 @@ class RedisCoordinator:
             "" if now is None else now,
             pause_s,
             budget.take_accepted(),
-            *self._limits(budget),
+            self._ceiling(budget),
             _BUDGET_TTL_S,
             self._channel,
             org_id,

@@ -4,19 +4,29 @@ The hot path asks :meth:`LeasedBudget.try_acquire` on every poll, so the budget 
 a plain synchronous object that never touches the network. The coordinator's
 background task (``poller.redis._coordinator``) keeps it supplied:
 
-- every lease period (~100 ms) it takes a :class:`LeaseReport` (what was sent and
-  accepted since the last one, the recent demand, whether the budget ran dry, how many
-  tokens it still holds) and asks the shared bucket for enough tokens to cover
-  :data:`LEASE_HORIZON_S` of that demand;
+- every lease period it takes a :class:`LeaseReport` (what was sent and accepted since
+  the last one, the recent demand, whether the budget ran dry or was kept waiting, how
+  many tokens it still holds) and asks the shared bucket for enough tokens to cover
+  the period and :data:`LEASE_MARGIN_S` more of that demand. The period is the time
+  :data:`LEASE_TOKENS` tokens last at that demand, between the coordinator's
+  ``lease_period_s`` (100 ms) and :data:`MAX_LEASE_PERIOD_S`: a busy budget leases
+  every 100 ms, and one that polls 25 times a second about once a second, so the
+  lease calls per poll stay small whatever the traffic. A budget that runs dry before
+  its period is over leases at once (not sooner than ``lease_period_s`` after its
+  last call);
 - the answer (:meth:`LeasedBudget.granted`) is a block of *dated slots*: token ``k``
-  may be spent from ``start + k * step`` on, where ``step`` is the fleet's interval
-  (one over the organisation's rate). The shared bucket hands out consecutive
-  slots of one schedule to every engine, so however the fleet is spread, the server
-  sees the organisation's rate, not the sum of bursts. While the rate binds (some
-  engine wants more than it gets: the grant is *tight*), a slot left unspent past
-  ``grace_s`` is forfeited: spent late it would bunch up with later ones, and a
-  1-second window at the server could then hold more than the limit. While it does
-  not, the fleet is below the limit and slots keep longer (:data:`LOOSE_GRACE_S`);
+  may be spent from ``start + k * step`` on, ``step`` being one over the pace the
+  shared bucket gave this engine. Each engine's slots come at its own pace (its fair
+  share; while the rate binds and it wants no more than it asks for, just that), and
+  the bucket places every block where the paces reserved by the other engines leave
+  room for it: at every instant they add up to the organisation's rate at most, so
+  however the fleet is spread, the server sees the rate, not the sum of bursts. While
+  the rate binds (some engine wants more than it gets: the grant is *tight*), a slot
+  left unspent one interval past its time (``grace_s`` at least) is forfeited: spent
+  later it would bunch up with the next ones, and a 1-second window at the server
+  could then hold more than the limit. While it does not, slots are a store to spend
+  as the jobs come, and keep as long as the lease is meant to last
+  (:data:`LOOSE_GRACE_S` at least);
 - a budget that sent nothing for :data:`IDLE_S` reports no demand, hands back every
   slot still to come and stops leasing until it is asked for a token again: an idle
   organisation costs no Redis call and reserves no part of the rate;
@@ -27,10 +37,10 @@ background task (``poller.redis._coordinator``) keeps it supplied:
 Modes. ``joining``: no answer from the fleet yet, so no token (a fleet of engines
 starting together must not each spend the whole limit); ``shared``: spending leased
 slots, or nothing to lease while the organisation is uncapped (no limit configured
-and no 429 yet); ``local``: the shared store is unreachable, and, once the slots held are spent, an
-:class:`~poller.sched.ratelimit.AdaptiveBudget` with this engine's share of the configured
-limit (the limit divided by the live engines last counted), starting from that share of
-the rate the fleet had learned, stands in.
+and no 429 yet); ``local``: the shared store is unreachable, and, once the slots held
+are spent, an :class:`~poller.sched.ratelimit.AdaptiveBudget` with this engine's share
+of the configured limit (the limit divided by the live engines last counted), starting
+from that share of the rate the fleet had learned, stands in.
 """
 
 from __future__ import annotations
@@ -46,20 +56,31 @@ from ..sched.ratelimit import AdaptiveBudget, RateLimit
 __all__ = [
     "IDLE_S",
     "LEASE_HORIZON_S",
+    "LEASE_MARGIN_S",
+    "LEASE_TOKENS",
     "LOOSE_GRACE_S",
+    "MAX_LEASE_PERIOD_S",
     "LeaseGrant",
     "LeaseReport",
     "LeasedBudget",
     "Mode",
 ]
 
-LEASE_HORIZON_S: Final = 0.25
-"""Tokens are leased to cover this much of the engine's recent demand."""
-_SATURATED: Final = 0.9  # refused while sending this share of its share at least: hungry
+LEASE_TOKENS: Final = 25
+"""A lease period lasts as long as this many tokens do at the budget's recent demand."""
+MAX_LEASE_PERIOD_S: Final = 1.0
+"""The longest lease period (a budget with little demand)."""
+LEASE_MARGIN_S: Final = 0.15
+"""A lease covers its period and this much more of the demand (the next answer's
+round trip, and a margin): a budget wanting more than it gets never runs dry."""
+LEASE_HORIZON_S: Final = MAX_LEASE_PERIOD_S + LEASE_MARGIN_S
+"""The longest a lease reaches ahead (slots are dated at most this far ahead)."""
+_PRESS: Final = 1.25  # pressed, and not held back by the fleet: it asks this much more
+_SATURATED: Final = 0.9  # sending at this share of its share at least: held back
+LOOSE_GRACE_S: Final = 1.0
+"""How late a slot granted while the rate does not bind may be spent, at least."""
 IDLE_S: Final = 1.0
 """A budget that sent nothing for this long hands its slots back and goes quiet."""
-LOOSE_GRACE_S: Final = 1.0
-"""How late a slot granted while the rate does not bind may still be spent."""
 _DRY_RETRY_S: Final = 0.02  # asked with no token held: look again this much later
 _DEFAULT_PAUSE_S: Final = 1.0
 
@@ -83,6 +104,9 @@ class LeaseReport:
         give_back: tokens handed back (demand dropped).
         generation: the budget's generation when the report was taken (an answer to it
             that comes after a pause or a fallback brings no slot).
+        period_s: when to report next (unless it runs dry sooner).
+        horizon_s: the lease covers this much of the demand, slots at most this far
+            ahead.
     """
 
     sent: int
@@ -93,6 +117,8 @@ class LeaseReport:
     want: int
     give_back: int
     generation: int = 0
+    period_s: float = 0.1
+    horizon_s: float = 0.1 + LEASE_MARGIN_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +133,8 @@ class LeaseGrant:
         share_per_s: this engine's fair share of it.
         pause_s: the organisation is paused this much longer (0: not paused).
         engines: engines of this organisation with a fresh demand report.
-        tight: the rate binds: slots must be spent on time or be forfeited.
+        tight: the rate binds (an engine wants more than it gets): slots must be spent
+            on time, or be forfeited.
     """
 
     count: int
@@ -129,14 +156,18 @@ class LeasedBudget:
         wake: called (from the hot path) when the coordinator should lease now: the
             budget ran dry, or a 429 came. Must be cheap.
         grace_s: how late a slot may be spent before it is forfeited.
+        min_period_s: the shortest lease period (the coordinator's ``lease_period_s``).
     """
 
     __slots__ = (
         "_accepted",
         "_blocks",
+        "_cut_short",
         "_demand",
+        "_expired_reported",
         "_generation",
         "_grace",
+        "_horizon_s",
         "_hungry",
         "_left",
         "_local",
@@ -154,6 +185,7 @@ class LeasedBudget:
         "expired",
         "grace_s",
         "limit",
+        "min_period_s",
         "mode",
         "org_id",
         "rate_per_fleet",
@@ -167,10 +199,13 @@ class LeasedBudget:
         *,
         wake: Callable[[], None] = lambda: None,
         grace_s: float = 0.02,
+        min_period_s: float = 0.1,
     ) -> None:
         self.org_id = org_id
         self.limit = limit
         self.grace_s = grace_s
+        self.min_period_s = min_period_s
+        self._horizon_s = min_period_s + LEASE_MARGIN_S
         self._wake = wake
         self.mode: Mode = "joining"
         self._local: AdaptiveBudget | None = None
@@ -183,6 +218,7 @@ class LeasedBudget:
         self._grace = grace_s
         self._blocks: deque[tuple[float, float, int, float]] = deque()
         self._generation = 0  # bumped whenever the slots are dropped
+        self._cut_short = True  # the last lease gave less than asked (none yet: unknown)
         self._paused_until = -math.inf
         self._sent = 0
         self._accepted = 0
@@ -194,6 +230,7 @@ class LeasedBudget:
         self._quiet_since: float | None = None  # nothing sent since (at report times)
         self._throttles: list[float] = []  # pauses asked by 429s, not told to the fleet yet
         self.expired = 0  # slots forfeited, unspent
+        self._expired_reported = 0
         self.rate_per_fleet: float | None = None
         self.share_per_s: float | None = None
 
@@ -284,7 +321,12 @@ class LeasedBudget:
             or self.mode == "joining"
         )
 
-    def report(self, now: float, horizon_s: float = LEASE_HORIZON_S) -> LeaseReport:
+    @property
+    def dry(self) -> bool:
+        """It was asked for a token with none held since the last report."""
+        return self._hungry
+
+    def report(self, now: float) -> LeaseReport:
         """What to tell the shared bucket now; resets the counters it reports."""
         previous = self._reported_at
         elapsed = now - previous if previous is not None else 0.0
@@ -300,13 +342,25 @@ class LeasedBudget:
         elif elapsed > 0.0:
             # Smoothed over a few periods, but quick to follow a rise.
             self._demand = rate if rate > self._demand else 0.5 * (self._demand + rate)
-        # It wants more than it gets if it ran out of slots, or was kept waiting for the
-        # next one while spending (nearly) its whole share: an engine below its share is
-        # kept waiting now and then too (its slots come in blocks), and must not make the
-        # fleet's rate climb with no demand behind it.
+        # Kept waiting for a slot while it let none go unspent, it is *pressed*: it wants
+        # more than it asked for (its slots come at the pace it asked for: one that comes
+        # a little faster than its jobs is kept waiting now and then too, but lets some
+        # go). Pressed while the fleet held it back (its last lease was cut short, and
+        # it sends at nearly its whole share), or out of slots, it is *hungry*: it wants
+        # more than the rate gives it, the one sign that the rate binds (it may then
+        # climb). Pressed otherwise, it asks for a little more, and the fleet's rate is
+        # left alone: it must not climb with no demand behind it.
+        self._expire(now)
+        pressed = self._refused and self.expired == self._expired_reported
+        self._expired_reported = self.expired
         share = self.share_per_s
-        hungry = self._hungry or (self._refused and (share is None or rate >= _SATURATED * share))
-        demand = self._demand
+        held_back = self._cut_short and (share is None or rate >= _SATURATED * share)
+        hungry = self._hungry or (pressed and held_back)
+        demand = self._demand * (_PRESS if pressed and not hungry else 1.0)
+        period_s = self.min_period_s
+        if demand > 0.0:
+            period_s = min(MAX_LEASE_PERIOD_S, max(period_s, LEASE_TOKENS / demand))
+        horizon_s = self._horizon_s = period_s + LEASE_MARGIN_S
         held = self.held_at(now)
         target = max(1, math.ceil(demand * horizon_s)) if demand else 0
         if hungry:
@@ -326,17 +380,21 @@ class LeasedBudget:
             want=want,
             give_back=give_back,
             generation=self._generation,
+            period_s=period_s,
+            horizon_s=horizon_s,
         )
         self._sent = self._accepted = 0
         self._hungry = self._refused = False
         self._reported_demand = demand
         return report
 
-    def granted(self, now: float, grant: LeaseGrant, generation: int | None = None) -> None:
-        """Apply a lease answer that arrived at ``now`` (this engine's clock), to a report
-        of ``generation`` (None: the current one). The slots of an answer that comes
-        after the budget dropped its slots (a pause, told by another engine while the
-        call was out) are not taken: they were meant for before."""
+    def granted(self, now: float, grant: LeaseGrant, report: LeaseReport | None = None) -> None:
+        """Apply a lease answer that arrived at ``now`` (this engine's clock), to
+        ``report`` (None: one of the current generation, nothing asked). The slots of an
+        answer that comes after the budget dropped its slots (a pause, told by another
+        engine while the call was out) are not taken: they were meant for before."""
+        generation = report.generation if report is not None else None
+        self._cut_short = report is not None and grant.count < report.want
         if self._local is not None:
             return  # gone local while the call was out: the answer is stale
         self.mode = "shared"
@@ -345,8 +403,10 @@ class LeasedBudget:
         self._uncapped = grant.rate_per_s is None
         if grant.pause_s > 0.0:
             self._pause(now, grant.pause_s)
+        if grant.tight:
+            self._tighten()
         if grant.count > 0 and (generation is None or generation == self._generation):
-            grace = self.grace_s if grant.tight else max(self.grace_s, LOOSE_GRACE_S)
+            grace = self._grace_for(grant.tight, grant.step_s)
             # Slots dated before the answer came are due now (the burst after a quiet
             # spell): date them on arrival, or the grace would already be running.
             block = (now + max(0.0, grant.start_in_s), grant.step_s, grant.count, grace)
@@ -422,6 +482,24 @@ class LeasedBudget:
     def _pause(self, now: float, pause_s: float) -> None:
         self._paused_until = max(self._paused_until, now + pause_s)
         self._drop()
+
+    def _grace_for(self, tight: bool, step_s: float) -> float:
+        """How late a slot may be spent. While the rate binds, one interval at most:
+        later, it would bunch up with the next ones, and a second at the server could
+        hold more than the rate. While it does not, as long as the lease is meant to
+        last: the slots are a store to spend as the jobs come (bursts and all)."""
+        if tight:
+            return max(self.grace_s, step_s)
+        return max(self.grace_s, LOOSE_GRACE_S, 2.0 * self._horizon_s)
+
+    def _tighten(self) -> None:
+        """The rate binds now: the slots held lose the longer grace they had."""
+        if self._left > 0:
+            self._grace = self._grace_for(True, self._step)
+        self._blocks = deque(
+            (start, step, left, self._grace_for(True, step))
+            for start, step, left, _ in self._blocks
+        )
 
     def _count(self) -> int:
         return max(0, self._left) + sum(block[2] for block in self._blocks)

@@ -11,8 +11,10 @@ server answers ``NOSCRIPT`` (a restart, ``SCRIPT FLUSH``), see
 Key layout (``NS`` is the namespace; keys of one organisation share the hash tag
 ``{NS:ORG}``, so a script touching them could run on one Redis Cluster slot)::
 
-    NS:{NS:ORG}:budget   string, JSON: the organisation's shared bucket and adaptive
-                         state (see LEASE), and each engine's last demand report
+    NS:{NS:ORG}:budget   string, JSON (layout v, see SCHEMA): the organisation's
+                         adaptive state (the rate, pause, last cut, accepted answers)
+                         and, for each engine, its last demand report and the paces
+                         of the slots it holds, until when (see LEASE)
     NS:engines           sorted set: engine ID -> last heartbeat (live engines)
     NS:epoch             string: a random ID made when the namespace is first used;
                          a new one means Redis lost the namespace (restart, flush)
@@ -45,11 +47,18 @@ local function clock(arg)
   return tonumber(t[1]) + tonumber(t[2]) / 1e6
 end
 
+-- The layout of the budget's JSON (v): one written by another layout is started
+-- afresh (the configuration comes with every call; what was learned is lost once).
+local SCHEMA = 3
+
 local function load(key)
   local raw = redis.call('GET', key)
-  if raw then return cjson.decode(raw) end
-  return {tat = 0, paused = 0, growth = 0, grown_at = 0, cut_at = 0, hungry_at = -1e12,
-          ab = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, ae = 0, eng = {}}
+  if raw then
+    local s = cjson.decode(raw)
+    if s.v == SCHEMA then return s end
+  end
+  return {v = SCHEMA, paused = 0, growth = 0, grown_at = 0, cut_at = 0,
+          hungry_until = 0, ab = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, ae = 0, eng = {}}
 end
 
 -- Accepted answers in the last second, in ten 100 ms bins (ae: the newest bin's epoch).
@@ -88,12 +97,13 @@ local function target(s, P)
   return rate
 end
 
--- Climb only while some engine wanted more than the rate let it have in the last second
--- (hungry_at: the last time an engine that ran dry got less than it asked for: not
--- merely less than it asked, which a lease sized ahead of need often is).
+-- Climb only while some engine wants more than the rate lets it have (hungry_until:
+-- a second, or a lease period and a half if longer, after an engine that ran dry got
+-- less than it asked for: not merely less than it asked, which a lease sized ahead of
+-- need often is).
 local function regrow(s, now)
   if s.wmax ~= nil and now > s.grown_at then
-    if now - s.hungry_at < 1.0 then s.growth = s.growth + (now - s.grown_at) end
+    if now < s.hungry_until then s.growth = s.growth + (now - s.grown_at) end
     s.grown_at = now
   end
 end
@@ -114,10 +124,9 @@ local function params(a, i)
           min_growth = tonumber(a[i + 3]), doubling = tonumber(a[i + 4])}
 end
 
-local function configure(s, ceil_arg, burst_arg)
+local function configure(s, ceil_arg)
   -- The configuration travels with every call: an empty Redis is re-seeded by the first.
   if ceil_arg == '' then s.ceil = nil else s.ceil = tonumber(ceil_arg) end
-  if burst_arg == '' then s.burst = nil else s.burst = tonumber(burst_arg) end
 end
 
 local function save(key, s, ttl)
@@ -129,22 +138,24 @@ _LEASE_LUA: Final = (
     _COMMON
     + r"""
 -- KEYS[1] budget. ARGV: now, engine, weight, demand (-1: ran dry, wants more), want,
--- give_back, accepted, ceiling ('' none), burst ('' default), horizon_s, ttl_s,
--- stale_s, then beta, recovery_s, min_rate, min_growth, doubling_s.
+-- give_back, accepted, ceiling ('' none), horizon_s (the lease covers this much of the
+-- demand: its period and a margin), ttl_s, stale_s (the engine's demand counts until
+-- it is this old: it is overdue), then beta, recovery_s, min_rate, min_growth,
+-- doubling_s.
 local now = clock(ARGV[1])
 local me, weight, demand = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local want, give_back, acc = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local horizon, ttl, stale = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
-local P = params(ARGV, 13)
+local horizon, ttl, stale = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local P = params(ARGV, 12)
 local s = load(KEYS[1])
-configure(s, ARGV[8], ARGV[9])
+configure(s, ARGV[8])
 add_accepted(s, now, acc)
 lift(s, now)
 regrow(s, now)
 local rate = target(s, P)
 
-local e = s.eng[me] or {tat = 0}
-e.d, e.w, e.at = demand, weight, now
+local e = s.eng[me] or {r = {}}
+e.d, e.w, e.at, e.st = demand, weight, now, stale
 -- An idle engine (no demand, nothing asked) leaves the shares until it wants again.
 if demand == 0 and want == 0 then s.eng[me] = nil else s.eng[me] = e end
 
@@ -153,7 +164,7 @@ if demand == 0 and want == 0 then s.eng[me] = nil else s.eng[me] = e end
 -- share what is left by weight; what nobody wants is spread by weight over all.
 local list, wsum = {}, 0
 for id, x in pairs(s.eng) do
-  if now - x.at > stale then s.eng[id] = nil
+  if now - x.at > (x.st or stale) then s.eng[id] = nil
   else
     local d = x.d
     if d < 0 then d = math.huge end
@@ -182,46 +193,104 @@ if rate ~= nil then
   if alloc[me] ~= nil then share = alloc[me] + left * weight / all_w end
 end
 
+local MAX_SEGMENTS = 8
 local grant, start, step, pause = 0, now, 0, 0
 if now < s.paused then pause = s.paused - now end
 if rate ~= nil then
-  step = 1 / rate
-  local burst = s.burst or math.max(1, 0.02 * rate)
-  if give_back > 0 then
-    -- Slots handed back are the latest this engine holds (all dated after now). They
-    -- are the fleet's last only if no engine was granted any after them (e.tail: where
-    -- this engine's last grant ended, e.ts: where it began): only then may the schedule
-    -- take them back; otherwise they are lost, as taking them back would hand out
-    -- slots another engine holds.
-    if e.tail ~= nil and s.tat == e.tail then
-      s.tat = math.max(now, e.ts, s.tat - give_back * step)
-      e.tail = s.tat
-    end
-    if share > 0 then e.tat = math.max(now, e.tat - give_back / share) end
+  -- Each engine's slots come at its own pace, and every engine's reservation is kept
+  -- as its paces until the times they end (e.r: segments {pace, until} in order, the
+  -- same pace in one, at most MAX_SEGMENTS, or the two that end first merge at the
+  -- larger pace; e.s2: where the last grant began). A new block goes where the paces
+  -- of the others' reservations leave room for it: at every instant the paces
+  -- reserved add up to the rate at most, so the server sees the rate (each engine at
+  -- most one more slot in any second), however the engines are spread and however
+  -- their demands differ.
+  local r = {}
+  for _, seg in ipairs(e.r or {}) do if seg[2] > now then r[#r + 1] = seg end end
+  if give_back > 0 and #r > 0 then
+    -- Its latest slots, all dated after now: its own reservation ends sooner.
+    local last = r[#r]
+    last[2] = math.max(now, e.s2 or now, last[2] - give_back / last[1])
+    if last[2] <= now then r[#r] = nil end
   end
+  e.r = r
   if pause == 0 and want > 0 and share > 0 then
-    -- The fleet's schedule: consecutive slots 1/rate apart, reserved at most horizon_s
-    -- ahead; after a quiet spell the first `burst` slots may already be due.
-    start = math.max(s.tat, now - (burst - 1) * step)
-    local fleet_room = math.floor((now + horizon - start) * rate + 1e-9)
-    -- This engine's own pace: at most its share, over the same horizon.
-    local own_room = math.floor((now + horizon - math.max(e.tat, now)) * share + 1e-9)
-    grant = math.max(0, math.min(want, fleet_room, own_room))
+    -- The paces the others reserved between t1 and t2 (each at its largest there).
+    local function busy(t1, t2)
+      local b = 0
+      for id, x in pairs(s.eng) do
+        if id ~= me then
+          local most, from = 0, -math.huge
+          for _, seg in ipairs(x.r or {}) do
+            if seg[2] > t1 and from < t2 and seg[1] > most then most = seg[1] end
+            from = seg[2]
+          end
+          b = b + most
+        end
+      end
+      return b
+    end
+    start = now
+    if #r > 0 then start = math.max(now, r[#r][2]) end
+    -- The pace it needs: its share, so that its slots come early, a store to spend as
+    -- its jobs come (bursts and all: a slot dated later than a job is a wait); but
+    -- while the rate binds (tight) and it wants no more than it asks for, what it asks
+    -- for, spread over the rest of the horizon after the slots it holds: faster, its
+    -- slots would come before its jobs, go unspent, and take the room of an engine
+    -- that wants more.
+    local need = share
+    if demand >= 0 and now < s.hungry_until then
+      need = math.min(share, want / math.max(0.01, now + horizon - start))
+    end
+    -- The block runs from its start to the horizon: it needs room over all of it.
+    -- Take the first start (its own reservation's end, or one of the others') with
+    -- room for that pace, or for a good part of it.
+    local ends = {}
+    for id, x in pairs(s.eng) do
+      if id ~= me then
+        for _, seg in ipairs(x.r or {}) do
+          if seg[2] > start then ends[#ends + 1] = seg[2] end
+        end
+      end
+    end
+    table.sort(ends)
+    local enough = math.min(need, math.max(P.min_rate, 0.25 * need))
+    local pace = math.min(need, rate - busy(start, now + horizon))
+    local i = 1
+    while pace < enough and i <= #ends do
+      start = ends[i]
+      pace = math.min(need, rate - busy(start, now + horizon))
+      i = i + 1
+    end
+    if pace > 0 then
+      grant = math.max(0, math.min(want, math.floor((now + horizon - start) * pace + 1e-9)))
+    end
     if grant > 0 then
-      s.tat = start + grant * step
-      e.tat = math.max(e.tat, now) + grant / share
-      e.ts, e.tail = start, s.tat
+      step = 1 / pace
+      local last = r[#r]
+      if last ~= nil and math.abs(last[1] - pace) <= 0.01 * pace then
+        last[1], last[2] = math.max(last[1], pace), start + grant * step  -- one pace
+      else
+        r[#r + 1] = {pace, start + grant * step}
+        if #r > MAX_SEGMENTS then  -- the two that end first, at the larger pace
+          r[2][1] = math.max(r[1][1], r[2][1])
+          table.remove(r, 1)
+        end
+      end
+      e.r, e.s2 = r, start
     end
   end
-  if demand < 0 and grant < want and pause == 0 then s.hungry_at = now end
+  if demand < 0 and grant < want and pause == 0 then
+    s.hungry_until = math.max(s.hungry_until, now + math.max(1.0, 1.5 * horizon))
+  end
 end
 save(KEYS[1], s, ttl)
 local rate_out = '-1'
 if rate ~= nil then rate_out = tostring(rate) end
--- Tight: some engine wanted more than it got in the last second, so the rate binds and
--- slots must be spent on time; otherwise they may be spent whenever needed.
+-- Tight: some engine wants more than it gets (see regrow), so the rate binds and slots
+-- must be spent on time; otherwise they may be spent later.
 local tight = '0'
-if rate ~= nil and now - s.hungry_at < 1.0 then tight = '1' end
+if rate ~= nil and now < s.hungry_until then tight = '1' end
 return {tostring(grant), tostring(start - now), tostring(step), rate_out, tostring(share),
         tostring(pause), tostring(#list), tight}
 """
@@ -230,22 +299,23 @@ return {tostring(grant), tostring(start - now), tostring(step), rate_out, tostri
 _THROTTLE_LUA: Final = (
     _COMMON
     + r"""
--- KEYS[1] budget. ARGV: now, pause_s, accepted, ceiling, burst, ttl_s, channel, org_id,
--- then beta, recovery_s, min_rate, min_growth, doubling_s.
+-- KEYS[1] budget. ARGV: now, pause_s, accepted, ceiling, ttl_s, channel, org_id, then
+-- beta, recovery_s, min_rate, min_growth, doubling_s.
 -- A 429 seen by one engine: pause the organisation for every engine, and cut its rate to
 -- a little under what the fleet had accepted over the last second, at most once a
 -- second (answers to requests sent before a cut come after it).
 local now = clock(ARGV[1])
-local pause_s, acc, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[6])
-local P = params(ARGV, 9)
+local pause_s, acc, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
+local P = params(ARGV, 8)
 local s = load(KEYS[1])
-configure(s, ARGV[4], ARGV[5])
+configure(s, ARGV[4])
 add_accepted(s, now, acc)
 regrow(s, now)
 local before = target(s, P)
 local seen = accepted(s, now)
 s.paused = math.max(s.paused, now + pause_s)
-s.tat = math.max(s.tat, s.paused)
+-- Every engine drops its slots on a pause: their reservations end with it.
+for _, x in pairs(s.eng) do x.r = {} end
 local cut = 0
 if seen >= 2 or before ~= nil then
   if s.wmax == nil or now - s.cut_at >= 1.0 then
@@ -262,8 +332,8 @@ local rate = target(s, P)
 save(KEYS[1], s, ttl)
 local rate_out = -1
 if rate ~= nil then rate_out = rate end
-redis.call('PUBLISH', ARGV[7],
-           cjson.encode({org = ARGV[8], pause = s.paused - now, rate = rate_out}))
+redis.call('PUBLISH', ARGV[6],
+           cjson.encode({org = ARGV[7], pause = s.paused - now, rate = rate_out}))
 return {tostring(s.paused - now), tostring(rate_out), tostring(cut)}
 """
 )
