@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from poller._boundary import MAX_RETRY_AFTER_S
 from poller.redis import LeasedBudget, RedisCoordinator
 from poller.redis._client import ScriptClient
 from poller.redis._coordinator import _ADAPTIVE
+from poller.redis._lease import LEASE_HORIZON_S
 from poller.redis._scripts import HEARTBEAT, LEARN_PUSH, LEARN_READ, LEASE, THROTTLE
 from poller.sched.core import ORG_IDLE_S
+from poller.sched.ratelimit import RateLimit
 
 pytestmark = pytest.mark.anyio
 T0 = 1_000.0
@@ -50,7 +54,7 @@ class Org:
         horizon_s: float = 0.25,
     ) -> tuple[int, float, float, float | None, float, float, int]:
         argv = [now, engine, weight, demand, want, give_back, accepted, self.ceiling]
-        argv += [horizon_s, 60, 2.0, *_ADAPTIVE]
+        argv += [horizon_s, 60, 2.0, LEASE_HORIZON_S, MAX_RETRY_AFTER_S, *_ADAPTIVE]
         count, start, step, rate, share, pause, engines, _ = await self.client.run(
             LEASE, [self.key], argv
         )
@@ -66,7 +70,8 @@ class Org:
         )
 
     async def throttle(self, now: float, pause_s: float, accepted: int) -> tuple[float, float, int]:
-        argv = [now, pause_s, accepted, self.ceiling, 60, self.channel, "org", *_ADAPTIVE]
+        argv = [now, pause_s, accepted, self.ceiling, 60, self.channel, "org"]
+        argv += [LEASE_HORIZON_S, MAX_RETRY_AFTER_S, *_ADAPTIVE]
         pause, rate, cut = await self.client.run(THROTTLE, [self.key], argv)
         return float(pause), float(rate), int(cut)
 
@@ -275,6 +280,23 @@ async def test_what_the_fleet_learned_outlives_an_idle_hour(
     assert await client.redis.ttl(key) >= ORG_IDLE_S - 5
 
 
+async def test_times_from_a_clock_that_went_back_are_bounded(
+    client: ScriptClient, redis_ns: str
+) -> None:
+    """Stored times are the server's: after a failover to a server whose clock is a week
+    behind, the fleet is not paused, reserved or climbing for a week."""
+    org = Org(client, redis_ns)
+    week = 7 * 86_400.0
+    await org.lease(T0 + week, "a", 100)  # a's reservation: a week ahead of T0
+    _, start, *_ = await org.lease(T0, "b", 100)  # the clock went back a week
+    assert start <= LEASE_HORIZON_S + 1e-6  # a's reservation ends soon, not in a week
+    count, start, *_ = await org.lease(T0 + 2, "b", 100)
+    assert count > 0 and start == pytest.approx(0.0)
+    await org.throttle(T0 + week, 5.0, accepted=50)
+    *_, pause, _ = await org.lease(T0 + 3, "b", 10)
+    assert pause == pytest.approx(MAX_RETRY_AFTER_S)  # bounded, not a week
+
+
 async def test_heartbeats_count_live_engines(client: ScriptClient, redis_ns: str) -> None:
     keys = [f"{redis_ns}:engines", f"{redis_ns}:epoch"]
 
@@ -313,6 +335,44 @@ class Learn:
             LEARN_READ, keys, [epoch, after, page, f"{self.ns}:learn:"]
         )
         return ok, json.loads(body), last, done
+
+
+async def test_an_engine_is_counted_alive_between_its_heartbeats(
+    client: ScriptClient, redis_url: str, redis_ns: str
+) -> None:
+    """The liveness window follows heartbeat_s (it was 5 s whatever heartbeat_s)."""
+    coord = RedisCoordinator(redis_url, namespace=redis_ns, heartbeat_s=5.0)
+    keys = [f"{redis_ns}:engines", f"{redis_ns}:epoch"]
+
+    async def beat(now: float, engine: str) -> int:
+        argv = [now, engine, coord._alive_s, 60, "e", "0", 60]
+        count, _ = await client.run(HEARTBEAT, keys, argv)
+        return int(count)
+
+    await beat(T0, "a")
+    assert await beat(T0 + 4.9, "b") == 2
+    assert await beat(T0 + 9.9, "b") == 2  # a's next beat is due at T0 + 10
+
+
+def test_an_engines_weight_is_its_own() -> None:
+    """A limit's weight is an organisation's share of the global cap, not an engine's
+    share of the organisation."""
+    coord = RedisCoordinator("redis://127.0.0.1:6379/0", weight=2.0)
+    budget = coord.budget("org", RateLimit(per_s=10, weight=3.0))
+    assert isinstance(budget, LeasedBudget)
+    _, _, argv = coord._lease_call("org", budget, budget.report(T0))
+    assert argv[2] == 2.0
+
+
+async def test_a_table_in_another_layout_starts_afresh(client: ScriptClient, redis_ns: str) -> None:
+    learn = Learn(client, redis_ns)
+    kind = "org\t/v1/x\tqueued"
+    await learn.push(1, [[kind, {"1": 1.0}]])
+    key = f"{redis_ns}:learn:{hashlib.sha1(kind.encode()).hexdigest()}"
+    await client.redis.set(key, json.dumps({"t": 1, "c": [1] + [0] * 99}))  # before v
+    assert await learn.push(2, [[kind, {"3": 1.0}]]) == ("e", "1")
+    _, tables, *_ = await learn.read()
+    assert tables == [[kind, {"3": 1}]]
 
 
 async def test_learned_tables_merge_fade_and_stay_bounded(

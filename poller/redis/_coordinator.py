@@ -55,7 +55,7 @@ import anyio
 import orjson
 from redis.exceptions import RedisError
 
-from .._boundary import scrub
+from .._boundary import MAX_RETRY_AFTER_S, scrub
 from .._redis_url import url_secrets
 from ..coordination import EngineLink
 from ..errors import ConfigError
@@ -71,12 +71,10 @@ __all__ = ["RedisCoordinator"]
 log = logging.getLogger("poller.redis")
 
 _MIN_GAP_S: Final = 0.01  # lease rounds never come closer than this
-_STALE_ENGINE_S: Final = 2.0  # a demand report older than this no longer counts
-_ALIVE_S: Final = 5.0  # an engine with no heartbeat for this long is not counted
 # The budget holds the adaptive state (what the fleet learned of an undisclosed limit):
 # kept as long as an engine keeps an idle organisation's budget.
 _BUDGET_TTL_S: Final = int(ORG_IDLE_S)
-_ENGINES_TTL_S: Final = 60
+_ENGINES_TTL_S: Final = 60  # at least: twice the liveness window if that is longer
 _CLOSE_S: Final = 0.5  # at most this long spent telling the fleet this engine leaves
 _FALLBACK_FAILURES: Final = 3  # Redis calls failed in a row: budgets go local
 _EVENTS_PING_HEARTBEATS: Final = 5  # the events connection is PINGed every 5 heartbeats
@@ -157,6 +155,8 @@ class RedisCoordinator:
         if max_learned_kinds < 1:
             raise ConfigError("max_learned_kinds: must be an integer >= 1")
         self.max_learned_kinds = max_learned_kinds
+        # An engine that missed two heartbeats, the last one slow, is no longer counted.
+        self._alive_s = 2 * self.heartbeat_s + 4 * self.timeout_s
         self._claimed = False
         self._running = False
         self._given_time = False  # tests: the scripts take the engine's clock
@@ -364,8 +364,8 @@ class RedisCoordinator:
             [
                 "",
                 self.engine_id,
-                _ALIVE_S,
-                _ENGINES_TTL_S,
+                self._alive_s,
+                max(_ENGINES_TTL_S, math.ceil(2 * self._alive_s)),
                 secrets.token_hex(8),
                 "1" if leaving else "0",
                 self.learned_ttl_s,
@@ -467,7 +467,7 @@ class RedisCoordinator:
         argv = [
             "" if now is None else now,
             self.engine_id,
-            self.weight * (budget.limit.weight if budget.limit is not None else 1.0),
+            self.weight,  # between engines (a limit's weight is between organisations)
             -1 if report.hungry else report.demand_per_s,
             report.want,
             report.give_back,
@@ -475,8 +475,10 @@ class RedisCoordinator:
             self._ceiling(budget),
             report.horizon_s,
             _BUDGET_TTL_S,
-            # Its demand counts until it is overdue: two periods, and a margin.
-            max(_STALE_ENGINE_S, 2.0 * report.period_s + 0.5),
+            # Its demand counts until it is overdue: two periods, and a slow call.
+            2.0 * report.period_s + 4 * self.timeout_s,
+            LEASE_HORIZON_S,
+            MAX_RETRY_AFTER_S,
             *_ADAPTIVE,
         ]
         return (LEASE, [self._budget_key(org_id)], argv)
@@ -493,6 +495,8 @@ class RedisCoordinator:
             _BUDGET_TTL_S,
             self._channel,
             org_id,
+            LEASE_HORIZON_S,
+            MAX_RETRY_AFTER_S,
             *_ADAPTIVE,
         ]
         return (THROTTLE, [self._budget_key(org_id)], argv)

@@ -21,8 +21,8 @@ Key layout (``NS`` is the namespace; keys of one organisation share the hash tag
     NS:learn             sorted set: learned kind -> its last change number (changes
                          to the tables are numbered 1, 2, ...: a reader asks for the
                          kinds changed after the last number it read)
-    NS:learn:SHA1        string, JSON {"t": total, "c": {bin: weight}}: one kind's
-                         merged duration histogram, sparse
+    NS:learn:SHA1        string, JSON {"v": 1, "t": total, "c": {bin: weight}}: one
+                         kind's merged duration histogram, sparse (v: its layout)
     NS:learn-seq:ENGINE  string: the number of the engine's last push applied (a push
                          sent again after its answer was lost is not counted twice)
     NS:events            pub/sub channel: 429s, to every engine at once
@@ -51,14 +51,32 @@ end
 -- afresh (the configuration comes with every call; what was learned is lost once).
 local SCHEMA = 3
 
-local function load(key)
-  local raw = redis.call('GET', key)
-  if raw then
-    local s = cjson.decode(raw)
-    if s.v == SCHEMA then return s end
-  end
+local function fresh()
   return {v = SCHEMA, paused = 0, growth = 0, grown_at = 0, cut_at = 0,
           hungry_until = 0, ab = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, ae = 0, eng = {}}
+end
+
+-- Times are stored absolute, on the server's clock: one that went back (a failover to
+-- a server whose clock is behind) must not leave the fleet paused, reserved or
+-- climbing for that long. So on load nothing lies ahead of now but a pause (up to
+-- max_pause) and the reservations (up to ahead), and nothing else after now.
+local function load(key, now, ahead, max_pause)
+  local raw = redis.call('GET', key)
+  if not raw then return fresh() end
+  local s = cjson.decode(raw)
+  if s.v ~= SCHEMA then return fresh() end
+  s.paused = math.min(s.paused, now + max_pause)
+  s.hungry_until = math.min(s.hungry_until, now + math.max(1.0, 1.5 * ahead))
+  s.grown_at, s.cut_at = math.min(s.grown_at, now), math.min(s.cut_at, now)
+  if s.ae > math.floor(now * 10) then
+    s.ae, s.ab = math.floor(now * 10), {0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+  end
+  for _, x in pairs(s.eng) do
+    x.at = math.min(x.at, now)
+    if x.s2 ~= nil then x.s2 = math.min(x.s2, now + ahead) end
+    for _, seg in ipairs(x.r or {}) do seg[2] = math.min(seg[2], now + ahead) end
+  end
+  return s
 end
 
 -- Accepted answers in the last second, in ten 100 ms bins (ae: the newest bin's epoch).
@@ -140,14 +158,14 @@ _LEASE_LUA: Final = (
 -- KEYS[1] budget. ARGV: now, engine, weight, demand (-1: ran dry, wants more), want,
 -- give_back, accepted, ceiling ('' none), horizon_s (the lease covers this much of the
 -- demand: its period and a margin), ttl_s, stale_s (the engine's demand counts until
--- it is this old: it is overdue), then beta, recovery_s, min_rate, min_growth,
--- doubling_s.
+-- it is this old: it is overdue), max_ahead_s (no lease reaches further), max_pause_s
+-- (no pause is longer), then beta, recovery_s, min_rate, min_growth, doubling_s.
 local now = clock(ARGV[1])
 local me, weight, demand = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local want, give_back, acc = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local horizon, ttl, stale = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
-local P = params(ARGV, 12)
-local s = load(KEYS[1])
+local P = params(ARGV, 14)
+local s = load(KEYS[1], now, tonumber(ARGV[12]), tonumber(ARGV[13]))
 configure(s, ARGV[8])
 add_accepted(s, now, acc)
 lift(s, now)
@@ -299,15 +317,17 @@ return {tostring(grant), tostring(start - now), tostring(step), rate_out, tostri
 _THROTTLE_LUA: Final = (
     _COMMON
     + r"""
--- KEYS[1] budget. ARGV: now, pause_s, accepted, ceiling, ttl_s, channel, org_id, then
--- beta, recovery_s, min_rate, min_growth, doubling_s.
+-- KEYS[1] budget. ARGV: now, pause_s, accepted, ceiling, ttl_s, channel, org_id,
+-- max_ahead_s, max_pause_s, then beta, recovery_s, min_rate, min_growth, doubling_s.
 -- A 429 seen by one engine: pause the organisation for every engine, and cut its rate to
 -- a little under what the fleet had accepted over the last second, at most once a
 -- second (answers to requests sent before a cut come after it).
 local now = clock(ARGV[1])
 local pause_s, acc, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
-local P = params(ARGV, 8)
-local s = load(KEYS[1])
+local max_pause = tonumber(ARGV[9])
+pause_s = math.min(pause_s, max_pause)
+local P = params(ARGV, 10)
+local s = load(KEYS[1], now, tonumber(ARGV[8]), max_pause)
 configure(s, ARGV[4])
 add_accepted(s, now, acc)
 regrow(s, now)
@@ -368,6 +388,7 @@ _LEARN_PUSH_LUA: Final = r"""
 -- namespace that lost its epoch (Redis restarted empty) takes no delta: the engine
 -- pushes what it knows whole. Returns the epoch and '1' applied, '2' applied before,
 -- '0' not applied (another epoch).
+local TABLE = 1  -- the layout of a table's JSON: one in another is started afresh
 local ttl, prefix = tonumber(ARGV[6]), ARGV[7]
 redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', ttl)
 local epoch = redis.call('GET', KEYS[2])
@@ -382,8 +403,9 @@ for _, item in ipairs(cjson.decode(ARGV[9])) do
   local kind, delta = item[1], item[2]
   local key = prefix .. redis.sha1hex(kind)
   local raw = redis.call('GET', key)
-  local h = {t = 0, c = {}}
+  local h = nil
   if raw then h = cjson.decode(raw) end
+  if h == nil or h.v ~= TABLE then h = {v = TABLE, t = 0, c = {}} end
   for bin, weight in pairs(delta) do
     local i = tonumber(bin)
     if i ~= nil and i >= 0 and i < bins and i == math.floor(i) and weight > 0 then
@@ -419,6 +441,7 @@ _LEARN_READ_LUA: Final = r"""
 -- {bin: weight}], ...]), the last change number read (the next call's `after`), and
 -- '1' when there is no more. An index that started over (it expired) below `after`
 -- is read from its start.
+local TABLE = 1  -- the layout of a table's JSON (LEARN_PUSH): others are not read
 local epoch = redis.call('GET', KEYS[2])
 if epoch ~= ARGV[1] then return {epoch or '', '0', '[]', ARGV[2], '1'} end
 local after, page, prefix = ARGV[2], tonumber(ARGV[3]), ARGV[4]
@@ -429,7 +452,10 @@ local items = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. after, '+inf', 'WITHSC
 local out, last = {}, after
 for i = 1, #items, 2 do
   local raw = redis.call('GET', prefix .. redis.sha1hex(items[i]))
-  if raw then out[#out + 1] = {items[i], cjson.decode(raw).c} end
+  if raw then
+    local h = cjson.decode(raw)
+    if h.v == TABLE then out[#out + 1] = {items[i], h.c} end
+  end
   last = items[i + 1]
 end
 local body = '[]'
