@@ -9,8 +9,10 @@ why; under ``CI=true`` such a skip fails the run instead (see
 ``redis_ns``: a namespace of its own for one test; its keys are deleted afterwards.
 
 ``private_redis``: a ``redis-server`` of the test's own on a free port, which the test
-may kill, restart (empty: no persistence) and pause. ``DelayProxy`` adds latency
-between a client and a server.
+may kill, restart (empty: no persistence) and pause; it needs ``redis-server`` on PATH
+whatever ``REDIS_URL`` says, so a CI that sets only ``REDIS_URL`` fails the fault tests
+(they skip, and ``CI=true`` makes a skip a failure): give CI ``redis-server``.
+``DelayProxy`` adds latency between a client and a server, or silences connections.
 """
 
 from __future__ import annotations

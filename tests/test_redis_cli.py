@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import redis
 
@@ -77,10 +79,17 @@ def test_watch_with_redis(
     )
     argv = ["watch", "--sim", "--json", "--sim-jobs", "3", "--sim-time-scale", "0.002"]
     status = main([*argv, "--poll-interval", "0.05", "--timeout", "30", "--redis", redis_url])
-    assert status in (0, 1), capsys.readouterr().err
-    assert len(capsys.readouterr().out.splitlines()) == 3
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 3, err
+    # The exit status says what the jobs did (the simulator fails some, by its seed).
+    assert status == (0 if all(line["status"] == "completed" for line in lines) else 1), err
+    (org,) = {line["organization_id"] for line in lines}
     client = redis.Redis.from_url(redis_url)
     try:
-        assert client.exists(f"{redis_ns}:engines") or client.keys(f"{redis_ns}:*")
+        # Its budget went through Redis, and so did what it learned.
+        assert client.exists(f"{redis_ns}:{{{redis_ns}:{org}}}:budget")
+        assert client.zcard(f"{redis_ns}:learn") > 0
+        assert client.zcard(f"{redis_ns}:engines") == 0  # it left the fleet
     finally:
         client.close()
