@@ -407,8 +407,8 @@ class LeasedBudget:
             self._tighten()
         if grant.count > 0 and (generation is None or generation == self._generation):
             grace = self._grace_for(grant.tight, grant.step_s)
-            # Slots dated before the answer came are due now (the burst after a quiet
-            # spell): date them on arrival, or the grace would already be running.
+            # A block dated before the answer came (the server's clock is not this
+            # engine's) starts on arrival, or its grace would already be running.
             block = (now + max(0.0, grant.start_in_s), grant.step_s, grant.count, grace)
             if self._left <= 0 and not self._blocks:
                 self._next_at, self._step, self._left, self._grace = block
@@ -526,7 +526,7 @@ class LeasedBudget:
 
     def _take_tail(self, count: int, now: float) -> int:
         """Remove up to ``count`` of the latest slots dated after ``now`` (a slot whose
-        time has come is spent or forfeited, never handed back: the fleet's schedule has
+        time has come is spent or forfeited, never handed back: the fleet's reservation has
         moved past it); returns how many were removed."""
         taken = 0
         kept: list[tuple[float, float, int, float]] = []

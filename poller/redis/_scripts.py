@@ -481,7 +481,7 @@ class Script:
 
 
 LEASE: Final = Script(_LEASE_LUA)
-"""Reports an engine's demand and takes slots of the fleet's schedule (see the source)."""
+"""Reports an engine's demand and takes slots at its pace, where the others' leave room."""
 THROTTLE: Final = Script(_THROTTLE_LUA)
 """A 429: pauses the organisation fleet-wide, cuts its rate, publishes the news."""
 HEARTBEAT: Final = Script(_HEARTBEAT_LUA)
