@@ -7,6 +7,7 @@ why; under ``CI=true`` such a skip fails the run instead (see
 :func:`pytest_runtest_makereport`): CI must run them.
 
 ``redis_ns``: a namespace of its own for one test; its keys are deleted afterwards.
+``script_client``: the coordinator's script client on ``redis_url``.
 
 ``private_redis``: a ``redis-server`` of the test's own on a free port, which the test
 may kill, restart (empty: no persistence) and pause; it needs ``redis-server`` on PATH
@@ -25,7 +26,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,9 @@ import anyio.abc
 import pytest
 import redis
 
-_REDIS_FIXTURES = frozenset({"redis_url", "redis_ns", "private_redis"})
+from poller.redis._client import ScriptClient
+
+_REDIS_FIXTURES = frozenset({"redis_url", "redis_ns", "private_redis", "script_client"})
 
 
 def _free_port() -> int:
@@ -168,6 +171,16 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+async def script_client(redis_url: str) -> AsyncIterator[ScriptClient]:
+    """The coordinator's script client, on ``redis_url``, with a generous timeout."""
+    client = ScriptClient(redis_url, timeout_s=2.0)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 class DelayProxy:

@@ -9,7 +9,6 @@ makes; :meth:`VirtualFleet.run` steps time and spends tokens as a scheduler woul
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -21,15 +20,6 @@ from poller.sched.ratelimit import RateLimit
 pytestmark = pytest.mark.anyio
 ORG = "org_virtual"
 T0 = 1_000.0
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[ScriptClient]:
-    client = ScriptClient(redis_url, timeout_s=2.0)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 @dataclass
@@ -44,8 +34,10 @@ class Engine:
 
 
 class VirtualFleet:
-    def __init__(self, client: ScriptClient, url: str, ns: str, limit: RateLimit | None) -> None:
-        self.client = client
+    def __init__(
+        self, script_client: ScriptClient, url: str, ns: str, limit: RateLimit | None
+    ) -> None:
+        self.client = script_client
         self.url = url
         self.ns = ns
         self.limit = limit
@@ -105,8 +97,8 @@ class VirtualFleet:
 
 
 @pytest.fixture
-def fleet(client: ScriptClient, redis_url: str, redis_ns: str) -> VirtualFleet:
-    return VirtualFleet(client, redis_url, redis_ns, RateLimit(per_s=100))
+def fleet(script_client: ScriptClient, redis_url: str, redis_ns: str) -> VirtualFleet:
+    return VirtualFleet(script_client, redis_url, redis_ns, RateLimit(per_s=100))
 
 
 async def test_an_engine_below_its_share_leaves_the_rest_to_a_hungry_one(
@@ -125,8 +117,8 @@ async def test_an_engine_below_its_share_leaves_the_rest_to_a_hungry_one(
 
 
 @pytest.fixture
-def undisclosed(client: ScriptClient, redis_url: str, redis_ns: str) -> VirtualFleet:
-    return VirtualFleet(client, redis_url, redis_ns, None)
+def undisclosed(script_client: ScriptClient, redis_url: str, redis_ns: str) -> VirtualFleet:
+    return VirtualFleet(script_client, redis_url, redis_ns, None)
 
 
 async def test_the_rate_does_not_regrow_while_no_engine_runs_dry(

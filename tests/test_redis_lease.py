@@ -151,12 +151,19 @@ def test_uncapped_organisations_need_no_token() -> None:
     assert report.sent == 1000 and report.want == 0
 
 
-def test_report_sizes_the_lease_to_recent_demand() -> None:
+def spending(count: int, step_s: float) -> LeasedBudget:
+    """A budget that was granted ``count`` slots ``step_s`` apart from T0, and spent each
+    at its time."""
     budget = LeasedBudget("org_a", RateLimit(per_s=1000))
     budget.report(T0)
-    budget.granted(T0, grant(100, step_s=0.001))
-    for i in range(100):
-        assert budget.try_acquire(T0 + i * 0.001) == 0.0
+    budget.granted(T0, grant(count, step_s=step_s))
+    for i in range(count):
+        assert budget.try_acquire(T0 + i * step_s) == 0.0
+    return budget
+
+
+def test_report_sizes_the_lease_to_recent_demand() -> None:
+    budget = spending(100, 0.001)
     budget.try_acquire(T0 + 0.1)  # dry: hungry
     report = budget.report(T0 + 0.1)
     assert report.sent == 100 and report.hungry
@@ -166,11 +173,7 @@ def test_report_sizes_the_lease_to_recent_demand() -> None:
 
 
 def test_report_tells_the_rate_sent_unpadded_and_hungry_only_after_running_dry() -> None:
-    budget = LeasedBudget("org_a", RateLimit(per_s=1000))
-    budget.report(T0)
-    budget.granted(T0, grant(40, step_s=0.001))
-    for i in range(40):
-        assert budget.try_acquire(T0 + i * 0.001) == 0.0
+    budget = spending(40, 0.001)
     report = budget.report(T0 + 1.0)
     assert report.demand_per_s == pytest.approx(40.0) and not report.hungry
     # 40/s: a period of 25 tokens is 0.625 s, and the lease covers 0.15 s more.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,20 +22,11 @@ pytestmark = pytest.mark.anyio
 T0 = 1_000.0
 
 
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[ScriptClient]:
-    client = ScriptClient(redis_url, timeout_s=2.0)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
 class Org:
     """Calls the budget scripts of one organisation the way the coordinator does."""
 
-    def __init__(self, client: ScriptClient, ns: str, ceiling: float | None = 98.0) -> None:
-        self.client = client
+    def __init__(self, script_client: ScriptClient, ns: str, ceiling: float | None = 98.0) -> None:
+        self.client = script_client
         self.key = f"{ns}:{{{ns}:org}}:budget"
         self.channel = f"{ns}:events"
         self.ceiling: Any = "" if ceiling is None else ceiling
@@ -87,12 +77,12 @@ def pace_at(blocks: list[tuple[float, float, int]], t: float) -> float:
 
 
 async def test_the_paces_reserved_never_add_up_past_the_rate(
-    client: ScriptClient, redis_ns: str
+    script_client: ScriptClient, redis_ns: str
 ) -> None:
     """Three hungry engines, each asking every 100 ms for far more than there is: each
     gets slots at its pace, together the rate (98/s for a configured 100), never more at
     any instant, in equal shares."""
-    org = Org(client, redis_ns)
+    org = Org(script_client, redis_ns)
     got = {"a": 0, "b": 0, "c": 0}
     slots: list[float] = []
     blocks: list[tuple[float, float, int]] = []
@@ -112,9 +102,9 @@ async def test_the_paces_reserved_never_add_up_past_the_rate(
 
 
 async def test_shares_are_max_min_fair_by_demand_and_weight(
-    client: ScriptClient, redis_ns: str
+    script_client: ScriptClient, redis_ns: str
 ) -> None:
-    org = Org(client, redis_ns)
+    org = Org(script_client, redis_ns)
     await org.lease(T0, "small", 1, demand=10.0)
     await org.lease(T0, "heavy", 1, weight=2.0)
     _, _, _, _, share, _, engines = await org.lease(T0, "light", 1)
@@ -129,10 +119,10 @@ async def test_shares_are_max_min_fair_by_demand_and_weight(
 
 
 async def test_idle_engines_reserve_no_part_of_the_rate(
-    client: ScriptClient, redis_ns: str
+    script_client: ScriptClient, redis_ns: str
 ) -> None:
     """Engines that report no demand (idle budgets) leave the shares at once."""
-    org = Org(client, redis_ns)
+    org = Org(script_client, redis_ns)
     for index in range(20):
         await org.lease(T0, f"busy-then-idle-{index}", 1, demand=5.0)
     _, _, _, _, share, _, engines = await org.lease(T0, "hungry", 100)
@@ -144,11 +134,11 @@ async def test_idle_engines_reserve_no_part_of_the_rate(
 
 
 async def test_handing_back_frees_only_the_engines_own_reservation(
-    client: ScriptClient, redis_ns: str
+    script_client: ScriptClient, redis_ns: str
 ) -> None:
     """Slots handed back end the engine's own reservation sooner (they are its latest,
     all to come): the room goes to the others, and nobody's slots are handed out twice."""
-    org = Org(client, redis_ns)
+    org = Org(script_client, redis_ns)
     blocks: dict[str, tuple[float, float, int]] = {}
 
     async def lease(engine: str, want: int, give_back: int = 0) -> int:
@@ -169,10 +159,10 @@ async def test_handing_back_frees_only_the_engines_own_reservation(
 
 
 async def test_one_engine_cannot_take_more_than_its_share(
-    client: ScriptClient, redis_ns: str
+    script_client: ScriptClient, redis_ns: str
 ) -> None:
     """An engine asking ten times as often as another gets no more for it."""
-    org = Org(client, redis_ns)
+    org = Org(script_client, redis_ns)
     got = {"eager": 0, "calm": 0}
     for tick in range(200):  # 4 s, 20 ms apart
         now = T0 + tick * 0.02
@@ -183,9 +173,9 @@ async def test_one_engine_cannot_take_more_than_its_share(
 
 
 async def test_a_429_pauses_every_engine_and_cuts_once_a_second(
-    client: ScriptClient, redis_ns: str
+    script_client: ScriptClient, redis_ns: str
 ) -> None:
-    org = Org(client, redis_ns, ceiling=None)
+    org = Org(script_client, redis_ns, ceiling=None)
     # Uncapped: no tokens to lease, engines report what was accepted.
     count, _, _, rate, *_ = await org.lease(T0, "a", 0, demand=500.0, accepted=60)
     assert count == 0 and rate is None
@@ -206,18 +196,18 @@ async def test_a_429_pauses_every_engine_and_cuts_once_a_second(
 
 
 async def test_late_reports_lift_a_cut_measured_on_too_little(
-    client: ScriptClient, redis_ns: str
+    script_client: ScriptClient, redis_ns: str
 ) -> None:
-    org = Org(client, redis_ns, ceiling=None)
+    org = Org(script_client, redis_ns, ceiling=None)
     await org.throttle(T0, 1.0, accepted=30)  # one engine's count alone
     _, lifted, cut = await org.throttle(T0 + 0.3, 1.0, accepted=70)  # the others'
     assert cut == 0 and lifted == pytest.approx(90.0)
 
 
 async def test_the_rate_regrows_while_engines_want_more(
-    client: ScriptClient, redis_ns: str
+    script_client: ScriptClient, redis_ns: str
 ) -> None:
-    org = Org(client, redis_ns, ceiling=None)
+    org = Org(script_client, redis_ns, ceiling=None)
     await org.throttle(T0, 0.1, accepted=100)
     rates = []
     for tick in range(1, 81):  # every 0.5 s, always wanting more than is granted
@@ -228,9 +218,9 @@ async def test_the_rate_regrows_while_engines_want_more(
     assert rates[56] < 100.0 < rates[-1]  # back at w_max after recovery_s, then probing
 
 
-async def test_a_throttle_is_published(client: ScriptClient, redis_ns: str) -> None:
-    org = Org(client, redis_ns)
-    pubsub = client.redis.pubsub()
+async def test_a_throttle_is_published(script_client: ScriptClient, redis_ns: str) -> None:
+    org = Org(script_client, redis_ns)
+    pubsub = script_client.redis.pubsub()
     await pubsub.subscribe(org.channel)
     await org.throttle(T0, 1.5, accepted=50)
     message = None
@@ -244,48 +234,48 @@ async def test_a_throttle_is_published(client: ScriptClient, redis_ns: str) -> N
 
 
 async def test_an_empty_redis_is_reseeded_by_the_next_call(
-    client: ScriptClient, redis_ns: str
+    script_client: ScriptClient, redis_ns: str
 ) -> None:
-    org = Org(client, redis_ns)
+    org = Org(script_client, redis_ns)
     await org.lease(T0, "a", 10)
-    await client.redis.delete(org.key)
+    await script_client.redis.delete(org.key)
     count, _, _, rate, *_ = await org.lease(T0 + 1, "a", 10)
     assert count == 10 and rate == pytest.approx(98.0)
 
 
-async def test_every_key_has_a_ttl(client: ScriptClient, redis_ns: str) -> None:
-    org = Org(client, redis_ns)
+async def test_every_key_has_a_ttl(script_client: ScriptClient, redis_ns: str) -> None:
+    org = Org(script_client, redis_ns)
     await org.lease(T0, "a", 10)
     await org.throttle(T0, 1.0, accepted=5)
     keys = [f"{redis_ns}:engines", f"{redis_ns}:epoch"]
-    await client.run(HEARTBEAT, keys, [T0, "a", 5, 60, "e1", "0", 3600])
-    learn = Learn(client, redis_ns)
+    await script_client.run(HEARTBEAT, keys, [T0, "a", 5, 60, "e1", "0", 3600])
+    learn = Learn(script_client, redis_ns)
     await learn.push(1, [["org\t/v1/x\tqueued", {"2": 1.0}]], engine="e1", epoch="e1")
-    found = [key async for key in client.redis.scan_iter(match=f"{redis_ns}:*")]
+    found = [key async for key in script_client.redis.scan_iter(match=f"{redis_ns}:*")]
     assert len(found) == 6  # budget, engines, epoch, learn index, one table, e1's push
     for key in found:
-        assert await client.redis.ttl(key) > 0, key
+        assert await script_client.redis.ttl(key) > 0, key
 
 
 async def test_what_the_fleet_learned_outlives_an_idle_hour(
-    client: ScriptClient, redis_url: str, redis_ns: str
+    script_client: ScriptClient, redis_url: str, redis_ns: str
 ) -> None:
     """An engine keeps an idle organisation's budget ORG_IDLE_S: the fleet's adaptive
     state (an undisclosed limit learned from 429s) lives as long in Redis."""
     coord = RedisCoordinator(redis_url, namespace=redis_ns)
     budget = coord.budget("org", None)
     assert isinstance(budget, LeasedBudget)
-    await client.run(*coord._lease_call("org", budget, budget.report(T0), now=T0))
+    await script_client.run(*coord._lease_call("org", budget, budget.report(T0), now=T0))
     key = f"{redis_ns}:{{{redis_ns}:org}}:budget"
-    assert await client.redis.ttl(key) >= ORG_IDLE_S - 5
+    assert await script_client.redis.ttl(key) >= ORG_IDLE_S - 5
 
 
 async def test_times_from_a_clock_that_went_back_are_bounded(
-    client: ScriptClient, redis_ns: str
+    script_client: ScriptClient, redis_ns: str
 ) -> None:
     """Stored times are the server's: after a failover to a server whose clock is a week
     behind, the fleet is not paused, reserved or climbing for a week."""
-    org = Org(client, redis_ns)
+    org = Org(script_client, redis_ns)
     week = 7 * 86_400.0
     await org.lease(T0 + week, "a", 100)  # a's reservation: a week ahead of T0
     _, start, *_ = await org.lease(T0, "b", 100)  # the clock went back a week
@@ -297,11 +287,11 @@ async def test_times_from_a_clock_that_went_back_are_bounded(
     assert pause == pytest.approx(MAX_RETRY_AFTER_S)  # bounded, not a week
 
 
-async def test_heartbeats_count_live_engines(client: ScriptClient, redis_ns: str) -> None:
+async def test_heartbeats_count_live_engines(script_client: ScriptClient, redis_ns: str) -> None:
     keys = [f"{redis_ns}:engines", f"{redis_ns}:epoch"]
 
     async def beat(now: float, engine: str, leaving: str = "0") -> list[Any]:
-        result: list[Any] = await client.run(
+        result: list[Any] = await script_client.run(
             HEARTBEAT, keys, [now, engine, 5, 60, "e", leaving, 60]
         )
         return result
@@ -316,8 +306,8 @@ async def test_heartbeats_count_live_engines(client: ScriptClient, redis_ns: str
 class Learn:
     """Calls the learning scripts the way the coordinator does."""
 
-    def __init__(self, client: ScriptClient, ns: str, max_weight: float = 4000.0) -> None:
-        self.client = client
+    def __init__(self, script_client: ScriptClient, ns: str, max_weight: float = 4000.0) -> None:
+        self.client = script_client
         self.ns = ns
         self.max_weight = max_weight
 
@@ -338,7 +328,7 @@ class Learn:
 
 
 async def test_an_engine_is_counted_alive_between_its_heartbeats(
-    client: ScriptClient, redis_url: str, redis_ns: str
+    script_client: ScriptClient, redis_url: str, redis_ns: str
 ) -> None:
     """The liveness window follows heartbeat_s (it was 5 s whatever heartbeat_s)."""
     coord = RedisCoordinator(redis_url, namespace=redis_ns, heartbeat_s=5.0)
@@ -346,7 +336,7 @@ async def test_an_engine_is_counted_alive_between_its_heartbeats(
 
     async def beat(now: float, engine: str) -> int:
         argv = [now, engine, coord._alive_s, 60, "e", "0", 60]
-        count, _ = await client.run(HEARTBEAT, keys, argv)
+        count, _ = await script_client.run(HEARTBEAT, keys, argv)
         return int(count)
 
     await beat(T0, "a")
@@ -364,21 +354,23 @@ def test_an_engines_weight_is_its_own() -> None:
     assert argv[2] == 2.0
 
 
-async def test_a_table_in_another_layout_starts_afresh(client: ScriptClient, redis_ns: str) -> None:
-    learn = Learn(client, redis_ns)
+async def test_a_table_in_another_layout_starts_afresh(
+    script_client: ScriptClient, redis_ns: str
+) -> None:
+    learn = Learn(script_client, redis_ns)
     kind = "org\t/v1/x\tqueued"
     await learn.push(1, [[kind, {"1": 1.0}]])
     key = f"{redis_ns}:learn:{hashlib.sha1(kind.encode()).hexdigest()}"
-    await client.redis.set(key, json.dumps({"t": 1, "c": [1] + [0] * 99}))  # before v
+    await script_client.redis.set(key, json.dumps({"t": 1, "c": [1] + [0] * 99}))  # before v
     assert await learn.push(2, [[kind, {"3": 1.0}]]) == ("e", "1")
     _, tables, *_ = await learn.read()
     assert tables == [[kind, {"3": 1}]]
 
 
 async def test_learned_tables_merge_fade_and_stay_bounded(
-    client: ScriptClient, redis_ns: str
+    script_client: ScriptClient, redis_ns: str
 ) -> None:
-    learn = Learn(client, redis_ns, max_weight=10.0)
+    learn = Learn(script_client, redis_ns, max_weight=10.0)
     kind_a = "org\t/v1/x\tqueued"
     assert await learn.push(1, [[kind_a, {"0": 2.0, "5": 1.0}]]) == ("e", "1")
     _, tables, last, done = await learn.read()
@@ -403,10 +395,12 @@ async def test_learned_tables_merge_fade_and_stay_bounded(
     assert (await learn.read(epoch="old"))[0] == "0"
 
 
-async def test_a_push_sent_again_is_counted_once(client: ScriptClient, redis_ns: str) -> None:
+async def test_a_push_sent_again_is_counted_once(
+    script_client: ScriptClient, redis_ns: str
+) -> None:
     """Its answer was lost (a timeout after Redis applied it): the engine sends it again,
     with its number, and Redis does not add it twice."""
-    learn = Learn(client, redis_ns)
+    learn = Learn(script_client, redis_ns)
     kind = "org\t/v1/x\tqueued"
     assert await learn.push(7, [[kind, {"3": 1.0}]]) == ("e", "1")
     assert await learn.push(7, [[kind, {"3": 1.0}]]) == ("e", "2")
@@ -416,9 +410,9 @@ async def test_a_push_sent_again_is_counted_once(client: ScriptClient, redis_ns:
 
 
 async def test_the_learned_tables_are_read_a_page_at_a_time(
-    client: ScriptClient, redis_ns: str
+    script_client: ScriptClient, redis_ns: str
 ) -> None:
-    learn = Learn(client, redis_ns)
+    learn = Learn(script_client, redis_ns)
     names = [f"org_{i:03}\t/v1/x\tqueued" for i in range(120)]
     for number, start in enumerate(range(0, 120, 50), start=1):
         chunk = [[name, {"1": 1.0}] for name in names[start : start + 50]]
@@ -432,7 +426,7 @@ async def test_the_learned_tables_are_read_a_page_at_a_time(
             break
     assert seen == names and pages == 3
     # An index that started over (it expired) is read from its start.
-    await client.redis.delete(f"{redis_ns}:learn")
+    await script_client.redis.delete(f"{redis_ns}:learn")
     await learn.push(9, [[names[0], {"1": 1.0}]], kinds=1000)
     _, tables, *_ = await learn.read(after=after)
     assert [name for name, _ in tables] == [names[0]]
