@@ -144,6 +144,7 @@ class Poller:
             first_poll_rate_per_s=options.first_poll_rate_per_s,
             terminal_retention_s=options.terminal_retention_s,
             learned=options.learned_durations,
+            on_forget_org=coordinator.forget if coordinator is not None else lambda org_id: None,
         )
         self._callbacks = CallbackRunner(
             lanes=options.callback_concurrency, lane_capacity=options.callback_queue_size
@@ -173,6 +174,9 @@ class Poller:
         stack = AsyncExitStack()
         self._stack = stack
         try:
+            if self._coordinator is not None:
+                # Before anything starts: a coordinator another engine holds fails here.
+                stack.enter_context(self._coordinator.claim())
             fetch_status: FetchStatus
             if self._given_transport is None:
                 own = AiohttpTransport(

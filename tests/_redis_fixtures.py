@@ -7,15 +7,17 @@ why; under ``CI=true`` such a skip fails the run instead (see
 :func:`pytest_runtest_makereport`): CI must run them.
 
 ``redis_ns``: a namespace of its own for one test; its keys are deleted afterwards.
+``script_client``: the coordinator's script client on ``redis_url``.
 
 ``private_redis``: a ``redis-server`` of the test's own on a free port, which the test
-may kill, restart (empty: no persistence) and pause. ``DelayProxy`` adds latency
-between a client and a server.
+may kill, restart (empty: no persistence) and pause; it needs ``redis-server`` on PATH
+whatever ``REDIS_URL`` says, so a CI that sets only ``REDIS_URL`` fails the fault tests
+(they skip, and ``CI=true`` makes a skip a failure): give CI ``redis-server``.
+``DelayProxy`` adds latency between a client and a server, or silences connections.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -28,10 +30,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.abc
 import pytest
 import redis
 
-_REDIS_FIXTURES = frozenset({"redis_url", "redis_ns", "private_redis"})
+from poller.redis._client import ScriptClient
+
+_REDIS_FIXTURES = frozenset({"redis_url", "redis_ns", "private_redis", "script_client"})
 
 
 def _free_port() -> int:
@@ -167,82 +173,101 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
         server.kill()
 
 
+@pytest.fixture
+async def script_client(redis_url: str) -> AsyncIterator[ScriptClient]:
+    """The coordinator's script client, on ``redis_url``, with a generous timeout."""
+    client = ScriptClient(redis_url, timeout_s=2.0)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
 class DelayProxy:
     """A TCP proxy on loopback that holds every chunk ``delay_s`` before passing it on
-    (both ways): a slow network between a client and ``target_port``."""
+    (both ways): a slow network between a client and ``target_port``. :meth:`cut` makes
+    the connections open at that moment silent (nothing passes, nothing closes), as
+    half-open TCP connections are; new ones pass again, unless ``refusing`` (closed at
+    once: the server is out of reach).
+
+    Every task belongs to the proxy's task group; each direction of a connection holds
+    at most ``_BUFFERED`` chunks in flight (the reader waits when it is full)."""
+
+    _BUFFERED = 64
 
     def __init__(self, target_port: int, delay_s: float = 0.0) -> None:
         self.target_port = target_port
         self.delay_s = delay_s
         self.port = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.refusing = False
+        self._cuts = 0
+        self._stack = contextlib.AsyncExitStack()
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def cut(self) -> None:
+        """Silence every connection open now."""
+        self._cuts += 1
+
     async def __aenter__(self) -> DelayProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        async with contextlib.AsyncExitStack() as stack:
+            listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+            stack.push_async_callback(listener.aclose)
+            self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tg.cancel_scope.cancel)
+            tg.start_soon(listener.serve, self._serve)
+            self._stack = stack.pop_all()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
+        await self._stack.aclose()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.close()
-            return
-        try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            for w in (writer, up_writer):
-                w.close()
-            self._tasks.discard(task)
+    async def _serve(self, client: anyio.abc.SocketStream) -> None:
+        born = self._cuts
+        async with client:
+            if self.refusing:
+                return
+            try:
+                upstream = await anyio.connect_tcp("127.0.0.1", self.target_port)
+            except OSError:
+                return
+            async with upstream, anyio.create_task_group() as tg:
+                tg.start_soon(self._pipe, client, upstream, born)
+                tg.start_soon(self._pipe, upstream, client, born)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+    async def _pipe(
+        self, source: anyio.abc.SocketStream, sink: anyio.abc.SocketStream, born: int
+    ) -> None:
+        send, receive = anyio.create_memory_object_stream[tuple[float, bytes]](self._BUFFERED)
 
         async def forward() -> None:
-            while True:
-                due, chunk = await queue.get()
-                if not chunk:
-                    writer.close()
-                    return
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
-                writer.write(chunk)
-                await writer.drain()
+            async with receive:
+                async for due, chunk in receive:
+                    await anyio.sleep(max(0.0, due - time.monotonic()))
+                    if self._cuts > born:
+                        await anyio.sleep_forever()  # silent, not closed: half-open
+                    if not chunk:
+                        await sink.send_eof()
+                        return
+                    await sink.send(chunk)
 
-        sender = asyncio.ensure_future(forward())
         try:
-            while True:
-                chunk = await reader.read(65536)
-                queue.put_nowait((time.monotonic() + self.delay_s, chunk))
-                if not chunk:
-                    break
-            await sender
-        finally:
-            sender.cancel()
-
-
-@contextlib.asynccontextmanager
-async def delay_proxy(target_port: int, delay_s: float = 0.0) -> AsyncIterator[DelayProxy]:
-    """A running :class:`DelayProxy`."""
-    async with DelayProxy(target_port, delay_s) as proxy:
-        yield proxy
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(forward)
+                async with send:
+                    while True:
+                        try:
+                            chunk = await source.receive(65536)
+                        except (anyio.EndOfStream, anyio.BrokenResourceError):
+                            chunk = b""
+                        await send.send((time.monotonic() + self.delay_s, chunk))
+                        if not chunk:
+                            return
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -207,6 +207,26 @@ def test_an_organisation_without_jobs_for_an_hour_is_forgotten() -> None:
     assert core.org_rate("org_a") == pytest.approx(5.0 * 0.98)
 
 
+def test_forgetting_an_organisation_is_told_to_whoever_made_its_budget() -> None:
+    """A fleet's coordinator keeps the budgets it made: it drops one when told."""
+    forgotten: list[str] = []
+    core = Scheduler(
+        backoff=NO_JITTER,
+        budget_for=lambda org: AdaptiveBudget(),
+        rng=random.Random(7),
+        terminal_retention_s=0.0,
+        on_forget_org=forgotten.append,
+    )
+    core._key_orgs[KEY] = "org_a"
+    core.track("job_1", KEY, T0)
+    job = core.next_due(T0)
+    assert job is not None
+    core.on_success(job, payload("job_1", Status.COMPLETED), T0)
+    for now in range(int(T0), int(T0 + 2 * ORG_IDLE_S), 300):
+        core.next_due(float(now))
+    assert forgotten == ["org_a"]
+
+
 def test_an_organisation_with_short_jobs_between_sweeps_is_not_forgotten() -> None:
     """Jobs that come and go between two sweeps (every 5 minutes) keep it known."""
     core = make(retention_s=0.0, budget_for=lambda org: AdaptiveBudget(RateLimit(per_s=5.0)))

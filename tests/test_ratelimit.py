@@ -401,3 +401,18 @@ def test_adaptive_budget_never_exceeds_the_configured_rate(
         assert rate <= per_s
 
     assert max_in_any_window(granted) <= per_s * 1.05 + 1
+
+
+def test_an_adaptive_budget_may_start_from_a_learned_rate() -> None:
+    """As a fleet's engine falling back to a local budget does: at what the fleet had
+    learned, cut from there by the next 429, never past a configured limit."""
+    budget = AdaptiveBudget(initial_rate_per_s=40.0)
+    assert budget.rate_per_s == pytest.approx(40.0)
+    capped = AdaptiveBudget(RateLimit(per_s=10), initial_rate_per_s=40.0)
+    assert capped.rate_per_s == pytest.approx(10 * 0.98)
+    for _ in range(30):
+        budget.on_accepted(100.0)
+    budget.on_throttled(100.0, 1.0)
+    assert budget.rate_per_s == pytest.approx(0.9 * 30)
+    with pytest.raises(ConfigError):
+        AdaptiveBudget(initial_rate_per_s=0.0)

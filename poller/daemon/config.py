@@ -23,13 +23,14 @@ from typing import Any, Final
 
 import msgspec
 
+from .._redis_url import url_secrets
 from ..auth import Credential, is_loopback, resolve_base_url
 from ..coordination import Coordinator
 from ..errors import ConfigError
 from ..options import PollerOptions
 from ..sched.backoff import Backoff
 from ..sched.ratelimit import RateLimit
-from .options import BY_NAME, OPTIONS, Secret, text, url_password
+from .options import BY_NAME, OPTIONS, Secret, text
 
 __all__ = [
     "OPTIONS",
@@ -103,9 +104,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         found = [self.api_key, self.control_token, self.webhook_secret]
         found += self.credentials.values()
         secrets = [s.reveal() for s in found if s is not None]
-        password = url_password(self.redis_url.reveal()) if self.redis_url is not None else None
-        if password:
-            secrets.append(password)
+        if self.redis_url is not None:  # its password: the rest is worth seeing in logs
+            secrets += url_secrets(self.redis_url.reveal())
         return tuple(secrets)
 
     @property
@@ -155,7 +155,7 @@ def load_settings(
                 values[option.name] = option.parse(raw)
             except ValueError as exc:
                 raise ConfigError(f"{option.name}: {exc} (from {where})") from None
-            if where == option.flag and option.name == "redis_url" and url_password(str(raw)):
+            if where == option.flag and option.name == "redis_url" and url_secrets(str(raw)):
                 # The one setting with a flag that may hold a secret: not from a flag.
                 raise ConfigError(
                     f"redis_url: a password on the command line shows in the process list; "

@@ -17,7 +17,7 @@ from yarl import URL
 
 from .signature import signing_key
 
-__all__ = ["BY_NAME", "OPTIONS", "Option", "Parser", "Secret", "text", "url_password"]
+__all__ = ["BY_NAME", "OPTIONS", "Option", "Parser", "Secret", "text"]
 
 
 class Secret:
@@ -160,14 +160,6 @@ def _redis_url(value: object) -> Secret:
     if parts.scheme != "unix" and not parts.hostname:
         raise ValueError("must name a host, as in redis://127.0.0.1:6379/0")
     return Secret(url)
-
-
-def url_password(url: str) -> str | None:
-    """The password of a URL, if it carries one."""
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
 
 
 def _name(value: object) -> str:

@@ -22,7 +22,7 @@ from redis.exceptions import NoScriptError, RedisError
 from ..errors import ConfigError
 from ._scripts import Script
 
-__all__ = ["Call", "ScriptClient", "check_namespace", "check_url", "redact"]
+__all__ = ["Call", "ScriptClient", "check_namespace", "check_url"]
 
 _SCHEMES: Final = ("redis", "rediss", "unix")
 _NAMESPACE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -50,18 +50,6 @@ def check_url(url: object) -> str:
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"redis url: {type(exc).__name__}") from None
     return url
-
-
-def redact(url: str) -> str:
-    """The URL without its password (and user), for logs and reprs."""
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
 
 
 def check_namespace(namespace: object) -> str:

@@ -4,30 +4,40 @@ The engine's hot path never waits on Redis: each organisation's budget is a
 :class:`~poller.redis._lease.LeasedBudget`, spending tokens leased ahead of need.
 This module is its background side, four loops in the engine's task group:
 
-- **leases** (every ``lease_period_s``, ~100 ms, sooner when a budget runs dry or
-  meets a 429): for each organisation with something to say, one ``LEASE`` script
-  call (all of them in one pipelined round trip) reports what the engine sent and
-  had accepted and its demand, and takes slots of the fleet's schedule covering
-  ~250 ms of that demand, within this engine's max-min fair share (by demand and
-  ``weight``) of the organisation's rate. A 429 is a ``THROTTLE`` call: the
-  organisation is paused and its rate cut for every engine, and the news is
-  published at once;
+- **leases** (each budget at its own period: ``lease_period_s``, 100 ms, for a busy
+  one, up to a second for one that polls a few times a second; sooner when a budget
+  runs dry or meets a 429): for each organisation with something to say, one
+  ``LEASE`` script call (all of them in one pipelined round trip) reports what the
+  engine sent and had accepted and its demand, and takes slots covering the period
+  and a margin of that demand, at a pace within this engine's max-min fair share (by
+  demand and ``weight``) of the organisation's rate, where the paces the other
+  engines reserved leave room (``poller.redis._lease``). A 429 is a ``THROTTLE``
+  call: the organisation is paused and its rate cut for every engine, and the news
+  is published at once;
 - **events**: a pub/sub subscription that hears those 429s, so every engine drops
-  its unspent slots and pauses within one round trip of the first;
+  its unspent slots and pauses within one round trip of the first. Its connection is
+  PINGed every few heartbeats and replaced when the answer does not come (a
+  half-open connection is silent, not closed), and after every outage;
 - **heartbeat** (every ``heartbeat_s``): registers the engine, counts the live ones,
   and watches the namespace's epoch (a new one: Redis lost its data);
 - **learning** (every ``sync_interval_s``): pushes what the engine learned about job
-  durations since the last push, and loads the fleet's merged tables
-  (``poller.redis._learning``); the first sync runs at once, so a new engine polls
-  with the fleet's knowledge from its first jobs.
+  durations since the last push, and loads the fleet's tables changed since it last
+  read them (``poller.redis._learning``), a few dozen kinds per call, on a connection
+  of its own with a longer timeout; the first sync runs at once, so a new engine
+  polls with the fleet's knowledge from its first jobs. A failed sync is retried at
+  the next one (with one warning): it never sends the budgets local.
 
 **When Redis fails** (unreachable, slower than ``timeout_s``, restarted empty),
-polling goes on: every budget falls back to a local share of its configured limit,
-the limit divided by the live engines last counted (an undisclosed limit is learned
-alone again, from 429s), with one warning; the heartbeat keeps trying, and when Redis
-answers the budgets rejoin the shared ones, with one more line in the log. The
-scripts carry the configuration on every call, so an empty Redis is re-seeded by the
-first calls, and the learned tables by the engines pushing what they know whole.
+polling goes on. One failed call is a blip (the budgets spend the slots they hold);
+after :data:`_FALLBACK_FAILURES` in a row, or failures for longer than leased slots
+last, every budget falls back to a local share of its configured limit, the limit
+divided by the live engines last counted, starting from that share of the rate the
+fleet had learned, with one warning. The heartbeat keeps trying; once it answers,
+the next lease round asks for the local budgets too, and when it goes through they
+rejoin the shared ones, with one more line in the log (a heartbeat alone proves
+nothing of the leases). The scripts carry the configuration on every call, so an
+empty Redis is re-seeded by the first calls, and the learned tables by the engines
+pushing what they know whole.
 """
 
 from __future__ import annotations
@@ -37,32 +47,40 @@ import contextlib
 import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Final
 
 import anyio
 import orjson
 from redis.exceptions import RedisError
 
+from .._boundary import MAX_RETRY_AFTER_S, scrub
+from .._redis_url import redact_url, url_secrets
 from ..coordination import EngineLink
 from ..errors import ConfigError
+from ..sched.core import ORG_IDLE_S
 from ..sched.ratelimit import HEADROOM, AdaptiveBudget, Budget, RateLimit
-from ._client import Call, ScriptClient, check_namespace, check_url, redact
-from ._learning import LearnSync
+from ._client import Call, ScriptClient, check_namespace, check_url
+from ._learning import PUSH_KINDS, LearnSync
 from ._lease import LEASE_HORIZON_S, LeasedBudget, LeaseGrant, LeaseReport
-from ._scripts import HEARTBEAT, LEARN, LEASE, THROTTLE
+from ._scripts import HEARTBEAT, LEARN_PUSH, LEARN_READ, LEASE, THROTTLE
 
 __all__ = ["RedisCoordinator"]
 
 log = logging.getLogger("poller.redis")
 
 _MIN_GAP_S: Final = 0.01  # lease rounds never come closer than this
-_STALE_ENGINE_S: Final = 2.0  # a demand report older than this no longer counts
-_ALIVE_S: Final = 5.0  # an engine with no heartbeat for this long is not counted
-_BUDGET_TTL_S: Final = 60
-_ENGINES_TTL_S: Final = 60
+# The budget holds the adaptive state (what the fleet learned of an undisclosed limit):
+# kept as long as an engine keeps an idle organisation's budget.
+_BUDGET_TTL_S: Final = int(ORG_IDLE_S)
+_ENGINES_TTL_S: Final = 60  # at least: twice the liveness window if that is longer
 _CLOSE_S: Final = 0.5  # at most this long spent telling the fleet this engine leaves
+_FALLBACK_FAILURES: Final = 3  # Redis calls failed in a row: budgets go local
+_EVENTS_PING_HEARTBEATS: Final = 5  # the events connection is PINGed every 5 heartbeats
 _TROUBLE: Final = (RedisError, OSError, TimeoutError)
+_LEARN_BINS: Final = 100
+_LEARN_TIMEOUT_S: Final = 2.0  # learning calls may be slower than leases: at least this
 # The adaptive parameters travel to the scripts from AdaptiveBudget's own defaults.
 _DEFAULTS: Final = AdaptiveBudget()
 _ADAPTIVE: Final = [
@@ -87,17 +105,21 @@ class RedisCoordinator:
         coord = RedisCoordinator("redis://127.0.0.1:6379/0", namespace="poller")
         async with Poller(rate_limit=RateLimit(per_s=100), coordinator=coord) as p: ...
 
-    One coordinator serves one engine at a time. Every engine of a fleet should be
-    configured with the same limits; the last to speak sets an organisation's.
+    One coordinator serves one engine at a time (a second engine given it fails to
+    open, with ``ConfigError``); reused once its engine closed, it starts afresh, as a
+    new engine of the fleet. Every engine of a fleet should be configured with the same
+    limits; the last to speak sets an organisation's.
 
     Args:
         url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS) or
-            ``unix://``. The password is never logged nor shown.
+            ``unix://``; a password may also come as ``?password=``. It is never logged
+            nor shown, in any form (see ``poller._redis_url``).
         namespace: prefix of every key; fleets that must not share use different ones.
         weight: this engine's share of an organisation's rate, relative to the other
             engines', when they all want more than there is.
         timeout_s: a Redis call slower than this counts as Redis being out of reach.
-        lease_period_s: how often leases are topped up.
+        lease_period_s: how often a busy budget's leases are topped up (the shortest
+            lease period; a budget polling a few times a second leases once a second).
         heartbeat_s: how often the engine says it is alive (and Redis is retried).
         sync_interval_s: how often learned durations are pushed and merged.
         learned_ttl_s: how long the fleet's learned tables outlive their last change.
@@ -133,30 +155,44 @@ class RedisCoordinator:
         if max_learned_kinds < 1:
             raise ConfigError("max_learned_kinds: must be an integer >= 1")
         self.max_learned_kinds = max_learned_kinds
+        # An engine that missed two heartbeats, the last one slow, is no longer counted.
+        self._alive_s = 2 * self.heartbeat_s + 4 * self.timeout_s
+        self._claimed = False
+        self._running = False
+        self._given_time = False  # tests: the scripts take the engine's clock
+        self._start()
+
+    def _start(self) -> None:
+        """A fresh state: no budget, nothing known of the fleet, a new engine ID."""
         self.engine_id = secrets.token_hex(8)
         self._budgets: dict[str, LeasedBudget] = {}
         self._next_lease: dict[str, float] = {}
+        self._last_lease: dict[str, float] = {}
         self._online: bool | None = None  # None: not known yet
+        self._reachable = False  # offline, but a heartbeat went through: probe with leases
+        self._resubscribe = False  # the events listener should subscribe again
+        self._failures = 0  # Redis calls failed in a row
+        self._failing_since: float | None = None
+        self._fallback_s = LEASE_HORIZON_S + self.timeout_s  # the longest a lease lasts
         self._engines = 1  # live engines last counted, this one included
         self._epoch: str | None = None
         self._learn = LearnSync()
         self._wake: asyncio.Event | None = None
         self._clock: Callable[[], float] | None = None
-        self._running = False
         self.lease_calls = 0
         self.throttle_calls = 0
 
     def __repr__(self) -> str:
         state = {None: "joining", True: "online", False: "offline"}[self._online]
         return (
-            f"<RedisCoordinator {redact(self._url)} namespace={self.namespace!r} "
+            f"<RedisCoordinator {redact_url(self._url)} namespace={self.namespace!r} "
             f"engine={self.engine_id} {state}>"
         )
 
     @property
     def url(self) -> str:
         """The Redis URL, password hidden."""
-        return redact(self._url)
+        return redact_url(self._url)
 
     @property
     def online(self) -> bool:
@@ -172,12 +208,34 @@ class RedisCoordinator:
 
     def budget(self, org_id: str, limit: RateLimit | None) -> Budget:
         """See :meth:`poller.coordination.Coordinator.budget`."""
-        budget = LeasedBudget(org_id, limit, wake=self._poke)
+        budget = LeasedBudget(org_id, limit, wake=self._poke, min_period_s=self.lease_period_s)
         if self._online is False:
             budget.go_local(self._now(), self._engines)
         self._budgets[org_id] = budget
         self._next_lease.pop(org_id, None)
         return budget
+
+    @contextlib.contextmanager
+    def claim(self) -> Iterator[None]:
+        """See :meth:`poller.coordination.Coordinator.claim`."""
+        if self._claimed or self._running:
+            raise ConfigError(
+                "coordinator: this RedisCoordinator serves another engine; give each "
+                "engine a RedisCoordinator of its own"
+            )
+        self._claimed = True
+        self._start()
+        try:
+            yield
+        finally:
+            self._claimed = False
+
+    def forget(self, org_id: str) -> None:
+        """See :meth:`poller.coordination.Coordinator.forget`. The budget is idle (its
+        slots handed back long ago): its entry in Redis expires by itself."""
+        self._budgets.pop(org_id, None)
+        self._next_lease.pop(org_id, None)
+        self._last_lease.pop(org_id, None)
 
     async def run(self, link: EngineLink) -> None:
         """See :meth:`poller.coordination.Coordinator.run`."""
@@ -187,18 +245,21 @@ class RedisCoordinator:
         self._clock = link.clock
         self._wake = asyncio.Event()
         client = ScriptClient(self._url, timeout_s=self.timeout_s)
+        # Learning has a client of its own, with a longer timeout: its calls carry more.
+        learner = ScriptClient(self._url, timeout_s=max(_LEARN_TIMEOUT_S, 4 * self.timeout_s))
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._heartbeats, client, name="poller-redis-heartbeat")
                 tg.start_soon(self._leases, client, name="poller-redis-leases")
                 tg.start_soon(self._events, client, name="poller-redis-events")
-                tg.start_soon(self._learning, client, link, name="poller-redis-learning")
+                tg.start_soon(self._learning, learner, link, name="poller-redis-learning")
         finally:
             with anyio.CancelScope(shield=True):
                 with anyio.move_on_after(_CLOSE_S):
-                    await self._leave(client, link)
-                with anyio.move_on_after(_CLOSE_S):
-                    await client.aclose()
+                    await self._leave(client, learner, link)
+                for each in (client, learner):
+                    with anyio.move_on_after(_CLOSE_S):
+                        await each.aclose()
             self._running = False
 
     # -- keys -------------------------------------------------------------------------
@@ -210,21 +271,65 @@ class RedisCoordinator:
     def _channel(self) -> str:
         return f"{self.namespace}:events"
 
+    @property
+    def _epoch_key(self) -> str:
+        return f"{self.namespace}:epoch"
+
+    @property
+    def _learn_key(self) -> str:
+        return f"{self.namespace}:learn"
+
     # -- state ------------------------------------------------------------------------
 
     def _now(self) -> float:
         assert self._clock is not None or not self._running
         return self._clock() if self._clock is not None else 0.0
 
+    def _script_now(self) -> float | None:
+        """The time the scripts are given: None, the server's (one clock for a fleet on
+        many machines); the engine's clock only when ``_given_time`` (tests in virtual
+        time)."""
+        return self._now() if self._given_time else None
+
     def _poke(self) -> None:
         if self._wake is not None:
             self._wake.set()
 
-    def _trouble(self, exc: BaseException) -> None:
-        """A Redis call failed: budgets go local (once, with one warning)."""
+    def _failed(self, exc: BaseException) -> None:
+        """A Redis call failed. Budgets go local only when it is no blip: after
+        :data:`_FALLBACK_FAILURES` failures in a row, or when calls have failed for
+        longer than leased slots last (meanwhile they spend what they hold)."""
+        now = self._now()
+        self._failures += 1
+        if self._failing_since is None:
+            self._failing_since = now
         if self._online is False:
+            self._reachable = False  # the probe failed: the next heartbeat says when to retry
+        elif self._failures >= _FALLBACK_FAILURES or now - self._failing_since >= self._fallback_s:
+            self._trouble(exc)
+
+    def _succeeded(self) -> None:
+        """A lease round went through (or a heartbeat, with nothing to lease)."""
+        self._failures = 0
+        self._failing_since = None
+        if self._online:
             return
+        rejoining = self._online is False
+        self._online = True
+        self._reachable = False
+        # The events connection may have died with the outage, half-open: a new one.
+        self._resubscribe = rejoining
+        for budget in self._budgets.values():
+            if budget.mode == "local":
+                budget.rejoin()
+        self._poke()
+        if rejoining:
+            log.warning("Redis at %s answers again: budgets are shared again", self.url)
+
+    def _trouble(self, exc: BaseException) -> None:
+        """Redis is out of reach: budgets go local (once, with one warning)."""
         self._online = False
+        self._reachable = False
         now = self._now()
         for budget in self._budgets.values():
             budget.go_local(now, self._engines)
@@ -236,25 +341,12 @@ class RedisCoordinator:
             self._engines,
         )
 
-    def _answered(self) -> None:
-        """A heartbeat went through: budgets (re)join the shared ones."""
-        if self._online:
-            return
-        rejoining = self._online is False
-        self._online = True
-        for budget in self._budgets.values():
-            budget.rejoin()
-        self._next_lease.clear()
-        self._poke()
-        if rejoining:
-            log.warning("Redis at %s answers again: budgets are shared again", self.url)
-
     async def _guarded(self, what: Callable[[], Awaitable[None]]) -> bool:
         try:
             with anyio.fail_after(self.timeout_s * 4):
                 await what()
         except _TROUBLE as exc:
-            self._trouble(exc)
+            self._failed(exc)
             return False
         return True
 
@@ -268,12 +360,12 @@ class RedisCoordinator:
     async def _heartbeat(self, client: ScriptClient, *, leaving: bool = False) -> None:
         count, epoch = await client.run(
             HEARTBEAT,
-            [f"{self.namespace}:engines", f"{self.namespace}:epoch"],
+            [f"{self.namespace}:engines", self._epoch_key],
             [
                 "",
                 self.engine_id,
-                _ALIVE_S,
-                _ENGINES_TTL_S,
+                self._alive_s,
+                max(_ENGINES_TTL_S, math.ceil(2 * self._alive_s)),
                 secrets.token_hex(8),
                 "1" if leaving else "0",
                 self.learned_ttl_s,
@@ -286,7 +378,12 @@ class RedisCoordinator:
             log.warning("Redis at %s lost the fleet's data: re-seeding it", self.url)
             self._learn.reset()
         self._epoch = epoch
-        self._answered()
+        if not self._budgets:
+            self._succeeded()  # nothing to lease: the heartbeat is the proof
+        elif self._online is False and not self._reachable:
+            # Budgets rejoin once a lease goes through, not on a heartbeat alone.
+            self._reachable = True
+            self._poke()
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -301,28 +398,38 @@ class RedisCoordinator:
             with anyio.move_on_after(timeout):
                 await wake.wait()
             wake.clear()
-            if self._online:
-                await self._guarded(lambda: self._lease_round(client))
+            if self._online is not False or self._reachable:
+                try:
+                    with anyio.fail_after(self.timeout_s * 4):
+                        called = await self._lease_round(client)
+                except _TROUBLE as exc:
+                    self._failed(exc)
+                else:
+                    if called:
+                        self._succeeded()
             await anyio.sleep(_MIN_GAP_S)
 
-    async def _lease_round(self, client: ScriptClient) -> None:
+    async def _lease_round(self, client: ScriptClient) -> bool:
+        """One pipelined round of LEASE (and THROTTLE) calls; whether there was one to
+        make."""
         now = self._now()
         calls: list[Call] = []
         plan: list[tuple[str, LeasedBudget, LeaseReport | None]] = []
         report: LeaseReport | None
+        probing = self._online is False  # local budgets ask too: they rejoin on an answer
         for org_id, budget in list(self._budgets.items()):
-            if budget.mode == "local":
+            if budget.mode == "local" and not probing:
                 continue
             pause_s = budget.take_throttle()
             if pause_s is not None:
-                calls.append(self._throttle_call(org_id, budget, pause_s))
+                calls.append(self._throttle_call(org_id, budget, pause_s, self._script_now()))
                 plan.append(("throttle", budget, None))
-            if budget.needs_lease() and now >= self._next_lease.get(org_id, -math.inf):
+            if probing or (budget.needs_lease() and self._lease_due(org_id, budget, now)):
                 report = budget.report(now)
-                calls.append(self._lease_call(org_id, budget, report))
+                calls.append(self._lease_call(org_id, budget, report, self._script_now()))
                 plan.append((org_id, budget, report))
         if not calls:
-            return
+            return False
         results = await client.run_many(calls)
         arrived = self._now()
         for (org_id, budget, report), result in zip(plan, results, strict=True):
@@ -332,43 +439,64 @@ class RedisCoordinator:
                 continue
             self.lease_calls += 1
             grant = _grant(result)
-            budget.granted(arrived, grant)
-            full = 0 < report.want <= grant.count
-            self._next_lease[org_id] = now + (_MIN_GAP_S if full else self.lease_period_s)
+            if budget.mode == "local":
+                budget.rejoin()
+                budget.granted(arrived, grant)  # its first slots since the fallback
+            else:
+                budget.granted(arrived, grant, report)
+            # Hungry and given all it asked for (it is finding its demand): soon again.
+            ramping = report.hungry and 0 < report.want <= grant.count
+            self._next_lease[org_id] = now + (_MIN_GAP_S if ramping else report.period_s)
+            self._last_lease[org_id] = now
+        return True
 
-    def _limits(self, budget: LeasedBudget) -> list[Any]:
-        limit = budget.limit
-        if limit is None:
-            return ["", ""]
-        burst = "" if limit.burst is None else limit.burst
-        return [limit.per_s * HEADROOM, burst]
+    def _lease_due(self, org_id: str, budget: LeasedBudget, now: float) -> bool:
+        """At the budget's period; sooner if it ran dry, lease_period_s after the last."""
+        if now >= self._next_lease.get(org_id, -math.inf):
+            return True
+        return budget.dry and now >= self._last_lease.get(org_id, -math.inf) + self.lease_period_s
 
-    def _lease_call(self, org_id: str, budget: LeasedBudget, report: LeaseReport) -> Call:
+    def _ceiling(self, budget: LeasedBudget) -> float | str:
+        """The fleet's rate for a configured limit (aimed HEADROOM below); '' for none."""
+        return "" if budget.limit is None else budget.limit.per_s * HEADROOM
+
+    def _lease_call(
+        self, org_id: str, budget: LeasedBudget, report: LeaseReport, now: float | None = None
+    ) -> Call:
+        """The LEASE call for a report; ``now`` only for tests (else the server's time)."""
         argv = [
-            "",
+            "" if now is None else now,
             self.engine_id,
-            self.weight * (budget.limit.weight if budget.limit is not None else 1.0),
+            self.weight,  # between engines (a limit's weight is between organisations)
             -1 if report.hungry else report.demand_per_s,
             report.want,
             report.give_back,
             report.accepted,
-            *self._limits(budget),
-            LEASE_HORIZON_S,
+            self._ceiling(budget),
+            report.horizon_s,
             _BUDGET_TTL_S,
-            _STALE_ENGINE_S,
+            # Its demand counts until it is overdue: two periods, and a slow call.
+            2.0 * report.period_s + 4 * self.timeout_s,
+            LEASE_HORIZON_S,
+            MAX_RETRY_AFTER_S,
             *_ADAPTIVE,
         ]
         return (LEASE, [self._budget_key(org_id)], argv)
 
-    def _throttle_call(self, org_id: str, budget: LeasedBudget, pause_s: float) -> Call:
+    def _throttle_call(
+        self, org_id: str, budget: LeasedBudget, pause_s: float, now: float | None = None
+    ) -> Call:
+        """The THROTTLE call for a 429; ``now`` only for tests (else the server's time)."""
         argv = [
-            "",
+            "" if now is None else now,
             pause_s,
             budget.take_accepted(),
-            *self._limits(budget),
+            self._ceiling(budget),
             _BUDGET_TTL_S,
             self._channel,
             org_id,
+            LEASE_HORIZON_S,
+            MAX_RETRY_AFTER_S,
             *_ADAPTIVE,
         ]
         return (THROTTLE, [self._budget_key(org_id)], argv)
@@ -379,17 +507,35 @@ class RedisCoordinator:
         while True:
             with contextlib.suppress(*_TROUBLE):  # the heartbeat tells if Redis is down
                 await self._listen(client)
+                continue  # asked to subscribe again (the budgets rejoined): at once
             await anyio.sleep(self.heartbeat_s)
 
     async def _listen(self, client: ScriptClient) -> None:
+        """Hear the fleet's 429s until the connection fails (raises), looks dead (a PING
+        unanswered: raises ``TimeoutError``) or the budgets rejoin (returns: a connection
+        kept through an outage may be half-open, silent for ever)."""
         pubsub = client.redis.pubsub()
+        ping_s = _EVENTS_PING_HEARTBEATS * self.heartbeat_s
+        deadline_s = ping_s + 4 * self.timeout_s
+        self._resubscribe = False
         try:
             with anyio.fail_after(self.timeout_s * 4):
                 await pubsub.subscribe(self._channel)
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            heard = pinged = time.monotonic()
+            while not self._resubscribe:
+                now = time.monotonic()
+                if now - heard > deadline_s:
+                    raise TimeoutError("the events connection did not answer a PING")
+                if now - pinged >= ping_s:
+                    await pubsub.ping()
+                    pinged = now
+                message = await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=min(1.0, ping_s)
+                )
                 if message is not None:
-                    self._on_event(message.get("data"))
+                    heard = time.monotonic()
+                    if message.get("type") == "message":
+                        self._on_event(message.get("data"))
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_S):
                 await pubsub.aclose()
@@ -409,63 +555,99 @@ class RedisCoordinator:
     async def _learning(self, client: ScriptClient, link: EngineLink) -> None:
         if link.learned() is None:
             return  # learning is off in this engine
+        failing = False
         while True:
-            if self._online:
-                await self._guarded(lambda: self._sync(client, link))
-                await anyio.sleep(self.sync_interval_s)
-            else:
+            if not self._online:
                 await anyio.sleep(min(self.heartbeat_s, self.sync_interval_s) / 2)
+                continue
+            # Its own guard: a slow or failed sync is retried at the next one, and never
+            # sends the budgets local (the leases and the heartbeat tell that).
+            try:
+                await self._sync(client, link)
+            except _TROUBLE as exc:
+                if not failing:
+                    log.warning(
+                        "learned durations not shared with the fleet this time (%s): "
+                        "retrying every %g s",
+                        _describe(exc, self._url),
+                        self.sync_interval_s,
+                    )
+                failing = True
+            else:
+                failing = False
+            await anyio.sleep(self.sync_interval_s)
 
-    async def _sync(self, client: ScriptClient, link: EngineLink) -> None:
-        for _ in (0, 1):
-            deltas = self._learn.deltas(link.learned())
-            now_s, epoch, applied, body = await client.run(
-                LEARN,
-                [f"{self.namespace}:learn", f"{self.namespace}:epoch"],
+    async def _sync(self, client: ScriptClient, link: EngineLink, *, read: bool = True) -> None:
+        """Push what was learned, a few dozen kinds a call, then read the fleet's changed
+        tables a page at a time, loading each (see ``poller.redis._learning``)."""
+        sync = self._learn
+        sync.take(link.learned())
+        resets = 0
+        while (push := sync.pending()) is not None:
+            number, deltas = push
+            epoch, applied = await client.run(
+                LEARN_PUSH,
+                [self._learn_key, self._epoch_key, f"{self._learn_key}-seq:{self.engine_id}"],
                 [
-                    "",
-                    f"({self._learn.since!r}" if self._learn.since else "-inf",
                     self._epoch or "",
                     secrets.token_hex(8),
-                    self._learn.max_weight,
+                    number,
+                    sync.max_weight,
                     self.max_learned_kinds,
                     self.learned_ttl_s,
-                    f"{self.namespace}:learn:",
-                    orjson.dumps(deltas).decode(),
+                    f"{self._learn_key}:",
+                    _LEARN_BINS,
+                    deltas,
                 ],
             )
-            if applied != "1":  # the namespace's epoch changed: push everything whole
+            if applied == "0":  # the namespace's epoch changed: push everything whole
+                if resets:
+                    return
+                resets += 1
                 self._epoch = epoch
-                self._learn.reset()
+                sync.reset()
+                sync.take(link.learned())
                 continue
-            tables = orjson.loads(body)
-            merged = self._learn.merge(((k, c) for k, c in tables), link.learned())
-            self._learn.since = float(now_s)
+            sync.acknowledged(number)
+        if not read:
+            return
+        for _ in range(self.max_learned_kinds // PUSH_KINDS + 2):  # bounded: others push
+            epoch, ok, body, last, done = await client.run(
+                LEARN_READ,
+                [self._learn_key, self._epoch_key],
+                [self._epoch or "", sync.after, PUSH_KINDS, f"{self._learn_key}:"],
+            )
+            if ok != "1":
+                sync.reset()  # the next sync pushes everything whole
+                return
+            merged = sync.merge(orjson.loads(body), link.learned())
             if merged is not None:
                 try:
                     link.load_learned(merged)
                 except ConfigError as exc:  # a table this version cannot use
                     log.warning("ignoring the fleet's learned durations: %s", exc)
-            return
+            sync.after = last
+            if done == "1":
+                return
 
     # -- leaving ----------------------------------------------------------------------------
 
-    async def _leave(self, client: ScriptClient, link: EngineLink) -> None:
-        """Give back unspent slots, deregister, push the last learned samples."""
+    async def _leave(self, client: ScriptClient, learner: ScriptClient, link: EngineLink) -> None:
+        """Leave the shares (giving back the slots still to come), deregister, push the
+        last learned samples."""
         if not self._online:
             return
         calls: list[Call] = []
+        now = self._now()
         for org_id, budget in self._budgets.items():
-            held = budget.held
-            if held and budget.mode == "shared":
-                report = LeaseReport(0, 0, 0.0, False, 0, 0, held)
-                calls.append(self._lease_call(org_id, budget, report))
+            if budget.mode == "shared" and budget.needs_lease():
+                calls.append(self._lease_call(org_id, budget, budget.leave(now)))
         with contextlib.suppress(*_TROUBLE):
             if calls:
                 await client.run_many(calls)
             await self._heartbeat(client, leaving=True)
             if link.learned() is not None:
-                await self._sync(client, link)
+                await self._sync(learner, link, read=False)
 
 
 def _grant(result: list[Any]) -> LeaseGrant:
@@ -484,13 +666,6 @@ def _grant(result: list[Any]) -> LeaseGrant:
 
 
 def _describe(exc: BaseException, url: str) -> str:
-    """A failure in a few words, without the URL's password."""
+    """A failure in a few words, without the URL's password (in any of its forms)."""
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    password = None
-    with contextlib.suppress(ValueError):
-        from urllib.parse import urlsplit
-
-        password = urlsplit(url).password
-    if password:
-        text = text.replace(password, "***")
-    return text[:200]
+    return scrub(text, url_secrets(url))[:200]

@@ -102,6 +102,8 @@ class Scheduler(Generic[C]):
         expiry_grace_s: a job still not terminal this long after its ``expires_at``
             stops being tracked with :class:`TrackingExpiredError`.
         learned: durations learned by an earlier engine (:meth:`learned`), to start from.
+        on_forget_org: called with an organisation's ID when it is forgotten (no job of
+            it for ``ORG_IDLE_S``), so that whoever made its budget can drop it too.
     """
 
     def __init__(
@@ -116,8 +118,10 @@ class Scheduler(Generic[C]):
         terminal_retention_s: float = 3600.0,
         expiry_grace_s: float = 60.0,
         learned: LearnedDurations | None = None,
+        on_forget_org: Callable[[str], None] = lambda org_id: None,
     ) -> None:
         self._backoff = backoff
+        self._on_forget_org = on_forget_org
         self._budget_for = budget_for
         self._weight_for = weight_for
         self._rng = rng
@@ -739,6 +743,7 @@ class Scheduler(Generic[C]):
             elif now - bucket.emptied_at >= ORG_IDLE_S:
                 del self._buckets[key]
                 self._troubled.discard(bucket)
+                self._on_forget_org(bucket.org_id)
 
     def _release(self, credential: C, now: float | None) -> None:
         """A job left the table: once a key has none left, forget what was kept for it

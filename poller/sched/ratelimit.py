@@ -167,6 +167,10 @@ class AdaptiveBudget:
         min_growth_per_s: while wanting more, the rate climbs at least this much a second.
         doubling_s: and at least doubles from ``min_rate_per_s`` this often (slow start).
         default_pause_s: pause after a 429 that carries no ``Retry-After``.
+        initial_rate_per_s: start at this rate, as if it had been learned (the curve at
+            its plateau: it probes above it while refused, never past ``limit``), instead
+            of at ``limit`` or uncapped. For a budget taking over from one that learned
+            the server's limit (an engine of a fleet falling back to a local budget).
     """
 
     __slots__ = (
@@ -202,9 +206,12 @@ class AdaptiveBudget:
         min_growth_per_s: float = 0.05,
         doubling_s: float = 10.0,
         default_pause_s: float = 1.0,
+        initial_rate_per_s: float | None = None,
     ) -> None:
         if not 0.0 < beta < 1.0 or not recovery_s > 0 or not min_rate_per_s > 0:
             raise ConfigError("beta must be in (0, 1), recovery_s and min_rate_per_s > 0")
+        if initial_rate_per_s is not None and not 0 < initial_rate_per_s < math.inf:
+            raise ConfigError("initial_rate_per_s must be a finite number > 0")
         self.beta = beta
         self.recovery_s = recovery_s
         self.min_rate_per_s = min_rate_per_s
@@ -227,6 +234,13 @@ class AdaptiveBudget:
         self._bins = [0] * _BINS
         self._epoch = 0
         self.throttles = 0
+        if initial_rate_per_s is not None:
+            self._w_max = max(min_rate_per_s, initial_rate_per_s)
+            self._growth_s = recovery_s
+            rate = self._target()
+            assert rate is not None
+            burst = self._ceiling_burst if rate == self._ceiling else default_burst(rate)
+            self._bucket = TokenBucket(rate, burst or default_burst(rate))
 
     @property
     def rate_per_s(self) -> float | None:

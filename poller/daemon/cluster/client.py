@@ -18,7 +18,6 @@ import os
 import socket
 import time
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -26,6 +25,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
+from ..._redis_url import redact_url
 from ...errors import PollerError, TransportError
 from . import scripts
 from .keys import SLOTS, Keys
@@ -38,7 +38,6 @@ __all__ = [
     "check_server",
     "default_replica_id",
     "describe",
-    "redact",
 ]
 
 log = logging.getLogger("poller.daemon.cluster")
@@ -55,16 +54,6 @@ class ClusterError(PollerError):
 class NotOwnedError(TransportError):
     """A poll this replica may not send: the job is not (or no longer) its own, or its
     lease is not to be trusted. The request was not sent."""
-
-
-def redact(url: str) -> str:
-    """The URL without user and password, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
 
 
 def describe(exc: BaseException) -> str:
@@ -109,7 +98,7 @@ class RedisLink:
     """
 
     def __init__(self, url: str, namespace: str) -> None:
-        self.name = redact(url)
+        self.name = redact_url(url)
         self.keys = Keys(namespace)
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
             url,
