@@ -95,6 +95,18 @@ async def test_a_replica_id_has_one_lease_and_each_registration_a_new_token(
     assert int(again) > int(other)
 
 
+async def test_a_retried_registration_counts_the_lease_from_the_retry(link: RedisLink) -> None:
+    # The first call was processed but its reply lost; the retry comes a while later: the
+    # replica counts its lease from the retry, so Redis must not expire it sooner.
+    await register(link, "a", nonce="n1")
+    await anyio.sleep(0.5)
+    await register(link, "a", nonce="n1")
+    assert await link.redis.pttl(link.keys.replica("a")) > TTL_MS - 200
+    (score,) = await link.redis.zmscore(link.keys.replicas, ["a"])
+    seconds, micros = await link.redis.time()
+    assert score > int(seconds) * 1000 + int(micros) // 1000 + TTL_MS - 200
+
+
 async def test_a_partition_is_claimed_only_when_free_released_or_its_holder_is_gone(
     link: RedisLink,
 ) -> None:

@@ -8,7 +8,8 @@ measures how long ago it renewed its lease (see :mod:`.lease`).
 ``REGISTER``
     A lease for a replica ID, with a new fencing token (``INCR <p>fence``), unless a
     live lease holds the ID (then: how long it still has). A retry of the same call
-    (same nonce) gets the same token.
+    (same nonce) gets the same token, and the lease's TTL afresh: the caller counts
+    the lease from when it sent the retry.
 ``HEARTBEAT``
     Renews the lease if the token is still the replica's, drops expired replicas from
     ``<p>replicas``, and returns the live ones. 0: the lease is gone.
@@ -69,11 +70,14 @@ REGISTER: Final = (
 local id, ttl, nonce, version = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local key = p .. 'replica:' .. id
 local held = redis.call('HMGET', key, 'token', 'nonce')
-if held[1] then
-  if held[2] == nonce then return {1, tonumber(held[1])} end
-  return {0, redis.call('PTTL', key)}
-end
 local now = now_ms()
+if held[1] then
+  if held[2] ~= nonce then return {0, redis.call('PTTL', key)} end
+  -- A retry (its reply was lost): the lease runs from now, as the caller counts it.
+  redis.call('PEXPIRE', key, ttl)
+  redis.call('ZADD', p .. 'replicas', now + ttl, id)
+  return {1, tonumber(held[1])}
+end
 local token = redis.call('INCR', p .. 'fence')
 redis.call('HSET', key, 'token', token, 'nonce', nonce, 'since', now, 'version', version)
 redis.call('PEXPIRE', key, ttl)
