@@ -18,9 +18,13 @@ measures how long ago it renewed its lease (see :mod:`.lease`).
 ``CLAIM``
     Takes units (partitions ``slot:<n>``, sinks ``sink:<name>``) that are free (released,
     or never held) or whose holder's lease is gone (expired, or a newer registration:
-    its token changed). For each unit: -1 (held by a live replica), or the milliseconds
-    to wait before using it: a released unit is used ``gap`` after its release, so the
-    last request of its old holder and the first of the new one are that far apart.
+    its token changed). For each unit: -1 (held by a live replica), 0 (the caller holds
+    it already: holders send theirs at every step, to learn whether Redis still says
+    so), or the milliseconds to wait before using it: a released unit is used ``gap``
+    after its release, so the last request of its old holder and the first of the new
+    one are that far apart; a unit Redis has no record of (never held, or lost with
+    Redis's last writes) is used ``gap`` after the claim, so that a replica that still
+    believes it holds it learns otherwise at its next step and stops first.
 ``RELEASE``
     Gives units back (their ``owner`` emptied, ``at`` stamped), if still the caller's.
 ``ADD``, ``REMOVE``
@@ -131,7 +135,9 @@ for i = 5, #ARGV do
   local wait = -1
   if h[1] == id and h[2] == token then
     wait = 0
-  elseif not h[1] or h[1] == '' then
+  elseif not h[1] then
+    wait = gap
+  elseif h[1] == '' then
     wait = math.max(0, (tonumber(h[3]) or 0) + gap - now)
   elseif redis.call('HGET', p .. 'replica:' .. h[1], 'token') ~= h[2] then
     wait = 0
