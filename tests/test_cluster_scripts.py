@@ -213,3 +213,28 @@ async def test_the_stream_is_trimmed_of_what_every_sink_acknowledged(link: Redis
     await link.redis.xack(events, "webhook:x", *ids[2:5])
     assert await trim(link, retention_s=0, abandon_after_s=600) == 2  # jsonl is at the 5th
     assert [entry for entry, _ in await link.redis.xrange(events)] == ids[4:]
+
+
+async def test_a_sink_is_read_and_taken_over_only_by_its_holder(link: RedisLink) -> None:
+    a, b = await register(link, "a"), await register(link, "b")
+    events = link.keys.events
+    await create_groups(link, ["jsonl"])
+    ids = [
+        await link.redis.xadd(events, {"id": f"j:{i}", "job": "j", "body": "{}"}) for i in range(3)
+    ]
+    await link.redis.hset(link.keys.attempts("jsonl"), ids[0], 2)
+    assert await run(link, "claim", "a", a, 0, "sink:jsonl") == [0]
+    # Not b's: nothing read, nothing taken from a's consumer.
+    assert await run(link, "read", "b", b, "jsonl", ">", 10) == [0]
+    ok, entries, attempts = await run(link, "read", "a", a, "jsonl", ">", 2)
+    assert ok == 1 and [entry for entry, _ in entries] == ids[:2] and attempts == ["2", None]
+    assert entries[0][1] == ["id", "j:0", "job", "j", "body", "{}"]
+    assert await run(link, "adopt", "b", b, "jsonl", "0-0", 10) == [0]
+    assert await run(link, "read", "a", "999", "jsonl", ">", 10) == [0]  # not a's token
+    # Redis lost who holds the sink; b claims it (a gap later) and takes a's pending two.
+    await link.redis.delete(link.keys.unit("sink:jsonl"))
+    assert await run(link, "claim", "b", b, 0, "sink:jsonl") == [0]
+    assert await run(link, "read", "a", a, "jsonl", ">", 10) == [0]
+    assert await run(link, "adopt", "b", b, "jsonl", "0-0", 10) == [1, "0-0", 2]
+    ok, entries, _ = await run(link, "read", "b", b, "jsonl", "0", 10)
+    assert [entry for entry, _ in entries] == ids[:2]

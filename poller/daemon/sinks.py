@@ -37,6 +37,7 @@ __all__ = [
     "AppendFile",
     "EventFeed",
     "Feed",
+    "FeedLost",
     "JsonlSink",
     "RewindableFeed",
     "Sink",
@@ -49,6 +50,12 @@ JSONL_SINK: Final = "jsonl"
 _PAGE: Final = 500
 _RESTART_MIN_S: Final = 1.0
 _RESTART_MAX_S: Final = 30.0
+
+
+class FeedLost(Exception):
+    """The feed's events are no longer this process's to deliver (cluster mode: Redis
+    names another replica the sink's holder): the sink stops at once, without marking
+    anything delivered."""
 
 
 class EventFeed(Protocol):

@@ -35,7 +35,8 @@ release (a second, and a margin for requests still on their way). So a joining
 replica gets its partitions once their old owner has stopped polling them, and a
 dead replica's partitions are taken over when its lease expires
 (about 6 s after a ``kill -9``). The new owner resumes every job from its stored
-status and ``seq``.
+status and ``seq``. A holder claims what it holds at every step: if Redis lost
+recent writes and no longer names it the holder, it stops at once.
 
 **Exactly once in the log** (:mod:`.commit`, :mod:`.scripts`). One Lua script commits
 an event: it checks the replica's token, that it holds the job's partition with that

@@ -93,6 +93,8 @@ class Scripts:
         self.add = client.register_script(scripts.ADD)
         self.remove = client.register_script(scripts.REMOVE)
         self.commit = client.register_script(scripts.COMMIT)
+        self.adopt = client.register_script(scripts.ADOPT)
+        self.read = client.register_script(scripts.READ)
 
     @staticmethod
     async def run(script: AsyncScript, args: list[Any]) -> Any:

@@ -7,12 +7,16 @@ One task (:meth:`Owner.run`) makes every change, one at a time, woken every
    hashing gives it among the live replicas (:func:`.lease.assign`). It first lets
    go of those it holds and should not: it stops polling their jobs, sends what
    their engine events left to commit, then releases them in Redis (``RELEASE``).
-   Then it claims those it should hold and does not (``CLAIM``): a partition is
-   granted when free or when its holder's lease is gone, and is used after the wait
-   the script answers (a released one: ``gap_s`` after its release). So when a
-   replica joins, jobs move to it only once their old owner has released them, and
-   a partition is never polled by two replicas within ``gap_s`` of each other.
-   Sinks are claimed when free (see :mod:`.stream`).
+   Then it claims those it should hold (``CLAIM``): a partition is granted when free
+   or when its holder's lease is gone, and is used after the wait the script answers
+   (a released one: ``gap_s`` after its release). So when a replica joins, jobs move
+   to it only once their old owner has released them, and a partition is never
+   polled by two replicas within ``gap_s`` of each other. Sinks are claimed when free
+   (see :mod:`.stream`). The partitions and sinks it holds already are in every
+   claim too: Redis answers 0 while they are still its own. If Redis lost that (a
+   restart from a file a second old, a failover), the replica stops polling the
+   partition (delivering the sink) at once, and polls it again only if its claim
+   succeeds, after its wait; so does a commit refused as ``notmine``.
 2. **Load.** A partition whose wait is over is loaded: its jobs still to poll, each
    tracked by the engine from its stored status and ``seq``
    (``track(last_status=, last_seq=)``), so a takeover never repeats or skips a
@@ -110,6 +114,7 @@ class Owner:
         self.outbox: ClusterOutbox | None = None
         self._messages: list[str] = []
         self._stale: list[str] = []
+        self._lost: set[int] = set()
         self._wake = anyio.Event()
         self._sink_group = sink_group
         self.takeovers = 0
@@ -130,6 +135,14 @@ class Owner:
         self._stale += job_ids
         self._wake.set()
 
+    def lost(self, slots: Iterable[int], token: str) -> None:
+        """Commits for these partitions were refused (``notmine``): Redis does not name
+        this replica their holder. They stop being polled at the next step, and are
+        claimed again as any other."""
+        if token == self._membership.token:
+            self._lost.update(slots)
+            self._wake.set()
+
     def fence(self) -> None:
         """Drop every job, partition and sink at once (the lease is not to be trusted)."""
         for job_id in self.owned:
@@ -141,6 +154,7 @@ class Owner:
         self.releasing.clear()
         self._messages.clear()
         self._stale.clear()
+        self._lost.clear()
         if self.outbox is not None:
             self.outbox.clear()
         for sink in self.sinks:
@@ -177,6 +191,12 @@ class Owner:
     async def _step(self, token: str) -> None:
         # After each await the replica may have been fenced (the transport or the
         # watchdog called fence()): then this step stops; the next one starts afresh.
+        if lost := self._lost & self.slots:
+            log.warning(
+                "%d partition(s) not this replica's in Redis: stopped polling them", len(lost)
+            )
+            self._drop_slots(lost)
+        self._lost.clear()
         await self._follow(token)
         if self._membership.token == token:
             await self._rebalance(token)
@@ -199,8 +219,10 @@ class Owner:
             await self._release(leaving, token)
         if self._membership.token != token:
             return
-        claims = [slot_unit(slot) for slot in sorted(desired - held)]
-        claims += [sink.unit for sink in self.sinks if not sink.held]
+        # The units held already are claimed too: Redis answers 0 while they are still
+        # this replica's, and says so when it lost them (see the module docstring).
+        claims = [slot_unit(slot) for slot in sorted(desired)]
+        claims += [sink.unit for sink in self.sinks]
         if not claims:
             return
         args = [self._link.keys.prefix, me, token, self._gap_ms, *claims]
@@ -212,26 +234,43 @@ class Owner:
             self._membership.fence("Redis says its lease is gone")
             return
         now = time.monotonic()
-        claimed = 0
+        claimed, lost = 0, 0
         for unit, wait_ms in zip(claims, waits, strict=True):
-            if wait_ms < 0:
-                continue
             slot = unit_slot(unit)
-            if slot is not None:
+            if slot is None:
+                self._sink_claimed(unit, wait_ms, token)
+                continue
+            held_here = slot in self.slots or slot in self.waiting
+            if wait_ms == 0 and held_here:
+                continue  # still this replica's
+            if held_here:  # another holds it, or Redis had lost it (claimed again: wait)
+                self._drop_slots([slot])
+                lost += 1
+            if wait_ms >= 0:
                 self.waiting[slot] = now + wait_ms / 1000
                 claimed += 1
-            else:
-                self._take_sink(unit)
+        if lost:
+            log.warning(
+                "%d partition(s) this replica held are not its own in Redis (did Redis lose "
+                "writes?): stopped polling them",
+                lost,
+            )
         if claimed:
             log.info("claimed %d partition(s)", claimed)
 
-    def _take_sink(self, unit: str) -> None:
+    def _sink_claimed(self, unit: str, wait_ms: int, token: str) -> None:
         for sink in self.sinks:
-            # A run ended by a fence may still be unwinding: then take it at the next step
-            # (the unit stays this replica's in Redis meanwhile).
-            if sink.unit == unit and not sink.running and self._sink_group is not None:
-                sink.take()
-                self._sink_group.start_soon(sink.run)
+            if sink.unit != unit:
+                continue
+            if sink.held:
+                if wait_ms < 0:  # Redis names another holder: stop at once
+                    log.warning("sink %s is held by another replica in Redis: stopped", sink.name)
+                    sink.cancel()
+            elif wait_ms >= 0 and not sink.running and self._sink_group is not None:
+                # A run that ended may still be unwinding: then it is taken at the next
+                # step (the unit stays this replica's in Redis meanwhile).
+                sink.take(token)
+                self._sink_group.start_soon(sink.run, wait_ms / 1000)
                 log.info("this replica now delivers sink %s", sink.name)
 
     async def _release(self, slots: set[int], token: str) -> None:
@@ -342,6 +381,15 @@ class Owner:
             what = f"credential {name!r} is" if name is not None else "no default API key is"
             log.error("%d job(s) not tracked: %s configured on this replica", count, what)
         return tracked
+
+    def _drop_slots(self, slots: Iterable[int]) -> None:
+        """Stop polling partitions that are not this replica's (any more) in Redis: no
+        release, no commit."""
+        gone = set(slots)
+        self._drop([job for job, owned in self.owned.items() if owned.slot in gone])
+        self.slots -= gone
+        for slot in gone:
+            self.waiting.pop(slot, None)
 
     def _drop(self, job_ids: Iterable[str]) -> None:
         for job_id in job_ids:

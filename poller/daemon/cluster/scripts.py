@@ -27,6 +27,11 @@ measures how long ago it renewed its lease (see :mod:`.lease`).
     believes it holds it learns otherwise at its next step and stops first.
 ``RELEASE``
     Gives units back (their ``owner`` emptied, ``at`` stamped), if still the caller's.
+``ADOPT``, ``READ``
+    A sink's holder takes the entries pending in its group (``XAUTOCLAIM``, a page at a
+    time), and reads its group (``XREADGROUP``, with the failed attempts of each entry),
+    only while its lease holds its token and the sink is its own with that token:
+    ``{0}`` otherwise, and nothing is read nor taken from the group.
 ``ADD``, ``REMOVE``
     The control API's changes of the job set, published on ``<p>intake`` for owners.
 ``COMMIT``
@@ -50,11 +55,13 @@ from typing import Final
 
 __all__ = [
     "ADD",
+    "ADOPT",
     "CLAIM",
     "COMMIT",
     "COMMIT_FIELDS",
     "HEARTBEAT",
     "LEAVE",
+    "READ",
     "REGISTER",
     "RELEASE",
     "REMOVE",
@@ -167,6 +174,39 @@ for i = 4, #ARGV do
 end
 if n > 0 then redis.call('PUBLISH', p .. 'members', 'release ' .. id) end
 return n
+"""
+)
+
+_HOLDS_SINK: Final = """
+local id, token, group = ARGV[2], ARGV[3], ARGV[4]
+if redis.call('HGET', p .. 'replica:' .. id, 'token') ~= token then return {0} end
+local holder = redis.call('HMGET', p .. 'sink:' .. group, 'owner', 'token')
+if holder[1] ~= id or holder[2] ~= token then return {0} end
+"""
+
+ADOPT: Final = (
+    _NOW
+    + _HOLDS_SINK
+    + """
+local reply = redis.call('XAUTOCLAIM', p .. 'events', group, id, 0, ARGV[5], 'COUNT', ARGV[6],
+  'JUSTID')
+return {1, reply[1], #reply[2]}
+"""
+)
+
+READ: Final = (
+    _NOW
+    + _HOLDS_SINK
+    + """
+local reply = redis.call('XREADGROUP', 'GROUP', group, id, 'COUNT', ARGV[6], 'STREAMS',
+  p .. 'events', ARGV[5])
+local entries, ids, attempts = {}, {}, {}
+if reply then entries = reply[1][2] end
+for i, entry in ipairs(entries) do ids[i] = entry[1] end
+if #ids > 0 then
+  attempts = redis.call('HMGET', p .. 'sink:' .. group .. ':attempts', unpack(ids))
+end
+return {1, entries, attempts}
 """
 )
 

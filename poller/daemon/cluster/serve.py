@@ -262,7 +262,7 @@ class _Replica:
                     reconcile_every_s=self.options.reconcile_every_s,
                 )
                 outbox = self.outbox = ClusterOutbox(
-                    self.link, self.membership, owner.owned, self.changes, owner.reload
+                    self.link, self.membership, owner.owned, self.changes, owner.reload, owner.lost
                 )
                 owner.outbox = outbox
                 self.membership.on_fence.append(owner.fence)

@@ -5,6 +5,9 @@
 replica holds at a time, claimed as partitions are (see :mod:`.scripts`); the
 holder reads the group with ``XREADGROUP``, delivers with the sink's own code (order
 per job, retries, dead letters) and acknowledges with ``XACK`` what it delivered.
+Each page is read by a script (``READ``) that first checks that Redis still names
+this replica, with its token, the sink's holder: if not (Redis lost writes, and
+another replica claimed the sink), nothing is read and the sink stops at once.
 A sink stays with its holder (no rebalancing: a move would only cost a pause) until
 the holder stops, which releases it, or dies, whose lease expiry frees it. The next
 holder first takes every entry still pending in the group (``XAUTOCLAIM``, idle time
@@ -37,7 +40,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from ..outbox import Changes
 from ..rows import Pending
-from ..sinks import Sink, run_sink
+from ..sinks import FeedLost, Sink, run_sink
 from .client import RedisLink
 from .keys import SINK_UNIT
 
@@ -90,15 +93,24 @@ class GroupFeed:
         link: the Redis connections.
         group: the group (the sink's name).
         consumer: this replica's ID.
+        token: the fencing token this replica claimed the sink with.
         changes: the bell rung when events are committed.
     """
 
     def __init__(
-        self, link: RedisLink, *, group: str, consumer: str, changes: Changes, page: int = _PAGE
+        self,
+        link: RedisLink,
+        *,
+        group: str,
+        consumer: str,
+        token: str,
+        changes: Changes,
+        page: int = _PAGE,
     ) -> None:
         self._link = link
         self._group = group
         self._consumer = consumer
+        self._token = token
         self._changes = changes
         self._page = page
         self._attempts_key = link.keys.attempts(group)
@@ -118,7 +130,11 @@ class GroupFeed:
         self._entries.clear()
 
     async def next_page(self) -> list[Pending]:
-        """The next events to deliver; empty once closed."""
+        """The next events to deliver; empty once closed.
+
+        Raises:
+            FeedLost: Redis does not name this replica the sink's holder.
+        """
         delay_s = _RETRY_MIN_S
         while not self._closed:
             seen = self._changes.version
@@ -138,30 +154,26 @@ class GroupFeed:
         return []
 
     async def _read(self) -> list[Pending]:
-        redis, events = self._link.redis, self._link.keys.events
-        reply = cast(
-            "list[tuple[str, list[tuple[str, dict[str, str] | None]]]]",
-            await redis.xreadgroup(
-                self._group, self._consumer, {events: self._position}, count=self._page
-            ),
-        )
-        entries = reply[0][1] if reply else []
+        link = self._link
+        args = [link.keys.prefix, self._consumer, self._token, self._group]
+        reply = await link.scripts.run(link.scripts.read, [*args, self._position, self._page])
+        if not reply[0]:
+            raise FeedLost(f"sink {self._group} is not this replica's in Redis")
+        entries = cast("list[tuple[str, list[str] | None]]", reply[1])
+        counts = cast("list[str | None]", reply[2])
         if self._position != ">":
             if not entries:
                 self._position = ">"  # every pending one read: on to new ones
                 return []
             self._position = entries[-1][0]
-        live = [(entry, fields) for entry, fields in entries if fields]
         gone = [entry for entry, fields in entries if not fields]
         if gone:  # trimmed while pending (not by this cluster's trimming): nothing to send
-            await redis.xack(events, self._group, *gone)
-        if not live:
-            return []
-        counts = cast(
-            "list[str | None]", await redis.hmget(self._attempts_key, [e for e, _ in live])
-        )
+            await link.redis.xack(link.keys.events, self._group, *gone)
         rows = []
-        for (entry, fields), attempts in zip(live, counts, strict=True):
+        for (entry, flat), attempts in zip(entries, counts, strict=True):
+            if not flat:
+                continue
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
             self._next_rowid += 1
             self._entries[self._next_rowid] = entry
             rows.append(
@@ -216,24 +228,35 @@ class SinkUnit:
         self._consumer = consumer
         self._scope: anyio.CancelScope | None = None
         self._feed: GroupFeed | None = None
+        self.token = ""
         self.held = False
         self.running = False
 
-    def take(self) -> None:
-        """This replica claimed the sink: :meth:`run` delivers it."""
+    def take(self, token: str) -> None:
+        """This replica claimed the sink with ``token``: :meth:`run` delivers it."""
+        self.token = token
         self.held = self.running = True
 
-    async def run(self) -> None:
-        """Take over what is pending in the group, then deliver until stopped."""
+    async def run(self, delay_s: float = 0.0) -> None:
+        """After ``delay_s`` (what the claim said to wait), take over what is pending in
+        the group, then deliver until stopped, or until Redis names another holder."""
         self.running = True
         try:
             with anyio.CancelScope() as scope:
                 self._scope = scope
+                await anyio.sleep(delay_s)
                 await self._adopt()
                 feed = self._feed = GroupFeed(
-                    self._link, group=self.name, consumer=self._consumer, changes=self._changes
+                    self._link,
+                    group=self.name,
+                    consumer=self._consumer,
+                    token=self.token,
+                    changes=self._changes,
                 )
                 await run_sink(self.sink, feed, errors=(OSError, RedisError))
+        except* FeedLost as lost:
+            self.held = False
+            log.warning("sink %s stopped: %s", self.name, lost.exceptions[0])
         finally:
             self._scope = self._feed = None
             self.running = False
@@ -252,28 +275,29 @@ class SinkUnit:
             self._scope.cancel()
 
     async def _adopt(self) -> None:
-        """Make every entry pending in the group this consumer's (``XAUTOCLAIM``)."""
+        """Make every entry pending in the group this consumer's (``XAUTOCLAIM``, by the
+        ``ADOPT`` script: only while the sink is this replica's in Redis).
+
+        Raises:
+            FeedLost: it is not.
+        """
+        link = self._link
         delay_s = _RETRY_MIN_S
         start = "0-0"
         adopted = 0
         while True:
+            args = [link.keys.prefix, self._consumer, self.token, self.name, start, _PAGE]
             try:
-                # Not JUSTID: redis-py drops the cursor from that form's reply.
-                reply: list[Any] = await self._link.redis.xautoclaim(
-                    self._link.keys.events,
-                    self.name,
-                    self._consumer,
-                    0,
-                    start_id=start,
-                    count=_PAGE,
-                )
+                reply: list[Any] = await link.scripts.run(link.scripts.adopt, args)
             except RedisError as exc:
-                self._link.failed(exc, f"taking over sink {self.name}")
+                link.failed(exc, f"taking over sink {self.name}")
                 await anyio.sleep(delay_s)
                 delay_s = min(_RETRY_MAX_S, delay_s * 2)
                 continue
-            start = reply[0]
-            adopted += len(reply[1])
+            if not reply[0]:
+                raise FeedLost(f"sink {self.name} is not this replica's in Redis")
+            start = str(reply[1])
+            adopted += int(reply[2])
             if start == "0-0":
                 break
         if adopted:

@@ -1,0 +1,106 @@
+"""The cluster's outbox against a real Redis: what it does with what ``COMMIT`` refuses."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+
+from poller.daemon.cluster.client import RedisLink
+from poller.daemon.cluster.commit import ClusterOutbox, Owned
+from poller.daemon.cluster.keys import slot_of, slot_unit
+from poller.daemon.cluster.membership import OK, Membership
+from poller.daemon.outbox import Changes
+from poller.events import Transition
+from poller.models import Endpoint, JobStatus, Status
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def link(redis_url: str, redis_namespace: str) -> AsyncIterator[RedisLink]:
+    link = RedisLink(redis_url, redis_namespace)
+    try:
+        yield link
+    finally:
+        await link.aclose()
+
+
+async def run(link: RedisLink, name: str, *args: Any) -> Any:
+    return await link.scripts.run(getattr(link.scripts, name), [link.keys.prefix, *args])
+
+
+async def member(link: RedisLink, replica: str) -> Membership:
+    """A registered membership (its lease trusted for a while; never renewed)."""
+    membership = Membership(link, replica, ttl_s=30.0, margin_s=1.0)
+    granted, token = await run(link, "register", replica, 30_000, "n", "test")
+    assert granted == 1
+    membership.lease.registered(int(token), time.monotonic())
+    membership.state = OK
+    return membership
+
+
+def transition(job_id: str, seq: int, previous: Status | None, current: Status) -> Transition:
+    payload = JobStatus(
+        id=job_id,
+        status=current,
+        endpoint=Endpoint.DOCUMENTS_EXTRACT,
+        created_at=1_700_000_000,
+        expires_at=1_700_600_000,
+        organization_id="org_a",
+    )
+    return Transition(
+        job_id=job_id,
+        organization_id="org_a",
+        previous=previous,
+        current=current,
+        job=payload,
+        observed_at=1_700_000_000.0 + seq,
+        seq=seq,
+    )
+
+
+class Told:
+    """What the outbox told its owner."""
+
+    def __init__(self) -> None:
+        self.stale: list[str] = []
+        self.lost: list[tuple[list[int], str]] = []
+
+    def on_stale(self, job_ids: list[str]) -> None:
+        self.stale += job_ids
+
+    def on_lost(self, slots: list[int], token: str) -> None:
+        self.lost.append((slots, token))
+
+
+async def settle(outbox: ClusterOutbox) -> None:
+    with anyio.fail_after(5):
+        await outbox.flush()
+
+
+async def test_events_refused_as_notmine_tell_the_owner_their_partition(link: RedisLink) -> None:
+    membership = await member(link, "a")
+    job = "job_lost"
+    slot = slot_of(job)
+    assert await run(link, "add", "", "", job, slot) == ["new"]
+    await run(link, "claim", "a", membership.token, 0, slot_unit(slot))
+    owned = {job: Owned(slot, 1, 0, None, None, None)}
+    told = Told()
+    outbox = ClusterOutbox(link, membership, owned, Changes(), told.on_stale, told.on_lost)
+    async with anyio.create_task_group() as group:
+        group.start_soon(outbox.run)
+        outbox.offer(transition(job, 1, None, Status.QUEUED))
+        await settle(outbox)
+        assert outbox.committed == 1 and told.lost == []
+        # Redis lost who holds the partition: the next commit is refused, and the owner
+        # hears which partition is not its own.
+        await link.redis.delete(link.keys.unit(slot_unit(slot)))
+        outbox.offer(transition(job, 2, Status.QUEUED, Status.IN_PROGRESS))
+        await settle(outbox)
+        outbox.close()
+    assert told.lost == [([slot], membership.token)]
+    assert outbox.dropped == 1 and told.stale == []

@@ -1,0 +1,97 @@
+"""Replicas of ``poller run --redis`` when Redis misbehaves: it loses its last writes
+(who holds what), it restarts empty, a call fails at the wrong moment, or a replica
+stalls past its lease. In this process, against the simulator."""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from test_cluster_daemon import MEDIUM, eventually, get_json, replica, settings_for
+
+from poller.testing import JobsSimulator, SimServer
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def overlaps(sim: JobsSimulator, jobs: Iterable[str], within_s: float = 1.0) -> list[str]:
+    """Jobs polled by two replicas less than ``within_s`` apart."""
+    wanted = set(jobs)
+    polls: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    for request in sim.log:
+        who = (request.client or "").partition(" replica/")[2]
+        if request.job_id in wanted and who:
+            polls[request.job_id].append((request.at, who))
+    found = []
+    for job, seen in polls.items():
+        seen.sort()
+        for (at, who), (next_at, next_who) in itertools.pairwise(seen):
+            if who != next_who and next_at - at < within_s:
+                found.append(job)
+    return found
+
+
+async def holders(redis: aioredis.Redis, namespace: str) -> list[str]:
+    """The keys that name the holder of a partition or a sink."""
+    keys = [key async for key in redis.scan_iter(match=f"{namespace}:s*:*")]
+    return [
+        k
+        for k in keys
+        if k.startswith((f"{namespace}:slot:", f"{namespace}:sink:"))
+        and not k.endswith((":jobs", ":attempts"))
+    ]
+
+
+async def test_a_holder_learns_that_redis_lost_its_partitions_and_sinks(
+    retab_sim: SimServer,
+    redis_url: str,
+    redis_namespace: str,
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
+) -> None:
+    sim = retab_sim.sim
+    jobs = [sim.add_job(org_id="org_test", script=MEDIUM) for _ in range(20)]
+    a = settings_for(retab_sim, redis_url, redis_namespace, tmp_path, "a")
+    b = settings_for(retab_sim, redis_url, redis_namespace, tmp_path, "b")
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        async with replica(a) as url_a:
+            async with http.post(f"{url_a}/jobs", json={"job_ids": jobs}) as response:
+                assert response.status == 201
+
+            async def all_queued() -> bool:
+                listed = await get_json(http, f"{url_a}/jobs?status=queued")
+                return len(listed["jobs"]) == len(jobs)
+
+            await eventually(all_queued)
+            # Redis loses who holds what (a restart from a file a second old, a failover),
+            # and another replica joins: it may claim what a still believes its own.
+            await redis.delete(*await holders(redis, redis_namespace))
+            async with replica(b) as url_b:
+
+                async def all_completed() -> bool:
+                    listed = await get_json(http, f"{url_a}/jobs?status=completed")
+                    return len(listed["jobs"]) == len(jobs)
+
+                await eventually(all_completed, timeout_s=15)
+
+                async def one_holder_each() -> bool:
+                    health = [await get_json(http, f"{u}/healthz") for u in (url_a, url_b)]
+                    sinks = sorted(s for h in health for s in h["cluster"]["sinks"])
+                    return sinks == ["jsonl"] and sum(h["cluster"]["slots"] for h in health) == 256
+
+                await eventually(one_holder_each, timeout_s=5)
+    finally:
+        await redis.aclose()
+    assert not overlaps(sim, jobs)
