@@ -71,6 +71,11 @@ class EventFeed(Protocol):
     async def attempted(self, rowid: int, attempts: int) -> None:
         """Record failed attempts, so the count survives a restart."""
 
+    def deliverable(self) -> bool:
+        """Whether the sink may send now (asked before each send: False only in cluster
+        mode, once this replica may no longer hold the sink; then it raises
+        :class:`FeedLost`)."""
+
 
 class RewindableFeed(EventFeed, Protocol):
     """A feed that can read again from its first undelivered event."""
@@ -140,6 +145,10 @@ class Feed:
     async def attempted(self, rowid: int, attempts: int) -> None:
         """Record failed attempts, so the count survives a restart."""
         await self._store.call(self._store.attempted, self.sink, rowid, attempts)
+
+    def deliverable(self) -> bool:
+        """Always: the daemon alone owns its store."""
+        return True
 
 
 class AppendFile:

@@ -157,7 +157,10 @@ class _Replica:
         )
         self.changes = Changes()
         self.sinks, self.dead_letters = build_sinks(settings)
-        self.units = [SinkUnit(sink, link, self.changes, self.id) for sink in self.sinks]
+        self.units = [
+            SinkUnit(sink, link, self.changes, self.id, self.membership.trusted)
+            for sink in self.sinks
+        ]
         self.jobs = ClusterJobs(
             link, credentials=settings.credentials.keys(), default_key=settings.api_key is not None
         )

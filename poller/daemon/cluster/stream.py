@@ -7,7 +7,11 @@ holder reads the group with ``XREADGROUP``, delivers with the sink's own code (o
 per job, retries, dead letters) and acknowledges with ``XACK`` what it delivered.
 Each page is read by a script (``READ``) that first checks that Redis still names
 this replica, with its token, the sink's holder: if not (Redis lost writes, and
-another replica claimed the sink), nothing is read and the sink stops at once.
+another replica claimed the sink), nothing is read and the sink stops at once. And
+before each read, each send (a webhook's POST) and each acknowledgement, the sink
+checks on its own clock that it still holds the sink on a trusted lease (see
+:mod:`.lease`): after a stall of the event loop past the lease's margin, it stops
+before it sends anything more, and its next holder sends the rest, in order.
 A sink stays with its holder (no rebalancing: a move would only cost a pause) until
 the holder stops, which releases it, or dies, whose lease expiry frees it. The next
 holder first takes every entry still pending in the group (``XAUTOCLAIM``, idle time
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
 
 import anyio
@@ -95,6 +99,8 @@ class GroupFeed:
         consumer: this replica's ID.
         token: the fencing token this replica claimed the sink with.
         changes: the bell rung when events are committed.
+        deliverable: whether this replica may still deliver the sink (asked before each
+            read, send and acknowledgement).
     """
 
     def __init__(
@@ -105,12 +111,14 @@ class GroupFeed:
         consumer: str,
         token: str,
         changes: Changes,
+        deliverable: Callable[[], bool] = lambda: True,
         page: int = _PAGE,
     ) -> None:
         self._link = link
         self._group = group
         self._consumer = consumer
         self._token = token
+        self.deliverable = deliverable
         self._changes = changes
         self._page = page
         self._attempts_key = link.keys.attempts(group)
@@ -155,6 +163,8 @@ class GroupFeed:
 
     async def _read(self) -> list[Pending]:
         link = self._link
+        if not self.deliverable():
+            raise FeedLost(f"sink {self._group} is no longer this replica's")
         args = [link.keys.prefix, self._consumer, self._token, self._group]
         reply = await link.scripts.run(link.scripts.read, [*args, self._position, self._page])
         if not reply[0]:
@@ -189,9 +199,10 @@ class GroupFeed:
 
     async def done(self, rowids: Sequence[int]) -> None:
         """Acknowledge delivered (or dead-lettered) events. If Redis cannot be reached,
-        they stay pending and are sent again later (at least once)."""
+        they stay pending and are sent again later (at least once); so do they when the
+        sink is no longer this replica's (its next holder sends them again)."""
         entries = [self._entries.pop(rowid) for rowid in rowids if rowid in self._entries]
-        if not entries:
+        if not entries or not self.deliverable():
             return
         for attempt in range(3):
             try:
@@ -219,13 +230,21 @@ class SinkUnit:
     """A push sink as a unit of the cluster: delivered by this replica while it holds
     it (see the module docstring)."""
 
-    def __init__(self, sink: Sink, link: RedisLink, changes: Changes, consumer: str) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        link: RedisLink,
+        changes: Changes,
+        consumer: str,
+        trusted: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.sink = sink
         self.name = sink.name
         self.unit = f"{SINK_UNIT}{sink.name}"
         self._link = link
         self._changes = changes
         self._consumer = consumer
+        self._trusted = trusted
         self._scope: anyio.CancelScope | None = None
         self._feed: GroupFeed | None = None
         self.token = ""
@@ -252,6 +271,7 @@ class SinkUnit:
                     consumer=self._consumer,
                     token=self.token,
                     changes=self._changes,
+                    deliverable=self.deliverable,
                 )
                 await run_sink(self.sink, feed, errors=(OSError, RedisError))
         except* FeedLost as lost:
@@ -260,6 +280,11 @@ class SinkUnit:
         finally:
             self._scope = self._feed = None
             self.running = False
+
+    def deliverable(self) -> bool:
+        """Whether this replica may deliver the sink now: it holds it, and its lease is
+        trusted (asking fences the replica if the lease ran out: see :mod:`.membership`)."""
+        return self.held and self._trusted()
 
     def stop(self) -> None:
         """Finish what was read, then end (a graceful stop)."""

@@ -1,0 +1,119 @@
+"""A sink of the cluster against a real Redis: it delivers only while it holds the sink
+on a trusted lease, it acknowledges what it delivered even after a failed call, and
+it carries on when Redis lost its consumer group."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from aiohttp import web
+
+from poller.daemon.cluster.client import RedisLink
+from poller.daemon.cluster.membership import FENCED, OK, Membership
+from poller.daemon.cluster.stream import SinkUnit, create_groups
+from poller.daemon.outbox import Changes
+from poller.daemon.webhook import DeadLetters, WebhookSink
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def link(redis_url: str, redis_namespace: str) -> AsyncIterator[RedisLink]:
+    link = RedisLink(redis_url, redis_namespace)
+    try:
+        yield link
+    finally:
+        await link.aclose()
+
+
+async def run(link: RedisLink, name: str, *args: Any) -> Any:
+    return await link.scripts.run(getattr(link.scripts, name), [link.keys.prefix, *args])
+
+
+async def member(link: RedisLink, replica: str) -> Membership:
+    """A registered membership (its lease trusted for a while; never renewed)."""
+    membership = Membership(link, replica, ttl_s=30.0, margin_s=1.0)
+    granted, token = await run(link, "register", replica, 30_000, "n", "test")
+    assert granted == 1
+    membership.lease.registered(int(token), time.monotonic())
+    membership.state = OK
+    return membership
+
+
+class Receiver:
+    """A webhook endpoint recording the event IDs it got; the first request waits for
+    ``gate`` before it is answered."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.gate = asyncio.Event()
+        self.first = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.ids.append(request.headers["webhook-id"])
+        if not self.first.is_set():
+            self.first.set()
+            await self.gate.wait()
+        return web.Response(status=204)
+
+
+@asynccontextmanager
+async def serving(receiver: Receiver) -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_post("/hook", receiver.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    finally:
+        await runner.cleanup()
+
+
+async def commit(link: RedisLink, event_id: str) -> str:
+    job = event_id.partition(":")[0]
+    entry: str = await link.redis.xadd(link.keys.events, {"id": event_id, "job": job, "body": "{}"})
+    return entry
+
+
+async def test_a_webhook_lane_sends_nothing_once_the_lease_ran_out(
+    link: RedisLink, tmp_path: Path
+) -> None:
+    membership = await member(link, "a")
+    receiver = Receiver()
+    changes = Changes()
+    async with serving(receiver) as url:
+        sink = WebhookSink(url, key=b"k" * 16, dead_letters=DeadLetters(str(tmp_path / "dl")))
+        await create_groups(link, [sink.name])
+        assert await run(link, "claim", "a", membership.token, 0, f"sink:{sink.name}") == [0]
+        unit = SinkUnit(sink, link, changes, "a", membership.trusted)
+        membership.on_fence.append(unit.cancel)
+        # Two events of one job, read in one page: the lane sends the first, then the next.
+        await commit(link, "j:1")
+        await commit(link, "j:2")
+        async with anyio.create_task_group() as group:
+            unit.take(membership.token)
+            group.start_soon(unit.run)
+            with anyio.fail_after(5):
+                await receiver.first.wait()
+            # The event loop stalls past the lease's deadline while j:1 is in flight (the
+            # watchdog has not run yet); then j:1's answer comes.
+            membership.lease.valid_until = time.monotonic() - 0.01
+            receiver.gate.set()
+            with anyio.fail_after(5):
+                while unit.running:  # noqa: ASYNC110 - the sink stops by itself
+                    await anyio.sleep(0.01)
+    assert receiver.ids == ["j:1"]  # j:2 was not sent: its next holder sends it, after j:1
+    assert membership.state == FENCED and not unit.held
+    # Nothing acknowledged: both stay pending for the next holder.
+    pending = await link.redis.xpending(link.keys.events, sink.name)
+    assert pending["pending"] == 2
