@@ -13,11 +13,12 @@ from typing import Any
 
 import anyio
 import pytest
+import redis.exceptions
 from aiohttp import web
 
 from poller.daemon.cluster.client import RedisLink
 from poller.daemon.cluster.membership import FENCED, OK, Membership
-from poller.daemon.cluster.stream import SinkUnit, create_groups
+from poller.daemon.cluster.stream import GroupFeed, SinkUnit, create_groups
 from poller.daemon.outbox import Changes
 from poller.daemon.webhook import DeadLetters, WebhookSink
 
@@ -117,3 +118,52 @@ async def test_a_webhook_lane_sends_nothing_once_the_lease_ran_out(
     # Nothing acknowledged: both stay pending for the next holder.
     pending = await link.redis.xpending(link.keys.events, sink.name)
     assert pending["pending"] == 2
+
+
+class FailingPipelines:
+    """``link.redis.pipeline`` whose pipelines fail to execute while ``down``."""
+
+    def __init__(self, link: RedisLink) -> None:
+        self.real = link.redis.pipeline
+        self.down = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        pipe = self.real(*args, **kwargs)
+        if self.down:
+
+            async def fail() -> None:
+                raise redis.exceptions.ConnectionError("down")
+
+            pipe.execute = fail
+        return pipe
+
+
+async def test_events_whose_acknowledgement_failed_are_acknowledged_later(
+    link: RedisLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    membership = await member(link, "a")
+    await create_groups(link, ["jsonl"])
+    assert await run(link, "claim", "a", membership.token, 0, "sink:jsonl") == [0]
+    changes = Changes()
+    feed = GroupFeed(link, group="jsonl", consumer="a", token=membership.token, changes=changes)
+    entries = [await commit(link, f"j:{seq}") for seq in (1, 2)]
+    await link.redis.hset(link.keys.attempts("jsonl"), entries[0], 1)
+    changes.ring()
+    with anyio.fail_after(5):
+        rows = await feed.next_page()
+    assert [row.id for row in rows] == ["j:1", "j:2"]
+    pipelines = FailingPipelines(link)
+    monkeypatch.setattr(link.redis, "pipeline", pipelines)
+    pipelines.down = True
+    with anyio.fail_after(5):
+        await feed.done([row.rowid for row in rows])  # delivered, but XACK fails: it gives up
+    assert (await link.redis.xpending(link.keys.events, "jsonl"))["pending"] == 2
+    pipelines.down = False
+    await commit(link, "j:3")
+    changes.ring()
+    with anyio.fail_after(5):
+        rows = await feed.next_page()
+    # The next page acknowledged the first two (and forgot their attempts) before it read.
+    assert [row.id for row in rows] == ["j:3"]
+    assert (await link.redis.xpending(link.keys.events, "jsonl"))["pending"] == 1
+    assert await link.redis.hlen(link.keys.attempts("jsonl")) == 0

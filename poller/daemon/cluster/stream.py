@@ -124,6 +124,8 @@ class GroupFeed:
         self._attempts_key = link.keys.attempts(group)
         self._position = "0"
         self._entries: dict[int, str] = {}
+        self._unacked: list[str] = []
+        """Entries delivered whose acknowledgement failed: sent again with the next."""
         self._next_rowid = 0
         self._closed = False
 
@@ -147,6 +149,8 @@ class GroupFeed:
         while not self._closed:
             seen = self._changes.version
             try:
+                if self._unacked:  # else they would stay pending, and hold the trim back
+                    await self._acknowledge()
                 rows = await self._read()
             except RedisError as exc:
                 self._link.failed(exc, f"reading the events of sink {self._group}")
@@ -199,21 +203,34 @@ class GroupFeed:
 
     async def done(self, rowids: Sequence[int]) -> None:
         """Acknowledge delivered (or dead-lettered) events. If Redis cannot be reached,
-        they stay pending and are sent again later (at least once); so do they when the
-        sink is no longer this replica's (its next holder sends them again)."""
+        they are acknowledged with the next ones, or before the next page is read; when
+        the sink is no longer this replica's, they stay pending (its next holder sends
+        them again: at least once)."""
         entries = [self._entries.pop(rowid) for rowid in rowids if rowid in self._entries]
-        if not entries or not self.deliverable():
+        if not self.deliverable():
             return
+        self._unacked += entries
         for attempt in range(3):
+            if not self._unacked:
+                return
             try:
-                pipe = self._link.redis.pipeline(transaction=False)
-                pipe.xack(self._link.keys.events, self._group, *entries)
-                pipe.hdel(self._attempts_key, *entries)
-                await pipe.execute()
+                await self._acknowledge()
                 return
             except RedisError as exc:
                 self._link.failed(exc, f"acknowledging events of sink {self._group}")
                 await anyio.sleep(_RETRY_MIN_S * 2**attempt)
+
+    async def _acknowledge(self) -> None:
+        """Acknowledge :attr:`_unacked` (kept if Redis cannot be reached)."""
+        entries, self._unacked = self._unacked, []
+        try:
+            pipe = self._link.redis.pipeline(transaction=False)
+            pipe.xack(self._link.keys.events, self._group, *entries)
+            pipe.hdel(self._attempts_key, *entries)
+            await pipe.execute()
+        except BaseException:
+            self._unacked = entries + self._unacked
+            raise
 
     async def attempted(self, rowid: int, attempts: int) -> None:
         """Count failed attempts in Redis, so the count survives a change of holder."""
