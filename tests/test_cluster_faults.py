@@ -12,8 +12,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from test_cluster_daemon import MEDIUM, eventually, get_json, replica, settings_for
+from _redis_fixtures import RedisServer
+from test_cluster_daemon import MEDIUM, QUICK, eventually, get_json, replica, settings_for
 
+from poller.daemon.records import decode_record
 from poller.testing import JobsSimulator, SimServer
 
 pytestmark = pytest.mark.anyio
@@ -95,3 +97,58 @@ async def test_a_holder_learns_that_redis_lost_its_partitions_and_sinks(
     finally:
         await redis.aclose()
     assert not overlaps(sim, jobs)
+
+
+async def test_a_replica_carries_on_after_redis_restarts_empty(
+    retab_sim: SimServer,
+    private_redis: RedisServer,
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
+) -> None:
+    sim = retab_sim.sim
+    a = settings_for(retab_sim, private_redis.url, "poller", tmp_path, "a")
+    async with replica(a) as url_a:
+        before = [sim.add_job(org_id="org_test", script=QUICK) for _ in range(3)]
+        async with http.post(f"{url_a}/jobs", json={"job_ids": before}) as response:
+            assert response.status == 201
+
+        async def completed(jobs: list[str]) -> bool:
+            listed = await get_json(http, f"{url_a}/jobs?status=completed")
+            return {row["job_id"] for row in listed["jobs"]} >= set(jobs)
+
+        await eventually(lambda: completed(before))
+        # Redis restarts with nothing (no persistence): the job set, the leases, the
+        # stream and its groups are gone. The replica registers again, the jobs added
+        # from then on are polled, and their events reach the sink.
+        private_redis.kill()
+        private_redis.start()
+        after = [sim.add_job(org_id="org_test", script=QUICK) for _ in range(3)]
+
+        async def added() -> bool:
+            async with http.post(f"{url_a}/jobs", json={"job_ids": after}) as response:
+                return response.status == 201
+
+        await eventually(added)
+        await eventually(lambda: completed(after))
+
+        async def healthy() -> bool:
+            health = await get_json(http, f"{url_a}/healthz")
+            cluster = health["cluster"]
+            return health["status"] == "ok" and cluster["sinks"] == ["jsonl"]
+
+        await eventually(healthy)
+        client = private_redis.client()
+        try:
+            committed = {f[b"id"].decode() for _, f in client.xrange("poller:events")}
+        finally:
+            client.close()
+        assert {event.partition(":")[0] for event in committed} == set(after)
+
+        def written() -> set[str]:
+            lines = (tmp_path / "a.jsonl").read_bytes().splitlines()
+            return {decode_record(line).id for line in lines}
+
+        async def delivered() -> bool:
+            return committed <= written()
+
+        await eventually(delivered)

@@ -20,6 +20,7 @@ from poller.daemon.cluster.client import RedisLink
 from poller.daemon.cluster.membership import FENCED, OK, Membership
 from poller.daemon.cluster.stream import GroupFeed, SinkUnit, create_groups
 from poller.daemon.outbox import Changes
+from poller.daemon.sinks import JsonlSink
 from poller.daemon.webhook import DeadLetters, WebhookSink
 
 pytestmark = pytest.mark.anyio
@@ -167,3 +168,28 @@ async def test_events_whose_acknowledgement_failed_are_acknowledged_later(
     assert [row.id for row in rows] == ["j:3"]
     assert (await link.redis.xpending(link.keys.events, "jsonl"))["pending"] == 1
     assert await link.redis.hlen(link.keys.attempts("jsonl")) == 0
+
+
+async def test_a_sink_makes_its_group_again_when_redis_lost_it(link: RedisLink) -> None:
+    membership = await member(link, "a")
+    await create_groups(link, ["jsonl"])
+    assert await run(link, "claim", "a", membership.token, 0, "sink:jsonl") == [0]
+    changes = Changes()
+    unit = SinkUnit(JsonlSink("-"), link, changes, "a", membership.trusted)
+    unit.take(membership.token)
+    # Redis lost the stream and its groups (restarted from an older file, say), then a
+    # replica committed an event: the holder takes over, reads and delivers it.
+    await link.redis.delete(link.keys.events)
+    await commit(link, "j:1")
+    feed = GroupFeed(link, group="jsonl", consumer="a", token=membership.token, changes=changes)
+    with anyio.fail_after(5):
+        await unit.adopt()
+        rows = await feed.next_page()
+    assert [row.id for row in rows] == ["j:1"]
+    await link.redis.xgroup_destroy(link.keys.events, "jsonl")
+    await commit(link, "j:2")
+    changes.ring()
+    with anyio.fail_after(5):
+        rows = await feed.next_page()
+    assert [row.id for row in rows] == ["j:1", "j:2"]  # from the stream's first entry
+    assert link.error is None

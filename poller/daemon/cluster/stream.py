@@ -22,6 +22,11 @@ holds across holders. The JSON-lines sink writes to the holder's own ``--jsonl``
 file: together, the replicas' files hold every event at least once, each file in
 order per job.
 
+**Redis lost the stream or a group** (a restart without persistence, a failover):
+a sink's holder that finds its group gone (``NOGROUP``) makes it again, from the
+stream's first entry (what was committed since the loss is delivered), and carries
+on.
+
 **The tail.** One ``XREAD BLOCK`` per replica rings the local bell when another
 replica commits, so this replica's sinks and ``/events`` streams wake without
 polling Redis.
@@ -34,6 +39,7 @@ sink's group has acknowledged *and* that are older than ``history_retention_s``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -81,11 +87,28 @@ async def create_groups(link: RedisLink, sinks: Sequence[str]) -> None:
         RedisError: Redis cannot be reached.
     """
     for name in sinks:
-        try:
-            await link.redis.xgroup_create(link.keys.events, name, id="$", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await _create_group(link, name, "$")
+
+
+async def _create_group(link: RedisLink, name: str, start: str) -> None:
+    try:
+        await link.redis.xgroup_create(link.keys.events, name, id=start, mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+async def _recreate_group(link: RedisLink, name: str, exc: RedisError) -> bool:
+    """Make the group again if ``exc`` says Redis lost it (or the stream); whether it did.
+
+    Raises:
+        RedisError: Redis cannot be reached.
+    """
+    if not isinstance(exc, ResponseError) or "NOGROUP" not in str(exc):
+        return False
+    log.warning("sink %s: Redis lost its consumer group (a restart?): made again", name)
+    await _create_group(link, name, "0")
+    return True
 
 
 class GroupFeed:
@@ -153,10 +176,14 @@ class GroupFeed:
                     await self._acknowledge()
                 rows = await self._read()
             except RedisError as exc:
+                with contextlib.suppress(RedisError):
+                    if await _recreate_group(self._link, self._group, exc):
+                        continue
                 self._link.failed(exc, f"reading the events of sink {self._group}")
                 await anyio.sleep(delay_s)
                 delay_s = min(_RETRY_MAX_S, delay_s * 2)
                 continue
+            self._link.ok()
             delay_s = _RETRY_MIN_S
             if rows:
                 return rows
@@ -281,7 +308,7 @@ class SinkUnit:
             with anyio.CancelScope() as scope:
                 self._scope = scope
                 await anyio.sleep(delay_s)
-                await self._adopt()
+                await self.adopt()
                 feed = self._feed = GroupFeed(
                     self._link,
                     group=self.name,
@@ -316,7 +343,7 @@ class SinkUnit:
         if self._scope is not None:
             self._scope.cancel()
 
-    async def _adopt(self) -> None:
+    async def adopt(self) -> None:
         """Make every entry pending in the group this consumer's (``XAUTOCLAIM``, by the
         ``ADOPT`` script: only while the sink is this replica's in Redis).
 
@@ -332,10 +359,14 @@ class SinkUnit:
             try:
                 reply: list[Any] = await link.scripts.run(link.scripts.adopt, args)
             except RedisError as exc:
+                with contextlib.suppress(RedisError):
+                    if await _recreate_group(link, self.name, exc):
+                        continue
                 link.failed(exc, f"taking over sink {self.name}")
                 await anyio.sleep(delay_s)
                 delay_s = min(_RETRY_MAX_S, delay_s * 2)
                 continue
+            link.ok()
             if not reply[0]:
                 raise FeedLost(f"sink {self.name} is not this replica's in Redis")
             start = str(reply[1])
