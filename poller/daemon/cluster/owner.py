@@ -6,7 +6,8 @@ One task (:meth:`Owner.run`) makes every change, one at a time, woken every
 1. **Rebalance.** The partitions this replica should hold are those rendezvous
    hashing gives it among the live replicas (:func:`.lease.assign`). It first lets
    go of those it holds and should not: it stops polling their jobs, sends what
-   their engine events left to commit, then releases them in Redis (``RELEASE``).
+   their polls still in flight (see :mod:`.guard`) and their engine events left to
+   commit, then releases them in Redis (``RELEASE``).
    Then it claims those it should hold (``CLAIM``): a partition is granted when free
    or when its holder's lease is gone, and is used after the wait the script answers
    (a released one: ``gap_s`` after its release). So when a replica joins, jobs move
@@ -27,7 +28,8 @@ One task (:meth:`Owner.run`) makes every change, one at a time, woken every
    message was missed.
 
 :meth:`Owner.fence` (synchronous) drops everything at once: every job untracked,
-every partition and sink forgotten, the outbox's queue dropped. :meth:`Owner.allows`
+its polls in flight cancelled, every partition and sink forgotten, the outbox's
+queue dropped. :meth:`Owner.allows`
 is what the transport asks before each request.
 """
 
@@ -45,6 +47,7 @@ from redis.exceptions import RedisError
 from ...engine import Poller
 from .client import RedisLink, describe
 from .commit import ClusterOutbox, Owned
+from .guard import OwnedOnly
 from .jobset import ClusterJobs, JobState
 from .keys import SLOTS, slot_of, slot_unit, unit_slot
 from .lease import assign
@@ -57,6 +60,7 @@ log = logging.getLogger("poller.daemon.cluster")
 
 _LOAD_BATCH: Final = 5000
 _FLUSH_S: Final = 2.0
+_SETTLE_S: Final = 2.0
 _SUBSCRIBE_RETRY_S: Final = 1.0
 
 
@@ -72,6 +76,8 @@ class Owner:
         default_key: whether the engine has a default key.
         sinks: this replica's push sinks, as units.
         sink_group: where a sink this replica takes is run.
+        guard: the engine's transport, whose polls in flight are awaited (or cancelled)
+            before a partition is released, and cancelled when it is dropped.
         gap_s: the pause between two holders of a partition.
         tick_s: how often to rebalance at least.
         reconcile_every_s: how often to read the held partitions again.
@@ -88,6 +94,7 @@ class Owner:
         default_key: bool,
         sinks: Sequence[SinkUnit] = (),
         sink_group: TaskGroup | None = None,
+        guard: OwnedOnly | None = None,
         gap_s: float = 1.5,
         tick_s: float = 1.0,
         reconcile_every_s: float = 30.0,
@@ -117,6 +124,7 @@ class Owner:
         self._lost: set[int] = set()
         self._wake = anyio.Event()
         self._sink_group = sink_group
+        self._guard = guard
         self.takeovers = 0
         self.released = 0
 
@@ -147,6 +155,8 @@ class Owner:
         """Drop every job, partition and sink at once (the lease is not to be trusted)."""
         for job_id in self.owned:
             self._engine.untrack(job_id)
+        if self._guard is not None:
+            self._guard.cancel()
         dropped = len(self.owned)
         self.owned.clear()
         self.slots.clear()
@@ -274,15 +284,24 @@ class Owner:
                 log.info("this replica now delivers sink %s", sink.name)
 
     async def _release(self, slots: set[int], token: str) -> None:
-        """Stop polling ``slots``, commit what their jobs reported, then release them and
-        any partition a failed call left to release (retried at the next step)."""
-        for job_id in [j for j, owned in self.owned.items() if owned.slot in slots]:
+        """Stop polling ``slots``, wait until none of their polls is in flight, commit what
+        their jobs reported, then release them and any partition a failed call left to
+        release (retried at the next step)."""
+        jobs = [j for j, owned in self.owned.items() if owned.slot in slots]
+        for job_id in jobs:
             self._engine.untrack(job_id)
             del self.owned[job_id]
         self.slots -= slots
         for slot in slots:
             self.waiting.pop(slot, None)
         self.releasing |= slots
+        # A poll sent before (its connection still opening, say) must not reach the API
+        # after the next holder's first: wait for it, or call it back.
+        if self._guard is not None and jobs:
+            if cancelled := await self._guard.settle(set(jobs), _SETTLE_S):
+                log.info("%d poll(s) still in flight cancelled before the release", cancelled)
+            if self._membership.token != token:
+                return
         # What was observed for them before they were untracked is committed first.
         if self.outbox is not None and slots:
             with anyio.move_on_after(_FLUSH_S):
@@ -386,7 +405,10 @@ class Owner:
         """Stop polling partitions that are not this replica's (any more) in Redis: no
         release, no commit."""
         gone = set(slots)
-        self._drop([job for job, owned in self.owned.items() if owned.slot in gone])
+        jobs = [job for job, owned in self.owned.items() if owned.slot in gone]
+        self._drop(jobs)
+        if self._guard is not None:
+            self._guard.cancel(jobs)
         self.slots -= gone
         for slot in gone:
             self.waiting.pop(slot, None)

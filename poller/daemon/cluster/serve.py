@@ -188,6 +188,7 @@ class _Replica:
         self.cluster_metrics = ClusterCollector()
         self.registry: CollectorRegistry | None = None  # made with the engine, when needed
         self.outbox: ClusterOutbox | None = None
+        self.guard: OwnedOnly | None = None  # made with the engine
         self.events = EventStream(StreamHistory(link), self.changes)
 
     def _stats(self) -> Stats:
@@ -206,11 +207,12 @@ class _Replica:
             user_agent=f"poller/{__version__} replica/{self.id}",
         )
         key = settings.api_key.reveal() if settings.api_key is not None else None
+        self.guard = OwnedOnly(inner, self._allows)
         return Poller(
             key,
             settings.base_url,
             options=replica_engine_options(settings),
-            transport=OwnedOnly(inner, self._allows),
+            transport=self.guard,
             coordinator=coordinator_for(settings),
         )
 
@@ -273,6 +275,7 @@ class _Replica:
                     default_key=settings.api_key is not None,
                     sinks=self.units,
                     sink_group=delivery,
+                    guard=self.guard,
                     gap_s=self.options.gap_s,
                     tick_s=self.options.tick_s,
                     reconcile_every_s=self.options.reconcile_every_s,
