@@ -11,8 +11,10 @@ import pytest
 
 from poller.daemon.cluster.client import RedisLink
 from poller.daemon.cluster.commit import ClusterOutbox, Owned
+from poller.daemon.cluster.jobset import ClusterJobs
 from poller.daemon.cluster.keys import slot_of, slot_unit
 from poller.daemon.cluster.membership import OK, Membership
+from poller.daemon.cluster.owner import Owner
 from poller.daemon.outbox import Changes
 from poller.events import Transition
 from poller.models import Endpoint, JobStatus, Status
@@ -104,3 +106,52 @@ async def test_events_refused_as_notmine_tell_the_owner_their_partition(link: Re
         outbox.close()
     assert told.lost == [([slot], membership.token)]
     assert outbox.dropped == 1 and told.stale == []
+
+
+class Engine:
+    """The engine as the owner sees it: what it tracks."""
+
+    def __init__(self) -> None:
+        self.tracked: list[str] = []
+
+    def track(self, job_id: str, **kwargs: Any) -> None:
+        self.tracked.append(job_id)
+
+    def untrack(self, job_id: str) -> bool:
+        return False
+
+
+async def test_a_job_whose_final_event_is_on_its_way_is_not_tracked_again(
+    link: RedisLink,
+) -> None:
+    membership = await member(link, "a")
+    job = "job_final"
+    slot = slot_of(job)
+    assert await run(link, "add", "", "", job, slot) == ["new"]
+    await run(link, "claim", "a", membership.token, 0, slot_unit(slot))
+    engine = Engine()
+    owner = Owner(
+        link=link,
+        membership=membership,
+        jobs=ClusterJobs(link, credentials=(), default_key=True),
+        engine=engine,  # type: ignore[arg-type]
+        credentials={},
+        default_key=True,
+    )
+    outbox = owner.outbox = ClusterOutbox(
+        link, membership, owner.owned, Changes(), owner.reload, owner.lost
+    )
+    owner.slots.add(slot)
+    owner.owned[job] = Owned(slot, 1, 0, None, None, None)
+    outbox.offer(transition(job, 1, None, Status.COMPLETED))
+    assert job not in owner.owned and outbox.finishing == {job}
+    # The partition is read again before the final event is committed: Redis still has
+    # the job to poll, but it is not tracked again (it would be seen ending twice).
+    await owner._reconcile(membership.token)
+    assert engine.tracked == []
+    async with anyio.create_task_group() as group:
+        group.start_soon(outbox.run)
+        await settle(outbox)
+        outbox.close()
+    assert outbox.finishing == set() and outbox.committed == 1
+    assert await link.redis.hget(link.keys.job(job), "status") == "completed"

@@ -49,7 +49,7 @@ def event(
     final: bool = False,
     kind: str = "transition",
 ) -> list[Any]:
-    body = msgspec.json.encode({"id": f"{job}:{seq}", "seq": seq}).decode()
+    body = msgspec.json.encode({"id": f"{job}:{seq}", "seq": seq, "status": status}).decode()
     payload = "" if kind == "failure" else msgspec.json.encode({"status": status}).decode()
     error = '{"kind":"X","message":"m"}' if kind == "failure" else ""
     return [
@@ -147,6 +147,9 @@ async def test_commit_appends_each_seq_once_and_only_from_the_holder(link: Redis
     (entry,) = await commit(link, "a", a, first)
     assert "-" in entry
     assert await commit(link, "a", a, first) == ["dup"]  # a retry after a lost reply
+    # Another event under a seq already committed (a view of the job that was behind):
+    # not the same event, so not a duplicate to drop silently.
+    assert await commit(link, "a", a, event(job, 1, status="in_progress")) == ["stale"]
     assert await commit(link, "b", b, event(job, 2, previous="queued")) == ["notmine"]
     assert await commit(link, "a", "999", event(job, 2, previous="queued")) == ["fenced"]
     assert await commit(link, "a", a, event(job, 3, previous="queued")) == ["stale"]  # a gap

@@ -90,6 +90,9 @@ class ClusterOutbox:
         self._idle = anyio.Event()
         self._idle.set()
         self._closed = False
+        self.finishing: set[str] = set()
+        """Jobs whose final event is queued or being sent: their owner must not track
+        them again from Redis meanwhile (Redis does not know yet that they ended)."""
         self.committed = 0
         self.dropped = 0
         self.failures = 0
@@ -149,6 +152,7 @@ class ClusterOutbox:
         owned.seq = seq
         if record.final:
             del self._owned[event.job_id]
+            self.finishing.add(event.job_id)
         self._queue.append(args)
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         self._wake.set()
@@ -163,6 +167,7 @@ class ClusterOutbox:
         Returns how many."""
         dropped = len(self._queue)
         self._queue.clear()
+        self.finishing.clear()
         self.dropped += dropped
         self._idle.set()
         return dropped
@@ -207,6 +212,9 @@ class ClusterOutbox:
         return results
 
     def _settle(self, batch: Sequence[list[Any]], results: Sequence[str], token: str) -> None:
+        for item in batch:
+            if item[-1] == "1":
+                self.finishing.discard(item[0])
         if results == ["fenced"]:
             self.dropped += len(batch)
             log.warning("%d event(s) not committed: this replica's lease is gone", len(batch))

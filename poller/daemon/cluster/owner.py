@@ -376,9 +376,12 @@ class Owner:
         """Track the active jobs of held partitions that are not tracked yet."""
         tracked = 0
         missing: dict[str | None, int] = {}
+        finishing = self.outbox.finishing if self.outbox is not None else set()
         for job_id, state in states.items():
             slot = slot_of(job_id)
             if not state.active or slot not in self.slots or job_id in self.owned:
+                continue
+            if job_id in finishing:  # its final event is on its way to Redis
                 continue
             if state.credential is None and not self._default_key:
                 missing[None] = missing.get(None, 0) + 1

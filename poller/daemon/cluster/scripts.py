@@ -44,9 +44,10 @@ measures how long ago it renewed its lease (see :mod:`.lease`).
     appended to ``<p>events`` (``XADD``), its entry ID is kept in the job as
     ``e:<seq>``, and a final event takes the job out of its partition's set. So an
     event is in the stream exactly once, and ``seq`` never repeats nor skips, whoever
-    polls the job. Per event: the stream entry ID, ``dup`` (committed already: a retry
-    after a lost reply), ``stale`` (the replica's view of the job is behind: it reloads
-    it), ``unknown`` or ``notmine``.
+    polls the job. Per event: the stream entry ID, ``dup`` (this very event, its body
+    byte for byte, is committed already under its ``seq``: a retry after a lost reply),
+    ``stale`` (the replica's view of the job is behind, or another event holds that
+    ``seq``: it reloads the job), ``unknown`` or ``notmine``.
 """
 
 from __future__ import annotations
@@ -309,7 +310,16 @@ for i = 4, #ARGV, 12 do
     elseif tonumber(h[2]) ~= gen then
       result = 'stale'
     elseif stored >= seq then
-      result = 'dup'
+      -- The same event again (a retry), or another one under a seq already used.
+      result = 'stale'
+      local entry = redis.call('HGET', key, 'e:' .. seq)
+      local found = entry and redis.call('XRANGE', p .. 'events', entry, entry) or {}
+      if #found > 0 then
+        local fields = found[1][2]
+        for j = 1, #fields, 2 do
+          if fields[j] == 'body' and fields[j + 1] == ARGV[i + 10] then result = 'dup' end
+        end
+      end
     elseif stored ~= seq - 1 or (kind == 'transition' and (h[3] or '') ~= previous) then
       result = 'stale'
     else
