@@ -10,8 +10,10 @@ from pathlib import Path
 
 import anyio
 import pytest
+from _redis_fixtures import RedisServer
 
 from poller.auth import Credential
+from poller.daemon.cluster.client import RedisLink, check_server
 from poller.daemon.cluster.serve import replica_engine_options
 from poller.daemon.config import load_settings
 from poller.daemon.run import serve
@@ -92,3 +94,21 @@ def test_a_takeover_of_30000_jobs_polls_them_all_within_3_s() -> None:
         for n in range(30_000)
     ]
     assert max(dues) - 100.0 <= 3.0
+
+
+@pytest.mark.anyio
+async def test_a_redis_that_may_evict_keys_is_warned_about(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    link = RedisLink(private_redis.url, "poller")
+    try:
+        await check_server(link)
+        assert "maxmemory-policy" not in caplog.text  # no limit: nothing is evicted
+        await link.redis.config_set("maxmemory", 100 * 2**20)
+        await check_server(link)
+        assert "maxmemory-policy" not in caplog.text  # noeviction, the default
+        await link.redis.config_set("maxmemory-policy", "allkeys-lru")
+        await check_server(link)
+        assert "has maxmemory-policy allkeys-lru: when full it evicts keys" in caplog.text
+    finally:
+        await link.aclose()

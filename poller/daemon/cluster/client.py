@@ -163,7 +163,8 @@ class RedisLink:
 
 async def check_server(link: RedisLink) -> None:
     """Check Redis before the replica joins: its version, its persistence (a warning
-    when a crash of Redis would lose transitions), and the namespace's partition count.
+    when a crash of Redis would lose transitions), its eviction policy (a warning when
+    it may evict keys: leases, holders, jobs), and the namespace's partition count.
 
     Raises:
         ClusterError: Redis is too old, or the namespace has another partition count.
@@ -177,12 +178,26 @@ async def check_server(link: RedisLink) -> None:
             f"Redis {server.get('redis_version')} is too old: cluster mode needs 6.2 or later"
         )
     await _check_persistence(r, link.name)
+    await _check_eviction(r, link.name)
     await r.hsetnx(link.keys.meta, "slots", SLOTS)
     slots = str(await r.hget(link.keys.meta, "slots"))
     if slots != str(SLOTS):
         raise ClusterError(
             f"the namespace was made with {slots} partitions, this version uses {SLOTS}: "
             "use another redis_namespace"
+        )
+
+
+async def _check_eviction(r: aioredis.Redis, name: str) -> None:
+    memory = await r.info("memory")
+    policy = str(memory.get("maxmemory_policy", "noeviction"))
+    if int(memory.get("maxmemory", 0) or 0) and policy != "noeviction":
+        log.warning(
+            "Redis %s has maxmemory-policy %s: when full it evicts keys, which may be a "
+            "replica's lease, who holds a partition or a sink, or jobs (lost silently); set "
+            "maxmemory-policy noeviction (writes then fail, and the replicas say so)",
+            name,
+            policy,
         )
 
 
