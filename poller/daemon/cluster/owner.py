@@ -42,6 +42,7 @@ from typing import Final
 
 import anyio
 from anyio.abc import TaskGroup
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from ...engine import Poller
@@ -475,9 +476,18 @@ class Owner:
                 await pubsub.subscribe(keys.intake_channel, keys.members_channel)
                 self._next_reconcile = 0.0  # messages may have been missed meanwhile
                 self._wake.set()
+                heard = time.monotonic()
                 while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
-                    if message is None:
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=self._link.block_s
+                    )
+                    if message is None:  # quiet: is the connection still there?
+                        if time.monotonic() - heard > self._link.dead_after_s:
+                            raise RedisConnectionError("no answer to a ping on the subscription")
+                        await pubsub.ping()
+                        continue
+                    heard = time.monotonic()
+                    if message["type"] == "pong":
                         continue
                     if message["channel"] == keys.intake_channel:
                         self._messages.append(str(message["data"]))

@@ -70,7 +70,6 @@ _PAGE: Final = 500
 _POLL_S: Final = 1.0
 _RETRY_MIN_S: Final = 0.25
 _RETRY_MAX_S: Final = 5.0
-_BLOCK_MS: Final = 5000
 
 
 def entry_key(entry_id: str) -> tuple[int, int]:
@@ -389,10 +388,15 @@ class StreamTail:
         last = "$"
         while True:
             try:
+                if last == "$":  # from the newest entry: none is missed if a read fails
+                    newest = await self._link.redis.xrevrange(self._link.keys.events, count=1)
+                    last = str(newest[0][0]) if newest else "0-0"
                 reply = cast(
                     "list[tuple[str, list[tuple[str, dict[str, str]]]]]",
                     await self._link.blocking.xread(
-                        {self._link.keys.events: last}, count=_PAGE, block=_BLOCK_MS
+                        {self._link.keys.events: last},
+                        count=_PAGE,
+                        block=int(self._link.block_s * 1000),
                     ),
                 )
             except RedisError:
