@@ -59,7 +59,11 @@ entry through the job's ``e:<seq>``, so a client resumes from any replica.
 what it did not is observed again by the next owner under the same ID. What a crash
 of Redis loses depends on its persistence (AOF with ``appendfsync everysec``: about
 the last second of transitions); the replica warns at start when Redis persists
-nothing (:func:`.client.check_server`).
+nothing, or may evict keys (:func:`.client.check_server`). After such a loss, holders
+learn at their next step what Redis no longer names theirs, and sinks make their lost
+consumer groups again. Leases are trusted on the replica's monotonic clock and
+expired on Redis's wall clock: a step of that clock, or a suspended host, is not
+covered (the README says what to do).
 
 **Budgets.** An organisation's rate limit is held across the cluster by issue 16's
 ``RedisCoordinator``: :func:`.serve.fleet_options` is the hook.
