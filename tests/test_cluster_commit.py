@@ -155,3 +155,11 @@ async def test_a_job_whose_final_event_is_on_its_way_is_not_tracked_again(
         outbox.close()
     assert outbox.finishing == set() and outbox.committed == 1
     assert await link.redis.hget(link.keys.job(job), "status") == "completed"
+
+
+async def test_a_removal_that_succeeds_says_redis_answers_again(link: RedisLink) -> None:
+    jobs = ClusterJobs(link, credentials=(), default_key=True)
+    await jobs.add(["job_gone"])
+    link.failed(ConnectionError("down"), "adding jobs")
+    assert await jobs.remove("job_gone") is True
+    assert link.error is None
