@@ -1,4 +1,5 @@
-"""The cluster's outbox against a real Redis: what it does with what ``COMMIT`` refuses."""
+"""The cluster's outbox and job set against a real Redis: what the outbox does with what
+``COMMIT`` refuses, and what the owner does meanwhile."""
 
 from __future__ import annotations
 

@@ -241,3 +241,15 @@ async def test_a_sink_is_read_and_taken_over_only_by_its_holder(link: RedisLink)
     assert await run(link, "adopt", "b", b, "jsonl", "0-0", 10) == [1, "0-0", 2]
     ok, entries, _ = await run(link, "read", "b", b, "jsonl", "0", 10)
     assert [entry for entry, _ in entries] == ids[:2]
+
+
+async def test_sinks_are_announced_on_the_clock_of_redis(
+    link: RedisLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("time.time", lambda: 0.0)  # a replica whose clock is far off
+    await create_groups(link, ["jsonl"])
+    await trim(link, retention_s=3600, abandon_after_s=600, announce=["jsonl"])
+    seconds, micros = await link.redis.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    announced = int(await link.redis.hget(link.keys.sinks, "jsonl"))
+    assert now_ms - 1000 < announced <= now_ms

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
 
@@ -407,8 +406,16 @@ class StreamTail:
                 self._changes.ring()
 
 
-async def trim(link: RedisLink, *, retention_s: float, abandon_after_s: float) -> int:
-    """Trim the stream once (see the module docstring); returns the entries removed.
+async def trim(
+    link: RedisLink,
+    *,
+    retention_s: float,
+    abandon_after_s: float,
+    announce: Sequence[str] = (),
+) -> int:
+    """Announce these sinks (as this replica's, now on Redis's clock: the one every
+    replica compares with), then trim the stream once (see the module docstring);
+    returns the entries removed.
 
     Raises:
         RedisError: Redis cannot be reached.
@@ -416,6 +423,8 @@ async def trim(link: RedisLink, *, retention_s: float, abandon_after_s: float) -
     redis, events = link.redis, link.keys.events
     seconds, micros = await redis.time()
     now_ms = int(seconds) * 1000 + int(micros) // 1000
+    if announce:
+        await redis.hset(link.keys.sinks, mapping=dict.fromkeys(announce, now_ms))
     try:
         groups = await redis.xinfo_groups(events)
     except ResponseError:  # no stream yet
@@ -450,10 +459,9 @@ async def trim_forever(
     """Announce this replica's sinks and trim the stream, every ``every_s``."""
     while True:
         try:
-            if sinks:
-                stamp = int(time.time() * 1000)
-                await link.redis.hset(link.keys.sinks, mapping=dict.fromkeys(sinks, stamp))
-            removed = await trim(link, retention_s=retention_s, abandon_after_s=abandon_after_s)
+            removed = await trim(
+                link, retention_s=retention_s, abandon_after_s=abandon_after_s, announce=sinks
+            )
             if removed:
                 log.debug("trimmed %d event(s) from the stream", removed)
         except RedisError as exc:
