@@ -241,6 +241,9 @@ async def test_a_sink_is_read_and_taken_over_only_by_its_holder(link: RedisLink)
     assert await run(link, "adopt", "b", b, "jsonl", "0-0", 10) == [1, "0-0", 2]
     ok, entries, _ = await run(link, "read", "b", b, "jsonl", "0", 10)
     assert [entry for entry, _ in entries] == ids[:2]
+    # a has nothing pending any more: it is no longer a consumer of the group.
+    consumers = await link.redis.xinfo_consumers(link.keys.events, "jsonl")
+    assert [consumer["name"] for consumer in consumers] == ["b"]
 
 
 async def test_sinks_are_announced_on_the_clock_of_redis(

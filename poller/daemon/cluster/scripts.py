@@ -29,9 +29,10 @@ measures how long ago it renewed its lease (see :mod:`.lease`).
     Gives units back (their ``owner`` emptied, ``at`` stamped), if still the caller's.
 ``ADOPT``, ``READ``
     A sink's holder takes the entries pending in its group (``XAUTOCLAIM``, a page at a
-    time), and reads its group (``XREADGROUP``, with the failed attempts of each entry),
-    only while its lease holds its token and the sink is its own with that token:
-    ``{0}`` otherwise, and nothing is read nor taken from the group.
+    time; after the last, the group's other consumers are deleted), and reads its
+    group (``XREADGROUP``, with the failed attempts of each entry), only while its
+    lease holds its token and the sink is its own with that token: ``{0}``
+    otherwise, and nothing is read nor taken from the group.
 ``ADD``, ``REMOVE``
     The control API's changes of the job set, published on ``<p>intake`` for owners.
 ``COMMIT``
@@ -191,6 +192,16 @@ ADOPT: Final = (
     + """
 local reply = redis.call('XAUTOCLAIM', p .. 'events', group, id, 0, ARGV[5], 'COUNT', ARGV[6],
   'JUSTID')
+if reply[1] == '0-0' then
+  -- Every pending entry is the holder's now: forget the consumers left with none.
+  for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', p .. 'events', group)) do
+    local info = {}
+    for j = 1, #consumer, 2 do info[consumer[j]] = consumer[j + 1] end
+    if info['name'] ~= id and tonumber(info['pending']) == 0 then
+      redis.call('XGROUP', 'DELCONSUMER', p .. 'events', group, info['name'])
+    end
+  end
+end
 return {1, reply[1], #reply[2]}
 """
 )

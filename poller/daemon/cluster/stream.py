@@ -15,7 +15,8 @@ before it sends anything more, and its next holder sends the rest, in order.
 A sink stays with its holder (no rebalancing: a move would only cost a pause) until
 the holder stops, which releases it, or dies, whose lease expiry frees it. The next
 holder first takes every entry still pending in the group (``XAUTOCLAIM``, idle time
-0: the unit's lease says their consumer is gone), delivers them, then reads on. So an
+0: the unit's lease says their consumer is gone; the consumers left with nothing
+pending are deleted), delivers them, then reads on. So an
 event committed by a replica that dies is still delivered, at least once; failed
 attempts are counted in ``<p>sink:<name>:attempts`` so that the dead-letter limit
 holds across holders. The JSON-lines sink writes to the holder's own ``--jsonl``
