@@ -1,6 +1,7 @@
 """The replica's blocking connections to Redis (``XREAD BLOCK``, pub/sub) when one dies
 without a word (half-open: nothing comes back, nothing is closed): each is given up
-and opened again within seconds, not when TCP gives up hours later."""
+and opened again within seconds, not when TCP gives up hours later; and what the
+subscription brings while the replica holds nothing is not kept."""
 
 from __future__ import annotations
 
@@ -153,6 +154,34 @@ async def test_the_subscription_gives_up_a_silent_connection_and_subscribes_agai
                     await direct.publish(link.keys.intake_channel, "+job_1")
                     await anyio.sleep(0.1)
             assert time.monotonic() - silenced_at < 3.0
+            group.cancel_scope.cancel()
+    finally:
+        await link.aclose()
+
+
+async def test_news_of_jobs_is_not_kept_while_the_replica_is_not_registered(
+    redis_url: str, direct: aioredis.Redis, redis_namespace: str
+) -> None:
+    link = RedisLink(redis_url, redis_namespace)
+    membership = Membership(link, "a")  # registering: it holds nothing
+    owner = Owner(
+        link=link,
+        membership=membership,
+        jobs=ClusterJobs(link, credentials=(), default_key=True),
+        engine=Engine(),  # type: ignore[arg-type]
+        credentials={},
+        default_key=True,
+    )
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(owner.run)
+            with anyio.fail_after(5):
+                while not await direct.publish(link.keys.intake_channel, "+job_0"):  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            for n in range(1, 50):
+                await direct.publish(link.keys.intake_channel, f"+job_{n}")
+            await anyio.sleep(0.3)
+            assert owner._messages == []
             group.cancel_scope.cancel()
     finally:
         await link.aclose()

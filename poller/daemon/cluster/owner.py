@@ -187,7 +187,9 @@ class Owner:
                 with anyio.move_on_after(self._sleep_s()):
                     await self._wake.wait()
                 self._wake = anyio.Event()
-                if self._membership.state != OK:
+                if self._membership.state != OK:  # it holds nothing: news of jobs is moot
+                    self._messages.clear()
+                    self._stale.clear()
                     continue
                 try:
                     await self._step(self._membership.token)
