@@ -5,19 +5,20 @@ One task (:meth:`Owner.run`) makes every change, one at a time, woken every
 
 1. **Rebalance.** The partitions this replica should hold are those rendezvous
    hashing gives it among the live replicas (:func:`.lease.assign`). It first lets
-   go of those it holds and should not: it stops polling their jobs, sends what
-   their polls still in flight (see :mod:`.guard`) and their engine events left to
-   commit, then releases them in Redis (``RELEASE``).
-   Then it claims those it should hold (``CLAIM``): a partition is granted when free
-   or when its holder's lease is gone, and is used after the wait the script answers
-   (a released one: ``gap_s`` after its release). So when a replica joins, jobs move
-   to it only once their old owner has released them, and a partition is never
-   polled by two replicas within ``gap_s`` of each other. Sinks are claimed when free
-   (see :mod:`.stream`). The partitions and sinks it holds already are in every
-   claim too: Redis answers 0 while they are still its own. If Redis lost that (a
-   restart from a file a second old, a failover), the replica stops polling the
-   partition (delivering the sink) at once, and polls it again only if its claim
-   succeeds, after its wait; so does a commit refused as ``notmine``.
+   go of those it holds and should not: it stops polling their jobs, waits until
+   none of their polls is in flight (cancelling what is left after a while: see
+   :mod:`.guard`), sends what their engine events left to commit, then releases
+   them in Redis (``RELEASE``). Then it claims those it should hold (``CLAIM``): a
+   partition is granted when free or when its holder's lease is gone, and is used
+   after the wait the script answers (a released one: ``gap_s`` after its release).
+   So when a replica joins, jobs move to it only once their old owner has released
+   them, and a partition is never polled by two replicas within ``gap_s`` of each
+   other. Sinks are claimed when free (see :mod:`.stream`). The partitions and
+   sinks it holds already are in every claim too: Redis answers 0 while they are
+   still its own. If Redis lost that (a restart from a file a second old, a
+   failover), the replica stops polling the partition (delivering the sink) at
+   once, and polls it again only if its claim succeeds, after its wait; so does a
+   commit refused as ``notmine``.
 2. **Load.** A partition whose wait is over is loaded: its jobs still to poll, each
    tracked by the engine from its stored status and ``seq``
    (``track(last_status=, last_seq=)``), so a takeover never repeats or skips a
@@ -29,8 +30,7 @@ One task (:meth:`Owner.run`) makes every change, one at a time, woken every
 
 :meth:`Owner.fence` (synchronous) drops everything at once: every job untracked,
 its polls in flight cancelled, every partition and sink forgotten, the outbox's
-queue dropped. :meth:`Owner.allows`
-is what the transport asks before each request.
+queue dropped. :meth:`Owner.allows` is what the transport asks before each request.
 """
 
 from __future__ import annotations
