@@ -171,7 +171,7 @@ class GroupFeed:
         while not self._closed:
             seen = self._changes.version
             try:
-                if self._unacked:  # else they would stay pending, and hold the trim back
+                if self._unacked and self.deliverable():  # else they hold the trim back
                     await self._acknowledge()
                 rows = await self._read()
             except RedisError as exc:
