@@ -3,67 +3,26 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import anyio
 import pytest
+from _cluster import Engine, cluster_link, member, owner_for, run
+from test_daemon_store import transition
 
 from poller.daemon.cluster.client import RedisLink
 from poller.daemon.cluster.commit import ClusterOutbox, Owned
 from poller.daemon.cluster.jobset import ClusterJobs
 from poller.daemon.cluster.keys import slot_of, slot_unit
-from poller.daemon.cluster.membership import OK, Membership
-from poller.daemon.cluster.owner import Owner
 from poller.daemon.outbox import Changes
-from poller.events import Transition
-from poller.models import Endpoint, JobStatus, Status
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
 async def link(redis_url: str, redis_namespace: str) -> AsyncIterator[RedisLink]:
-    link = RedisLink(redis_url, redis_namespace)
-    try:
+    async with cluster_link(redis_url, redis_namespace) as link:
         yield link
-    finally:
-        await link.aclose()
-
-
-async def run(link: RedisLink, name: str, *args: Any) -> Any:
-    return await link.scripts.run(getattr(link.scripts, name), [link.keys.prefix, *args])
-
-
-async def member(link: RedisLink, replica: str) -> Membership:
-    """A registered membership (its lease trusted for a while; never renewed)."""
-    membership = Membership(link, replica, ttl_s=30.0, margin_s=1.0)
-    granted, token = await run(link, "register", replica, 30_000, "n", "test")
-    assert granted == 1
-    membership.lease.registered(int(token), time.monotonic())
-    membership.state = OK
-    return membership
-
-
-def transition(job_id: str, seq: int, previous: Status | None, current: Status) -> Transition:
-    payload = JobStatus(
-        id=job_id,
-        status=current,
-        endpoint=Endpoint.DOCUMENTS_EXTRACT,
-        created_at=1_700_000_000,
-        expires_at=1_700_600_000,
-        organization_id="org_a",
-    )
-    return Transition(
-        job_id=job_id,
-        organization_id="org_a",
-        previous=previous,
-        current=current,
-        job=payload,
-        observed_at=1_700_000_000.0 + seq,
-        seq=seq,
-    )
 
 
 class Told:
@@ -96,30 +55,17 @@ async def test_events_refused_as_notmine_tell_the_owner_their_partition(link: Re
     outbox = ClusterOutbox(link, membership, owned, Changes(), told.on_stale, told.on_lost)
     async with anyio.create_task_group() as group:
         group.start_soon(outbox.run)
-        outbox.offer(transition(job, 1, None, Status.QUEUED))
+        outbox.offer(transition(job, 1, None, "queued"))
         await settle(outbox)
         assert outbox.committed == 1 and told.lost == []
         # Redis lost who holds the partition: the next commit is refused, and the owner
         # hears which partition is not its own.
         await link.redis.delete(link.keys.unit(slot_unit(slot)))
-        outbox.offer(transition(job, 2, Status.QUEUED, Status.IN_PROGRESS))
+        outbox.offer(transition(job, 2, "queued", "in_progress"))
         await settle(outbox)
         outbox.close()
     assert told.lost == [([slot], membership.token)]
     assert outbox.dropped == 1 and told.stale == []
-
-
-class Engine:
-    """The engine as the owner sees it: what it tracks."""
-
-    def __init__(self) -> None:
-        self.tracked: list[str] = []
-
-    def track(self, job_id: str, **kwargs: Any) -> None:
-        self.tracked.append(job_id)
-
-    def untrack(self, job_id: str) -> bool:
-        return False
 
 
 async def test_a_job_whose_final_event_is_on_its_way_is_not_tracked_again(
@@ -131,20 +77,13 @@ async def test_a_job_whose_final_event_is_on_its_way_is_not_tracked_again(
     assert await run(link, "add", "", "", job, slot) == ["new"]
     await run(link, "claim", "a", membership.token, 0, slot_unit(slot))
     engine = Engine()
-    owner = Owner(
-        link=link,
-        membership=membership,
-        jobs=ClusterJobs(link, credentials=(), default_key=True),
-        engine=engine,  # type: ignore[arg-type]
-        credentials={},
-        default_key=True,
-    )
+    owner = owner_for(link, membership, engine)
     outbox = owner.outbox = ClusterOutbox(
         link, membership, owner.owned, Changes(), owner.reload, owner.lost
     )
     owner.slots.add(slot)
     owner.owned[job] = Owned(slot, 1, 0, None, None, None)
-    outbox.offer(transition(job, 1, None, Status.COMPLETED))
+    outbox.offer(transition(job, 1, None, "completed"))
     assert job not in owner.owned and outbox.finishing == {job}
     # The partition is read again before the final event is committed: Redis still has
     # the job to poll, but it is not tracked again (it would be seen ending twice).

@@ -1,22 +1,21 @@
-"""Replicas of ``poller run --redis`` when Redis misbehaves: it loses its last writes
-(who holds what), it restarts empty, a call fails at the wrong moment, or a replica
-stalls past its lease. In this process, against the simulator."""
+"""Replicas of ``poller run --redis`` when Redis loses data: its last writes (who holds
+which partition and sink), or everything (a restart without persistence). In this
+process, against the simulator."""
 
 from __future__ import annotations
 
-import itertools
-from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from _cluster import overlaps, polls_by_job
 from _redis_fixtures import RedisServer
 from test_cluster_daemon import MEDIUM, QUICK, eventually, get_json, replica, settings_for
 
 from poller.daemon.records import decode_record
-from poller.testing import JobsSimulator, SimServer
+from poller.testing import SimServer
 
 pytestmark = pytest.mark.anyio
 
@@ -25,23 +24,6 @@ pytestmark = pytest.mark.anyio
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-def overlaps(sim: JobsSimulator, jobs: Iterable[str], within_s: float = 1.0) -> list[str]:
-    """Jobs polled by two replicas less than ``within_s`` apart."""
-    wanted = set(jobs)
-    polls: dict[str, list[tuple[float, str]]] = defaultdict(list)
-    for request in sim.log:
-        who = (request.client or "").partition(" replica/")[2]
-        if request.job_id in wanted and who:
-            polls[request.job_id].append((request.at, who))
-    found = []
-    for job, seen in polls.items():
-        seen.sort()
-        for (at, who), (next_at, next_who) in itertools.pairwise(seen):
-            if who != next_who and next_at - at < within_s:
-                found.append(job)
-    return found
 
 
 async def holders(redis: aioredis.Redis, namespace: str) -> list[str]:
@@ -96,7 +78,7 @@ async def test_a_holder_learns_that_redis_lost_its_partitions_and_sinks(
                 await eventually(one_holder_each, timeout_s=5)
     finally:
         await redis.aclose()
-    assert not overlaps(sim, jobs)
+    assert not overlaps(polls_by_job(sim, jobs))
 
 
 async def test_a_replica_carries_on_after_redis_restarts_empty(

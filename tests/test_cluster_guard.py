@@ -7,6 +7,7 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import TaskGroup
 
 from poller.auth import Credential
 from poller.daemon.cluster.client import NotOwnedError
@@ -52,16 +53,20 @@ async def test_a_poll_is_not_sent_for_a_job_that_is_not_owned() -> None:
     assert inner.sent == [] and outcomes == ["other: not this replica's job to poll (not sent)"]
 
 
+async def in_flight(group: TaskGroup, guard: OwnedOnly, outcomes: list[str], *jobs: str) -> None:
+    """Polls of these jobs, in flight (the transport never answers)."""
+    for job_id in jobs:
+        group.start_soon(poll, guard, job_id, outcomes)
+    while guard.in_flight < len(jobs):  # noqa: ASYNC110
+        await anyio.sleep(0.01)
+
+
 async def test_a_fence_cancels_every_poll_in_flight() -> None:
-    inner = Hanging()
-    guard = OwnedOnly(inner, lambda job_id: True)  # type: ignore[arg-type]
+    guard = OwnedOnly(Hanging(), lambda job_id: True)  # type: ignore[arg-type]
     outcomes: list[str] = []
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
-            group.start_soon(poll, guard, "j1", outcomes)
-            group.start_soon(poll, guard, "j2", outcomes)
-            while guard.in_flight < 2:  # noqa: ASYNC110
-                await anyio.sleep(0.01)
+            await in_flight(group, guard, outcomes, "j1", "j2")
             assert guard.cancel() == 2
     assert sorted(outcomes) == [
         f"{job}: no longer this replica's job: the poll was cancelled" for job in ("j1", "j2")
@@ -70,15 +75,11 @@ async def test_a_fence_cancels_every_poll_in_flight() -> None:
 
 
 async def test_a_release_waits_for_the_polls_of_its_jobs_then_cancels_them() -> None:
-    inner = Hanging()
-    guard = OwnedOnly(inner, lambda job_id: True)  # type: ignore[arg-type]
+    guard = OwnedOnly(Hanging(), lambda job_id: True)  # type: ignore[arg-type]
     outcomes: list[str] = []
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
-            group.start_soon(poll, guard, "released", outcomes)
-            group.start_soon(poll, guard, "kept", outcomes)
-            while guard.in_flight < 2:  # noqa: ASYNC110
-                await anyio.sleep(0.01)
+            await in_flight(group, guard, outcomes, "released", "kept")
             assert await guard.settle({"gone"}, timeout_s=1.0) == 0  # nothing of its in flight
             started = anyio.current_time()
             assert await guard.settle({"released"}, timeout_s=0.2) == 1

@@ -14,11 +14,9 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio as aioredis
+from _cluster import cluster_link, owner_for
 
-from poller.daemon.cluster.client import RedisLink
-from poller.daemon.cluster.jobset import ClusterJobs
 from poller.daemon.cluster.membership import OK, Membership
-from poller.daemon.cluster.owner import Owner
 from poller.daemon.cluster.stream import StreamTail
 from poller.daemon.outbox import Changes
 
@@ -103,45 +101,28 @@ async def direct(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 async def test_the_tail_gives_up_a_silent_connection_and_reads_on(
     half_open: HalfOpen, direct: aioredis.Redis, redis_namespace: str
 ) -> None:
-    link = RedisLink(half_open.url, redis_namespace, **QUICK)
     changes = Changes()
-    try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(StreamTail(link, changes).run)
-            await anyio.sleep(0.5)  # XREAD BLOCK waiting
-            half_open.silence()
-            seen = changes.version
-            await direct.xadd(link.keys.events, {"id": "j:1"})
-            with anyio.fail_after(5):
-                await changes.wait(seen)
-            group.cancel_scope.cancel()
-    finally:
-        await link.aclose()
-
-
-class Engine:
-    def track(self, job_id: str, **kwargs: Any) -> None:
-        pass
-
-    def untrack(self, job_id: str) -> bool:
-        return False
+    async with (
+        cluster_link(half_open.url, redis_namespace, **QUICK) as link,
+        anyio.create_task_group() as group,
+    ):
+        group.start_soon(StreamTail(link, changes).run)
+        await anyio.sleep(0.5)  # XREAD BLOCK waiting
+        half_open.silence()
+        seen = changes.version
+        await direct.xadd(link.keys.events, {"id": "j:1"})
+        with anyio.fail_after(5):
+            await changes.wait(seen)
+        group.cancel_scope.cancel()
 
 
 async def test_the_subscription_gives_up_a_silent_connection_and_subscribes_again(
     half_open: HalfOpen, direct: aioredis.Redis, redis_namespace: str
 ) -> None:
-    link = RedisLink(half_open.url, redis_namespace, **QUICK)
-    membership = Membership(link, "a")
-    membership.state = OK
-    owner = Owner(
-        link=link,
-        membership=membership,
-        jobs=ClusterJobs(link, credentials=(), default_key=True),
-        engine=Engine(),  # type: ignore[arg-type]
-        credentials={},
-        default_key=True,
-    )
-    try:
+    async with cluster_link(half_open.url, redis_namespace, **QUICK) as link:
+        membership = Membership(link, "a")
+        membership.state = OK
+        owner = owner_for(link, membership)
         async with anyio.create_task_group() as group:
             group.start_soon(owner._subscribe)
             subscribed = [(link.keys.intake_channel, 1)]
@@ -155,24 +136,13 @@ async def test_the_subscription_gives_up_a_silent_connection_and_subscribes_agai
                     await anyio.sleep(0.1)
             assert time.monotonic() - silenced_at < 3.0
             group.cancel_scope.cancel()
-    finally:
-        await link.aclose()
 
 
 async def test_news_of_jobs_is_not_kept_while_the_replica_is_not_registered(
     redis_url: str, direct: aioredis.Redis, redis_namespace: str
 ) -> None:
-    link = RedisLink(redis_url, redis_namespace)
-    membership = Membership(link, "a")  # registering: it holds nothing
-    owner = Owner(
-        link=link,
-        membership=membership,
-        jobs=ClusterJobs(link, credentials=(), default_key=True),
-        engine=Engine(),  # type: ignore[arg-type]
-        credentials={},
-        default_key=True,
-    )
-    try:
+    async with cluster_link(redis_url, redis_namespace) as link:
+        owner = owner_for(link, Membership(link, "a"))  # registering: it holds nothing
         async with anyio.create_task_group() as group:
             group.start_soon(owner.run)
             with anyio.fail_after(5):
@@ -183,5 +153,3 @@ async def test_news_of_jobs_is_not_kept_while_the_replica_is_not_registered(
             await anyio.sleep(0.3)
             assert owner._messages == []
             group.cancel_scope.cancel()
-    finally:
-        await link.aclose()

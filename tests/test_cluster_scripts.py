@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
+from _cluster import cluster_link, run
 
 from poller.daemon.cluster.client import RedisLink
 from poller.daemon.cluster.keys import slot_of
@@ -22,15 +23,8 @@ GAP_MS = 1000
 
 @pytest.fixture
 async def link(redis_url: str, redis_namespace: str) -> AsyncIterator[RedisLink]:
-    link = RedisLink(redis_url, redis_namespace)
-    try:
+    async with cluster_link(redis_url, redis_namespace) as link:
         yield link
-    finally:
-        await link.aclose()
-
-
-async def run(link: RedisLink, name: str, *args: Any) -> Any:
-    return await link.scripts.run(getattr(link.scripts, name), [link.keys.prefix, *args])
 
 
 async def register(link: RedisLink, replica: str, nonce: str = "n") -> str:

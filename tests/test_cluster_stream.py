@@ -4,20 +4,18 @@ it carries on when Redis lost its consumer group."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 import redis.exceptions
-from aiohttp import web
+from _cluster import Receiver, cluster_link, member, run, serving
 
 from poller.daemon.cluster.client import RedisLink
-from poller.daemon.cluster.membership import FENCED, OK, Membership
+from poller.daemon.cluster.membership import FENCED
 from poller.daemon.cluster.stream import GroupFeed, SinkUnit, create_groups
 from poller.daemon.outbox import Changes
 from poller.daemon.sinks import JsonlSink
@@ -28,57 +26,8 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 async def link(redis_url: str, redis_namespace: str) -> AsyncIterator[RedisLink]:
-    link = RedisLink(redis_url, redis_namespace)
-    try:
+    async with cluster_link(redis_url, redis_namespace) as link:
         yield link
-    finally:
-        await link.aclose()
-
-
-async def run(link: RedisLink, name: str, *args: Any) -> Any:
-    return await link.scripts.run(getattr(link.scripts, name), [link.keys.prefix, *args])
-
-
-async def member(link: RedisLink, replica: str) -> Membership:
-    """A registered membership (its lease trusted for a while; never renewed)."""
-    membership = Membership(link, replica, ttl_s=30.0, margin_s=1.0)
-    granted, token = await run(link, "register", replica, 30_000, "n", "test")
-    assert granted == 1
-    membership.lease.registered(int(token), time.monotonic())
-    membership.state = OK
-    return membership
-
-
-class Receiver:
-    """A webhook endpoint recording the event IDs it got; the first request waits for
-    ``gate`` before it is answered."""
-
-    def __init__(self) -> None:
-        self.ids: list[str] = []
-        self.gate = asyncio.Event()
-        self.first = asyncio.Event()
-
-    async def handle(self, request: web.Request) -> web.Response:
-        await request.read()
-        self.ids.append(request.headers["webhook-id"])
-        if not self.first.is_set():
-            self.first.set()
-            await self.gate.wait()
-        return web.Response(status=204)
-
-
-@asynccontextmanager
-async def serving(receiver: Receiver) -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_post("/hook", receiver.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    finally:
-        await runner.cleanup()
 
 
 async def commit(link: RedisLink, event_id: str) -> str:
@@ -91,7 +40,7 @@ async def test_a_webhook_lane_sends_nothing_once_the_lease_ran_out(
     link: RedisLink, tmp_path: Path
 ) -> None:
     membership = await member(link, "a")
-    receiver = Receiver()
+    receiver = Receiver(hold_first=True)
     changes = Changes()
     async with serving(receiver) as url:
         sink = WebhookSink(url, key=b"k" * 16, dead_letters=DeadLetters(str(tmp_path / "dl")))
