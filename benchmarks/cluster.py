@@ -350,6 +350,32 @@ def _replica_of(client: str | None) -> str | None:
     return (client or "").partition(" replica/")[2] or None
 
 
+def _takeover_row(
+    number: int, kill: Kill, polls: dict[str, list[tuple[float, str]]], start: float
+) -> tuple[dict[str, Any], list[float]]:
+    """A kill's row, and how long after it each job the victim polled last was polled
+    by another replica (sorted)."""
+    orphans = []
+    for seen in polls.values():
+        before = [who for at, who in seen if at <= kill.at]
+        after = [at for at, who in seen if at > kill.at and who != _VICTIM]
+        if before and before[-1] == _VICTIM and after:
+            orphans.append(after[0] - kill.at)
+    orphans.sort()
+    row = {
+        "kill": number,
+        "at_s": round(kill.at - start, 1),
+        "partitions_of_victim": kill.partitions,
+        "all_partitions_taken_s": round(kill.partitions_taken_s, 2)
+        if kill.partitions_taken_s is not None
+        else None,
+        "jobs_taken_over": len(orphans),
+        "job_takeover_p50_s": round(percentile(orphans, 0.5), 2) if orphans else None,
+        "job_takeover_p100_s": round(orphans[-1], 2) if orphans else None,
+    }
+    return row, orphans
+
+
 def _measure(
     plan: Plan,
     sim: JobsSimulator,
@@ -406,27 +432,9 @@ def _measure(
             if at > kill.at and counts.get(_VICTIM, 0) == 0:
                 kill.partitions_taken_s = at - kill.at
                 break
-        orphans = []
-        for seen in polls.values():
-            before = [who for at, who in seen if at <= kill.at]
-            after = [at for at, who in seen if at > kill.at and who != _VICTIM]
-            if before and before[-1] == _VICTIM and after:
-                orphans.append(after[0] - kill.at)
-        orphans.sort()
+        row, orphans = _takeover_row(number, kill, polls, start)
         job_takeovers += orphans
-        rows.append(
-            {
-                "kill": number,
-                "at_s": round(kill.at - start, 1),
-                "partitions_of_victim": kill.partitions,
-                "all_partitions_taken_s": round(kill.partitions_taken_s, 2)
-                if kill.partitions_taken_s is not None
-                else None,
-                "jobs_taken_over": len(orphans),
-                "job_takeover_p50_s": round(percentile(orphans, 50), 2) if orphans else None,
-                "job_takeover_p100_s": round(orphans[-1], 2) if orphans else None,
-            }
-        )
+        rows.append(row)
     job_takeovers.sort()
     p100 = job_takeovers[-1] if job_takeovers else float("nan")
     partitions_p100 = max((k.partitions_taken_s or float("inf")) for k in kills) if kills else 0

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import decode, faults, report, throughput  # noqa: E402
+from benchmarks import cluster, decode, faults, report, throughput  # noqa: E402
 from benchmarks.__main__ import discover  # noqa: E402
 
 MACHINE = {
@@ -246,3 +246,15 @@ def test_the_fault_benchmark_section_renders_its_tables() -> None:
     text = "\n".join(report._faults(result, {}))
     assert "| outage 60 s, refused |" in text and "first_second_requests" in text
     assert "HTTP, whole engine, 1% 503" in text
+
+
+def test_the_cluster_benchmark_reports_the_median_takeover_of_a_kill() -> None:
+    """Jobs the victim polled last before the kill at 10 s, polled again by another
+    replica 1, 2 and 9 s later: the median is 2 s, the maximum 9 s."""
+    victim = cluster._VICTIM
+    polls = {f"job_{n}": [(9.0, victim), (10.0 + delay, "r1")] for n, delay in enumerate((1, 2, 9))}
+    polls["job_other"] = [(9.5, "r1"), (11.0, "r1")]  # not the victim's: no takeover
+    row, orphans = cluster._takeover_row(1, cluster.Kill(at=10.0, partitions=3), polls, 0.0)
+    assert orphans == [1.0, 2.0, 9.0]
+    assert row["job_takeover_p50_s"] == 2.0 and row["job_takeover_p100_s"] == 9.0
+    assert row["jobs_taken_over"] == 3 and row["at_s"] == 10.0

@@ -4,15 +4,23 @@ line, in a repr or in a log line, and the daemon says plainly when Redis is away
 from __future__ import annotations
 
 import logging
+import random
 import socket
 from pathlib import Path
 
 import anyio
 import pytest
+from _redis_fixtures import RedisServer
 
+from poller.auth import Credential
+from poller.daemon.cluster.client import RedisLink, check_server
+from poller.daemon.cluster.serve import replica_engine_options
 from poller.daemon.config import load_settings
 from poller.daemon.run import serve
 from poller.errors import ConfigError
+from poller.models import Status
+from poller.sched.core import Scheduler
+from poller.sched.ratelimit import AdaptiveBudget
 
 PASSWORD = "hunter2-cluster-pass"
 ENV = {"RETAB_API_KEY": "rt_test_key"}
@@ -69,3 +77,38 @@ async def test_an_unreachable_redis_stops_the_start_with_a_line_that_hides_the_p
         assert await serve(settings, anyio.Event()) == 1
     assert "cannot use Redis redis://***@127.0.0.1" in caplog.text
     assert PASSWORD not in caplog.text
+
+
+def test_a_takeover_of_30000_jobs_polls_them_all_within_3_s() -> None:
+    settings = load_settings({"redis_url": "redis://127.0.0.1:6379/0"}, ENV)
+    options = replica_engine_options(settings)
+    key = Credential("rt_test_key", environ={})
+    core: Scheduler[Credential] = Scheduler(
+        backoff=options.backoff,
+        budget_for=lambda org: AdaptiveBudget(),
+        rng=random.Random(7),
+        first_poll_rate_per_s=options.first_poll_rate_per_s,
+    )
+    dues = [
+        core.track(f"job_{n}", key, 100.0, last_status=Status.IN_PROGRESS, last_seq=2).polled_at
+        for n in range(30_000)
+    ]
+    assert max(dues) - 100.0 <= 3.0
+
+
+@pytest.mark.anyio
+async def test_a_redis_that_may_evict_keys_is_warned_about(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    link = RedisLink(private_redis.url, "poller")
+    try:
+        await check_server(link)
+        assert "maxmemory-policy" not in caplog.text  # no limit: nothing is evicted
+        await link.redis.config_set("maxmemory", 100 * 2**20)
+        await check_server(link)
+        assert "maxmemory-policy" not in caplog.text  # noeviction, the default
+        await link.redis.config_set("maxmemory-policy", "allkeys-lru")
+        await check_server(link)
+        assert "has maxmemory-policy allkeys-lru: when full it evicts keys" in caplog.text
+    finally:
+        await link.aclose()

@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
+from _cluster import cluster_link, run
 
 from poller.daemon.cluster.client import RedisLink
 from poller.daemon.cluster.keys import slot_of
@@ -22,15 +23,8 @@ GAP_MS = 1000
 
 @pytest.fixture
 async def link(redis_url: str, redis_namespace: str) -> AsyncIterator[RedisLink]:
-    link = RedisLink(redis_url, redis_namespace)
-    try:
+    async with cluster_link(redis_url, redis_namespace) as link:
         yield link
-    finally:
-        await link.aclose()
-
-
-async def run(link: RedisLink, name: str, *args: Any) -> Any:
-    return await link.scripts.run(getattr(link.scripts, name), [link.keys.prefix, *args])
 
 
 async def register(link: RedisLink, replica: str, nonce: str = "n") -> str:
@@ -49,7 +43,7 @@ def event(
     final: bool = False,
     kind: str = "transition",
 ) -> list[Any]:
-    body = msgspec.json.encode({"id": f"{job}:{seq}", "seq": seq}).decode()
+    body = msgspec.json.encode({"id": f"{job}:{seq}", "seq": seq, "status": status}).decode()
     payload = "" if kind == "failure" else msgspec.json.encode({"status": status}).decode()
     error = '{"kind":"X","message":"m"}' if kind == "failure" else ""
     return [
@@ -95,11 +89,24 @@ async def test_a_replica_id_has_one_lease_and_each_registration_a_new_token(
     assert int(again) > int(other)
 
 
+async def test_a_retried_registration_counts_the_lease_from_the_retry(link: RedisLink) -> None:
+    # The first call was processed but its reply lost; the retry comes a while later: the
+    # replica counts its lease from the retry, so Redis must not expire it sooner.
+    await register(link, "a", nonce="n1")
+    await anyio.sleep(0.5)
+    await register(link, "a", nonce="n1")
+    assert await link.redis.pttl(link.keys.replica("a")) > TTL_MS - 200
+    (score,) = await link.redis.zmscore(link.keys.replicas, ["a"])
+    seconds, micros = await link.redis.time()
+    assert score > int(seconds) * 1000 + int(micros) // 1000 + TTL_MS - 200
+
+
 async def test_a_partition_is_claimed_only_when_free_released_or_its_holder_is_gone(
     link: RedisLink,
 ) -> None:
     a, b = await register(link, "a"), await register(link, "b")
-    assert await run(link, "claim", "a", a, GAP_MS, "slot:1", "slot:2") == [0, 0]
+    # Never held: used a gap after the claim (Redis may have lost who held it).
+    assert await run(link, "claim", "a", a, GAP_MS, "slot:1", "slot:2") == [GAP_MS, GAP_MS]
     assert await run(link, "claim", "b", b, GAP_MS, "slot:1") == [-1]  # a is alive
     assert await run(link, "claim", "a", a, GAP_MS, "slot:1") == [0]  # a holds it already
     assert await run(link, "release", "b", b, "slot:1") == 0  # not b's to release
@@ -109,11 +116,15 @@ async def test_a_partition_is_claimed_only_when_free_released_or_its_holder_is_g
     await link.redis.delete(link.keys.replica("a"))  # a's lease expired
     assert await run(link, "claim", "b", b, GAP_MS, "slot:2") == [0]
     assert await run(link, "claim", "zzz", "1", GAP_MS, "slot:3") == [-2]  # no lease
+    # Redis lost the partition's record (a restart, a failover): its holder, which sends
+    # it at every step, is answered as a new claimant, and waits.
+    await link.redis.delete(link.keys.unit("slot:2"))
+    assert await run(link, "claim", "b", b, GAP_MS, "slot:2") == [GAP_MS]
 
 
 async def test_a_partition_of_a_replica_that_registered_again_is_free(link: RedisLink) -> None:
     old = await register(link, "a", nonce="n1")
-    assert await run(link, "claim", "a", old, GAP_MS, "slot:5") == [0]
+    assert await run(link, "claim", "a", old, GAP_MS, "slot:5") == [GAP_MS]
     await link.redis.delete(link.keys.replica("a"))
     new = await register(link, "a", nonce="n2")
     assert await run(link, "claim", "a", new, GAP_MS, "slot:5") == [0]
@@ -125,11 +136,14 @@ async def test_commit_appends_each_seq_once_and_only_from_the_holder(link: Redis
     job = "job_one"
     assert await run(link, "add", "", "", job, slot_of(job)) == ["new"]
     unit = f"slot:{slot_of(job)}"
-    assert await run(link, "claim", "a", a, GAP_MS, unit) == [0]
+    assert await run(link, "claim", "a", a, GAP_MS, unit) == [GAP_MS]
     first = event(job, 1, status="queued")
     (entry,) = await commit(link, "a", a, first)
     assert "-" in entry
     assert await commit(link, "a", a, first) == ["dup"]  # a retry after a lost reply
+    # Another event under a seq already committed (a view of the job that was behind):
+    # not the same event, so not a duplicate to drop silently.
+    assert await commit(link, "a", a, event(job, 1, status="in_progress")) == ["stale"]
     assert await commit(link, "b", b, event(job, 2, previous="queued")) == ["notmine"]
     assert await commit(link, "a", "999", event(job, 2, previous="queued")) == ["fenced"]
     assert await commit(link, "a", a, event(job, 3, previous="queued")) == ["stale"]  # a gap
@@ -196,3 +210,43 @@ async def test_the_stream_is_trimmed_of_what_every_sink_acknowledged(link: Redis
     await link.redis.xack(events, "webhook:x", *ids[2:5])
     assert await trim(link, retention_s=0, abandon_after_s=600) == 2  # jsonl is at the 5th
     assert [entry for entry, _ in await link.redis.xrange(events)] == ids[4:]
+
+
+async def test_a_sink_is_read_and_taken_over_only_by_its_holder(link: RedisLink) -> None:
+    a, b = await register(link, "a"), await register(link, "b")
+    events = link.keys.events
+    await create_groups(link, ["jsonl"])
+    ids = [
+        await link.redis.xadd(events, {"id": f"j:{i}", "job": "j", "body": "{}"}) for i in range(3)
+    ]
+    await link.redis.hset(link.keys.attempts("jsonl"), ids[0], 2)
+    assert await run(link, "claim", "a", a, 0, "sink:jsonl") == [0]
+    # Not b's: nothing read, nothing taken from a's consumer.
+    assert await run(link, "read", "b", b, "jsonl", ">", 10) == [0]
+    ok, entries, attempts = await run(link, "read", "a", a, "jsonl", ">", 2)
+    assert ok == 1 and [entry for entry, _ in entries] == ids[:2] and attempts == ["2", None]
+    assert entries[0][1] == ["id", "j:0", "job", "j", "body", "{}"]
+    assert await run(link, "adopt", "b", b, "jsonl", "0-0", 10) == [0]
+    assert await run(link, "read", "a", "999", "jsonl", ">", 10) == [0]  # not a's token
+    # Redis lost who holds the sink; b claims it (a gap later) and takes a's pending two.
+    await link.redis.delete(link.keys.unit("sink:jsonl"))
+    assert await run(link, "claim", "b", b, 0, "sink:jsonl") == [0]
+    assert await run(link, "read", "a", a, "jsonl", ">", 10) == [0]
+    assert await run(link, "adopt", "b", b, "jsonl", "0-0", 10) == [1, "0-0", 2]
+    ok, entries, _ = await run(link, "read", "b", b, "jsonl", "0", 10)
+    assert [entry for entry, _ in entries] == ids[:2]
+    # a has nothing pending any more: it is no longer a consumer of the group.
+    consumers = await link.redis.xinfo_consumers(link.keys.events, "jsonl")
+    assert [consumer["name"] for consumer in consumers] == ["b"]
+
+
+async def test_sinks_are_announced_on_the_clock_of_redis(
+    link: RedisLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("time.time", lambda: 0.0)  # a replica whose clock is far off
+    await create_groups(link, ["jsonl"])
+    await trim(link, retention_s=3600, abandon_after_s=600, announce=["jsonl"])
+    seconds, micros = await link.redis.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    announced = int(await link.redis.hget(link.keys.sinks, "jsonl"))
+    assert now_ms - 1000 < announced <= now_ms

@@ -37,6 +37,7 @@ __all__ = [
     "AppendFile",
     "EventFeed",
     "Feed",
+    "FeedLost",
     "JsonlSink",
     "RewindableFeed",
     "Sink",
@@ -51,6 +52,12 @@ _RESTART_MIN_S: Final = 1.0
 _RESTART_MAX_S: Final = 30.0
 
 
+class FeedLost(Exception):
+    """The feed's events are no longer this process's to deliver (cluster mode: Redis
+    names another replica the sink's holder): the sink stops at once, without marking
+    anything delivered."""
+
+
 class EventFeed(Protocol):
     """What a push sink reads: its undelivered events, page by page (:class:`Feed` from
     the SQLite store; a Redis stream's consumer group in cluster mode)."""
@@ -63,6 +70,11 @@ class EventFeed(Protocol):
 
     async def attempted(self, rowid: int, attempts: int) -> None:
         """Record failed attempts, so the count survives a restart."""
+
+    def deliverable(self) -> bool:
+        """Whether the sink may send now (asked before each send: False only in cluster
+        mode, once this replica may no longer hold the sink; then it raises
+        :class:`FeedLost`)."""
 
 
 class RewindableFeed(EventFeed, Protocol):
@@ -133,6 +145,10 @@ class Feed:
     async def attempted(self, rowid: int, attempts: int) -> None:
         """Record failed attempts, so the count survives a restart."""
         await self._store.call(self._store.attempted, self.sink, rowid, attempts)
+
+    def deliverable(self) -> bool:
+        """Always: the daemon alone owns its store."""
+        return True
 
 
 class AppendFile:

@@ -13,7 +13,10 @@ permanent. After ``max_attempts`` (or a permanent answer) the event goes to the
 dead-letter file with the reason, and the job's next event follows.
 
 Order: events are dealt to ``concurrency`` lanes by job ID, and a lane sends one
-event at a time, so a job's events arrive in order while other jobs proceed.
+event at a time, so a job's events arrive in order while other jobs proceed. Before
+each attempt the lane asks the feed whether it may still send (in cluster mode: this
+replica still holds the sink, on a trusted lease); if not, the sink stops at once
+(:class:`~.sinks.FeedLost`), and the sink's next holder sends what is left, in order.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from .._boundary import parse_retry_after
 from .._version import __version__
 from . import signature
 from .rows import Pending
-from .sinks import AppendFile, EventFeed
+from .sinks import AppendFile, EventFeed, FeedLost
 
 __all__ = ["ATTEMPT_HEADER", "DeadLetters", "WebhookSink", "retry_delay_s"]
 
@@ -214,6 +217,8 @@ class WebhookSink:
     async def _deliver(self, session: aiohttp.ClientSession, row: Pending, feed: EventFeed) -> None:
         attempts = row.attempts
         while True:
+            if not feed.deliverable():
+                raise FeedLost(f"event {row.id} not sent: the sink is no longer this replica's")
             attempts += 1
             status, retry_after_s, reason = await self._post(session, row, attempts)
             if status is not None and 200 <= status < 300:

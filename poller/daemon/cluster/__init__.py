@@ -35,7 +35,8 @@ release (a second, and a margin for requests still on their way). So a joining
 replica gets its partitions once their old owner has stopped polling them, and a
 dead replica's partitions are taken over when its lease expires
 (about 6 s after a ``kill -9``). The new owner resumes every job from its stored
-status and ``seq``.
+status and ``seq``. A holder claims what it holds at every step: if Redis lost
+recent writes and no longer names it the holder, it stops at once.
 
 **Exactly once in the log** (:mod:`.commit`, :mod:`.scripts`). One Lua script commits
 an event: it checks the replica's token, that it holds the job's partition with that
@@ -58,7 +59,11 @@ entry through the job's ``e:<seq>``, so a client resumes from any replica.
 what it did not is observed again by the next owner under the same ID. What a crash
 of Redis loses depends on its persistence (AOF with ``appendfsync everysec``: about
 the last second of transitions); the replica warns at start when Redis persists
-nothing (:func:`.client.check_server`).
+nothing, or may evict keys (:func:`.client.check_server`). After such a loss, holders
+learn at their next step what Redis no longer names theirs, and sinks make their lost
+consumer groups again. Leases are trusted on the replica's monotonic clock and
+expired on Redis's wall clock: a step of that clock, or a suspended host, is not
+covered (the README says what to do).
 
 **Budgets.** An organisation's rate limit is held across the cluster by issue 16's
 ``RedisCoordinator``: :func:`.serve.fleet_options` is the hook.

@@ -4,8 +4,13 @@ Two redis-py asyncio clients: one for commands and scripts, with short socket
 timeouts and no retries of its own (a call to a Redis that does not answer must fail
 within a second or two, so that a replica notices in time that it cannot renew its
 lease; the callers retry on their own schedule, and every script is safe to send
-again); and one for what blocks (pub/sub, ``XREAD BLOCK``). Scripts go by ``EVALSHA``
-(redis-py loads them again after ``NOSCRIPT``).
+again); and one for what blocks (pub/sub, ``XREAD BLOCK``), which waits
+:attr:`RedisLink.block_s` for news and gives a connection up when it heard nothing
+for :attr:`RedisLink.dead_after_s` (its read timeout; pub/sub pings when quiet), with
+TCP keepalive probes where the platform has them: a connection that died silently (a
+half-open one: Redis restarted behind a NAT, a network cut) is found within seconds,
+not hours. Scripts go by ``EVALSHA`` (redis-py loads them again after
+``NOSCRIPT``).
 
 The URL may carry a password: it is never logged nor put in an error; :func:`redact`
 gives what may be shown. redis-py's own messages name the host and port only.
@@ -43,6 +48,14 @@ __all__ = [
 log = logging.getLogger("poller.daemon.cluster")
 
 _TIMEOUT_S: Final = 2.0
+_BLOCK_S: Final = 5.0
+_SILENCE_MARGIN_S: Final = 5.0
+_KEEPALIVE: Final = (  # idle 5 s, then a probe every 2 s, given up after 3; unacked: 10 s
+    ("TCP_KEEPIDLE", 5),
+    ("TCP_KEEPINTVL", 2),
+    ("TCP_KEEPCNT", 3),
+    ("TCP_USER_TIMEOUT", 10_000),
+)
 _MIN_VERSION: Final = (6, 2)  # XAUTOCLAIM, XTRIM MINID, exclusive XRANGE bounds
 
 
@@ -82,6 +95,8 @@ class Scripts:
         self.add = client.register_script(scripts.ADD)
         self.remove = client.register_script(scripts.REMOVE)
         self.commit = client.register_script(scripts.COMMIT)
+        self.adopt = client.register_script(scripts.ADOPT)
+        self.read = client.register_script(scripts.READ)
 
     @staticmethod
     async def run(script: AsyncScript, args: list[Any]) -> Any:
@@ -95,11 +110,23 @@ class RedisLink:
     Args:
         url: the Redis URL (secret: may carry a password).
         namespace: the key prefix.
+        block_s: how long a blocking call waits for news.
+        silence_margin_s: how much longer a blocking connection may stay silent before
+            it is given up.
     """
 
-    def __init__(self, url: str, namespace: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        *,
+        block_s: float = _BLOCK_S,
+        silence_margin_s: float = _SILENCE_MARGIN_S,
+    ) -> None:
         self.name = redact_url(url)
         self.keys = Keys(namespace)
+        self.block_s = block_s
+        self.dead_after_s = block_s + silence_margin_s
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
             url,
             socket_timeout=_TIMEOUT_S,
@@ -107,13 +134,16 @@ class RedisLink:
             retry=Retry(NoBackoff(), 0),
             decode_responses=True,
         )
-        # Pub/sub and XREAD BLOCK wait on their connection: no read timeout there, and
-        # a health check now and then finds a connection that died silently.
+        # Pub/sub and XREAD BLOCK wait on their connection: up to block_s for news, and
+        # never longer than dead_after_s for an answer.
         self.blocking: aioredis.Redis = aioredis.Redis.from_url(
             url,
-            socket_timeout=None,
+            socket_timeout=self.dead_after_s,
             socket_connect_timeout=_TIMEOUT_S,
             socket_keepalive=True,
+            socket_keepalive_options={
+                getattr(socket, name): value for name, value in _KEEPALIVE if hasattr(socket, name)
+            },
             health_check_interval=15,
             retry=Retry(NoBackoff(), 0),
             decode_responses=True,
@@ -150,7 +180,8 @@ class RedisLink:
 
 async def check_server(link: RedisLink) -> None:
     """Check Redis before the replica joins: its version, its persistence (a warning
-    when a crash of Redis would lose transitions), and the namespace's partition count.
+    when a crash of Redis would lose transitions), its eviction policy (a warning when
+    it may evict keys: leases, holders, jobs), and the namespace's partition count.
 
     Raises:
         ClusterError: Redis is too old, or the namespace has another partition count.
@@ -164,12 +195,26 @@ async def check_server(link: RedisLink) -> None:
             f"Redis {server.get('redis_version')} is too old: cluster mode needs 6.2 or later"
         )
     await _check_persistence(r, link.name)
+    await _check_eviction(r, link.name)
     await r.hsetnx(link.keys.meta, "slots", SLOTS)
     slots = str(await r.hget(link.keys.meta, "slots"))
     if slots != str(SLOTS):
         raise ClusterError(
             f"the namespace was made with {slots} partitions, this version uses {SLOTS}: "
             "use another redis_namespace"
+        )
+
+
+async def _check_eviction(r: aioredis.Redis, name: str) -> None:
+    memory = await r.info("memory")
+    policy = str(memory.get("maxmemory_policy", "noeviction"))
+    if int(memory.get("maxmemory", 0) or 0) and policy != "noeviction":
+        log.warning(
+            "Redis %s has maxmemory-policy %s: when full it evicts keys, which may be a "
+            "replica's lease, who holds a partition or a sink, or jobs (lost silently); set "
+            "maxmemory-policy noeviction (writes then fail, and the replicas say so)",
+            name,
+            policy,
         )
 
 

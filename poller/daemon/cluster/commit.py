@@ -9,8 +9,10 @@ rings the bell for the sinks and ``/events`` streams of this replica.
 
 What the script refuses is dropped, never retried: ``fenced``/``notmine`` (the job is
 no longer this replica's: its next owner resumes from the stored status and ``seq``
-and observes the change again, under the same event ID), ``stale``/``unknown`` (this
-replica's view of the job was behind: the owner reloads it). A call that fails (Redis
+and observes the change again, under the same event ID; on ``notmine`` the owner is
+told the partition, which Redis does not name this replica's, and stops polling it),
+``stale``/``unknown`` (this replica's view of the job was behind: the owner reloads
+it). A call that fails (Redis
 unreachable) is retried with the same events in front; a retry of a batch Redis did
 commit finds them ``dup``. Events still queued when the process dies are observed
 again by the next owner, as after a crash of the single-node daemon.
@@ -64,6 +66,8 @@ class ClusterOutbox:
         owned: the jobs this replica polls (the owner's table, shared).
         changes: rung after each commit that added events.
         on_stale: told the jobs whose view was behind, to reload them.
+        on_lost: told the partitions of events refused as ``notmine``, with the token
+            the commit carried.
     """
 
     def __init__(
@@ -73,17 +77,22 @@ class ClusterOutbox:
         owned: MutableMapping[str, Owned],
         changes: Changes,
         on_stale: Callable[[list[str]], None],
+        on_lost: Callable[[list[int], str], None] | None = None,
     ) -> None:
         self._link = link
         self._membership = membership
         self._owned = owned
         self._changes = changes
         self._on_stale = on_stale
+        self._on_lost = on_lost
         self._queue: list[list[Any]] = []
         self._wake = anyio.Event()
         self._idle = anyio.Event()
         self._idle.set()
         self._closed = False
+        self.finishing: set[str] = set()
+        """Jobs whose final event is queued or being sent: their owner must not track
+        them again from Redis meanwhile (Redis does not know yet that they ended)."""
         self.committed = 0
         self.dropped = 0
         self.failures = 0
@@ -143,6 +152,7 @@ class ClusterOutbox:
         owned.seq = seq
         if record.final:
             del self._owned[event.job_id]
+            self.finishing.add(event.job_id)
         self._queue.append(args)
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         self._wake.set()
@@ -157,6 +167,7 @@ class ClusterOutbox:
         Returns how many."""
         dropped = len(self._queue)
         self._queue.clear()
+        self.finishing.clear()
         self.dropped += dropped
         self._idle.set()
         return dropped
@@ -177,8 +188,9 @@ class ClusterOutbox:
                 self._wake = anyio.Event()
                 continue
             batch = self._queue[:_BATCH_MAX]
+            token = self._membership.token
             try:
-                results = await self._commit(batch)
+                results = await self._commit(batch, token)
             except RedisError as exc:
                 self.failures += 1
                 self._link.failed(exc, f"committing {len(batch)} event(s)")
@@ -190,29 +202,37 @@ class ClusterOutbox:
             # The queue may have been cleared meanwhile (a fence): drop only what was sent.
             if self._queue[: len(batch)] == batch:
                 del self._queue[: len(batch)]
-            self._settle(batch, results)
+            self._settle(batch, results, token)
 
-    async def _commit(self, batch: Sequence[list[Any]]) -> list[str]:
-        args: list[Any] = [self._link.keys.prefix, self._membership.id, self._membership.token]
+    async def _commit(self, batch: Sequence[list[Any]], token: str) -> list[str]:
+        args: list[Any] = [self._link.keys.prefix, self._membership.id, token]
         for item in batch:
             args += item
         results: list[str] = await self._link.scripts.run(self._link.scripts.commit, args)
         return results
 
-    def _settle(self, batch: Sequence[list[Any]], results: Sequence[str]) -> None:
+    def _settle(self, batch: Sequence[list[Any]], results: Sequence[str], token: str) -> None:
+        for item in batch:
+            if item[-1] == "1":
+                self.finishing.discard(item[0])
         if results == ["fenced"]:
             self.dropped += len(batch)
             log.warning("%d event(s) not committed: this replica's lease is gone", len(batch))
             return
         added = 0
         stale: list[str] = []
+        lost: set[int] = set()
         for item, result in zip(batch, results, strict=True):
             if result in ("stale", "unknown"):
                 stale.append(item[0])
             elif result == "notmine":
                 self.dropped += 1
+                lost.add(item[1])
             elif result != "dup":
                 added += 1
+        if lost and self._on_lost is not None:
+            log.warning("%d event(s) refused: their partition is not this replica's", len(lost))
+            self._on_lost(sorted(lost), token)
         if stale:
             log.info("%d event(s) refused (behind the stored state): reloading", len(stale))
             self._on_stale(list(dict.fromkeys(stale)))

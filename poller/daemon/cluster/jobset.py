@@ -147,6 +147,7 @@ class ClusterJobs:
         except RedisError as exc:
             self._link.failed(exc, "removing a job")
             raise _unavailable(exc) from None
+        self._link.ok()
         return bool(removed)
 
     # -- the listing -------------------------------------------------------------------

@@ -5,14 +5,20 @@ One task (:meth:`Owner.run`) makes every change, one at a time, woken every
 
 1. **Rebalance.** The partitions this replica should hold are those rendezvous
    hashing gives it among the live replicas (:func:`.lease.assign`). It first lets
-   go of those it holds and should not: it stops polling their jobs, sends what
-   their engine events left to commit, then releases them in Redis (``RELEASE``).
-   Then it claims those it should hold and does not (``CLAIM``): a partition is
-   granted when free or when its holder's lease is gone, and is used after the wait
-   the script answers (a released one: ``gap_s`` after its release). So when a
-   replica joins, jobs move to it only once their old owner has released them, and
-   a partition is never polled by two replicas within ``gap_s`` of each other.
-   Sinks are claimed when free (see :mod:`.stream`).
+   go of those it holds and should not: it stops polling their jobs, waits until
+   none of their polls is in flight (cancelling what is left after a while: see
+   :mod:`.guard`), sends what their engine events left to commit, then releases
+   them in Redis (``RELEASE``). Then it claims those it should hold (``CLAIM``): a
+   partition is granted when free or when its holder's lease is gone, and is used
+   after the wait the script answers (a released one: ``gap_s`` after its release).
+   So when a replica joins, jobs move to it only once their old owner has released
+   them, and a partition is never polled by two replicas within ``gap_s`` of each
+   other. Sinks are claimed when free (see :mod:`.stream`). The partitions and
+   sinks it holds already are in every claim too: Redis answers 0 while they are
+   still its own. If Redis lost that (a restart from a file a second old, a
+   failover), the replica stops polling the partition (delivering the sink) at
+   once, and polls it again only if its claim succeeds, after its wait; so does a
+   commit refused as ``notmine``.
 2. **Load.** A partition whose wait is over is loaded: its jobs still to poll, each
    tracked by the engine from its stored status and ``seq``
    (``track(last_status=, last_seq=)``), so a takeover never repeats or skips a
@@ -23,8 +29,8 @@ One task (:meth:`Owner.run`) makes every change, one at a time, woken every
    message was missed.
 
 :meth:`Owner.fence` (synchronous) drops everything at once: every job untracked,
-every partition and sink forgotten, the outbox's queue dropped. :meth:`Owner.allows`
-is what the transport asks before each request.
+its polls in flight cancelled, every partition and sink forgotten, the outbox's
+queue dropped. :meth:`Owner.allows` is what the transport asks before each request.
 """
 
 from __future__ import annotations
@@ -36,11 +42,13 @@ from typing import Final
 
 import anyio
 from anyio.abc import TaskGroup
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from ...engine import Poller
 from .client import RedisLink, describe
 from .commit import ClusterOutbox, Owned
+from .guard import OwnedOnly
 from .jobset import ClusterJobs, JobState
 from .keys import SLOTS, slot_of, slot_unit, unit_slot
 from .lease import assign
@@ -53,6 +61,7 @@ log = logging.getLogger("poller.daemon.cluster")
 
 _LOAD_BATCH: Final = 5000
 _FLUSH_S: Final = 2.0
+_SETTLE_S: Final = 2.0
 _SUBSCRIBE_RETRY_S: Final = 1.0
 
 
@@ -68,6 +77,8 @@ class Owner:
         default_key: whether the engine has a default key.
         sinks: this replica's push sinks, as units.
         sink_group: where a sink this replica takes is run.
+        guard: the engine's transport, whose polls in flight are awaited (or cancelled)
+            before a partition is released, and cancelled when it is dropped.
         gap_s: the pause between two holders of a partition.
         tick_s: how often to rebalance at least.
         reconcile_every_s: how often to read the held partitions again.
@@ -84,6 +95,7 @@ class Owner:
         default_key: bool,
         sinks: Sequence[SinkUnit] = (),
         sink_group: TaskGroup | None = None,
+        guard: OwnedOnly | None = None,
         gap_s: float = 1.5,
         tick_s: float = 1.0,
         reconcile_every_s: float = 30.0,
@@ -110,8 +122,10 @@ class Owner:
         self.outbox: ClusterOutbox | None = None
         self._messages: list[str] = []
         self._stale: list[str] = []
+        self._lost: set[int] = set()
         self._wake = anyio.Event()
         self._sink_group = sink_group
+        self._guard = guard
         self.takeovers = 0
         self.released = 0
 
@@ -130,10 +144,20 @@ class Owner:
         self._stale += job_ids
         self._wake.set()
 
+    def lost(self, slots: Iterable[int], token: str) -> None:
+        """Commits for these partitions were refused (``notmine``): Redis does not name
+        this replica their holder. They stop being polled at the next step, and are
+        claimed again as any other."""
+        if token == self._membership.token:
+            self._lost.update(slots)
+            self._wake.set()
+
     def fence(self) -> None:
         """Drop every job, partition and sink at once (the lease is not to be trusted)."""
         for job_id in self.owned:
             self._engine.untrack(job_id)
+        if self._guard is not None:
+            self._guard.cancel()
         dropped = len(self.owned)
         self.owned.clear()
         self.slots.clear()
@@ -141,6 +165,7 @@ class Owner:
         self.releasing.clear()
         self._messages.clear()
         self._stale.clear()
+        self._lost.clear()
         if self.outbox is not None:
             self.outbox.clear()
         for sink in self.sinks:
@@ -162,7 +187,9 @@ class Owner:
                 with anyio.move_on_after(self._sleep_s()):
                     await self._wake.wait()
                 self._wake = anyio.Event()
-                if self._membership.state != OK:
+                if self._membership.state != OK:  # it holds nothing: news of jobs is moot
+                    self._messages.clear()
+                    self._stale.clear()
                     continue
                 try:
                     await self._step(self._membership.token)
@@ -177,6 +204,12 @@ class Owner:
     async def _step(self, token: str) -> None:
         # After each await the replica may have been fenced (the transport or the
         # watchdog called fence()): then this step stops; the next one starts afresh.
+        if lost := self._lost & self.slots:
+            log.warning(
+                "%d partition(s) not this replica's in Redis: stopped polling them", len(lost)
+            )
+            self._drop_slots(lost)
+        self._lost.clear()
         await self._follow(token)
         if self._membership.token == token:
             await self._rebalance(token)
@@ -199,8 +232,10 @@ class Owner:
             await self._release(leaving, token)
         if self._membership.token != token:
             return
-        claims = [slot_unit(slot) for slot in sorted(desired - held)]
-        claims += [sink.unit for sink in self.sinks if not sink.held]
+        # The units held already are claimed too: Redis answers 0 while they are still
+        # this replica's, and says so when it lost them (see the module docstring).
+        claims = [slot_unit(slot) for slot in sorted(desired)]
+        claims += [sink.unit for sink in self.sinks]
         if not claims:
             return
         args = [self._link.keys.prefix, me, token, self._gap_ms, *claims]
@@ -212,38 +247,64 @@ class Owner:
             self._membership.fence("Redis says its lease is gone")
             return
         now = time.monotonic()
-        claimed = 0
+        claimed, lost = 0, 0
         for unit, wait_ms in zip(claims, waits, strict=True):
-            if wait_ms < 0:
-                continue
             slot = unit_slot(unit)
-            if slot is not None:
+            if slot is None:
+                self._sink_claimed(unit, wait_ms, token)
+                continue
+            held_here = slot in self.slots or slot in self.waiting
+            if wait_ms == 0 and held_here:
+                continue  # still this replica's
+            if held_here:  # another holds it, or Redis had lost it (claimed again: wait)
+                self._drop_slots([slot])
+                lost += 1
+            if wait_ms >= 0:
                 self.waiting[slot] = now + wait_ms / 1000
                 claimed += 1
-            else:
-                self._take_sink(unit)
+        if lost:
+            log.warning(
+                "%d partition(s) this replica held are not its own in Redis (did Redis lose "
+                "writes?): stopped polling them",
+                lost,
+            )
         if claimed:
             log.info("claimed %d partition(s)", claimed)
 
-    def _take_sink(self, unit: str) -> None:
+    def _sink_claimed(self, unit: str, wait_ms: int, token: str) -> None:
         for sink in self.sinks:
-            # A run ended by a fence may still be unwinding: then take it at the next step
-            # (the unit stays this replica's in Redis meanwhile).
-            if sink.unit == unit and not sink.running and self._sink_group is not None:
-                sink.take()
-                self._sink_group.start_soon(sink.run)
+            if sink.unit != unit:
+                continue
+            if sink.held:
+                if wait_ms < 0:  # Redis names another holder: stop at once
+                    log.warning("sink %s is held by another replica in Redis: stopped", sink.name)
+                    sink.cancel()
+            elif wait_ms >= 0 and not sink.running and self._sink_group is not None:
+                # A run that ended may still be unwinding: then it is taken at the next
+                # step (the unit stays this replica's in Redis meanwhile).
+                sink.take(token)
+                self._sink_group.start_soon(sink.run, wait_ms / 1000)
                 log.info("this replica now delivers sink %s", sink.name)
 
     async def _release(self, slots: set[int], token: str) -> None:
-        """Stop polling ``slots``, commit what their jobs reported, then release them and
-        any partition a failed call left to release (retried at the next step)."""
-        for job_id in [j for j, owned in self.owned.items() if owned.slot in slots]:
+        """Stop polling ``slots``, wait until none of their polls is in flight, commit what
+        their jobs reported, then release them and any partition a failed call left to
+        release (retried at the next step)."""
+        jobs = [j for j, owned in self.owned.items() if owned.slot in slots]
+        for job_id in jobs:
             self._engine.untrack(job_id)
             del self.owned[job_id]
         self.slots -= slots
         for slot in slots:
             self.waiting.pop(slot, None)
         self.releasing |= slots
+        # A poll sent before (its connection still opening, say) must not reach the API
+        # after the next holder's first: wait for it, or call it back.
+        if self._guard is not None and jobs:
+            if cancelled := await self._guard.settle(set(jobs), _SETTLE_S):
+                log.info("%d poll(s) still in flight cancelled before the release", cancelled)
+            if self._membership.token != token:
+                return
         # What was observed for them before they were untracked is committed first.
         if self.outbox is not None and slots:
             with anyio.move_on_after(_FLUSH_S):
@@ -318,9 +379,12 @@ class Owner:
         """Track the active jobs of held partitions that are not tracked yet."""
         tracked = 0
         missing: dict[str | None, int] = {}
+        finishing = self.outbox.finishing if self.outbox is not None else set()
         for job_id, state in states.items():
             slot = slot_of(job_id)
             if not state.active or slot not in self.slots or job_id in self.owned:
+                continue
+            if job_id in finishing:  # its final event is on its way to Redis
                 continue
             if state.credential is None and not self._default_key:
                 missing[None] = missing.get(None, 0) + 1
@@ -342,6 +406,18 @@ class Owner:
             what = f"credential {name!r} is" if name is not None else "no default API key is"
             log.error("%d job(s) not tracked: %s configured on this replica", count, what)
         return tracked
+
+    def _drop_slots(self, slots: Iterable[int]) -> None:
+        """Stop polling partitions that are not this replica's (any more) in Redis: no
+        release, no commit."""
+        gone = set(slots)
+        jobs = [job for job, owned in self.owned.items() if owned.slot in gone]
+        self._drop(jobs)
+        if self._guard is not None:
+            self._guard.cancel(jobs)
+        self.slots -= gone
+        for slot in gone:
+            self.waiting.pop(slot, None)
 
     def _drop(self, job_ids: Iterable[str]) -> None:
         for job_id in job_ids:
@@ -402,9 +478,18 @@ class Owner:
                 await pubsub.subscribe(keys.intake_channel, keys.members_channel)
                 self._next_reconcile = 0.0  # messages may have been missed meanwhile
                 self._wake.set()
+                heard = time.monotonic()
                 while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
-                    if message is None:
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=self._link.block_s
+                    )
+                    if message is None:  # quiet: is the connection still there?
+                        if time.monotonic() - heard > self._link.dead_after_s:
+                            raise RedisConnectionError("no answer to a ping on the subscription")
+                        await pubsub.ping()
+                        continue
+                    heard = time.monotonic()
+                    if message["type"] == "pong":
                         continue
                     if message["channel"] == keys.intake_channel:
                         self._messages.append(str(message["data"]))

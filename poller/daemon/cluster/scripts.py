@@ -8,7 +8,8 @@ measures how long ago it renewed its lease (see :mod:`.lease`).
 ``REGISTER``
     A lease for a replica ID, with a new fencing token (``INCR <p>fence``), unless a
     live lease holds the ID (then: how long it still has). A retry of the same call
-    (same nonce) gets the same token.
+    (same nonce) gets the same token, and the lease's TTL afresh: the caller counts
+    the lease from when it sent the retry.
 ``HEARTBEAT``
     Renews the lease if the token is still the replica's, drops expired replicas from
     ``<p>replicas``, and returns the live ones. 0: the lease is gone.
@@ -17,11 +18,21 @@ measures how long ago it renewed its lease (see :mod:`.lease`).
 ``CLAIM``
     Takes units (partitions ``slot:<n>``, sinks ``sink:<name>``) that are free (released,
     or never held) or whose holder's lease is gone (expired, or a newer registration:
-    its token changed). For each unit: -1 (held by a live replica), or the milliseconds
-    to wait before using it: a released unit is used ``gap`` after its release, so the
-    last request of its old holder and the first of the new one are that far apart.
+    its token changed). For each unit: -1 (held by a live replica), 0 (the caller holds
+    it already: holders send theirs at every step, to learn whether Redis still says
+    so), or the milliseconds to wait before using it: a released unit is used ``gap``
+    after its release, so the last request of its old holder and the first of the new
+    one are that far apart; a unit Redis has no record of (never held, or lost with
+    Redis's last writes) is used ``gap`` after the claim, so that a replica that still
+    believes it holds it learns otherwise at its next step and stops first.
 ``RELEASE``
     Gives units back (their ``owner`` emptied, ``at`` stamped), if still the caller's.
+``ADOPT``, ``READ``
+    A sink's holder takes the entries pending in its group (``XAUTOCLAIM``, a page at a
+    time; after the last, the group's other consumers are deleted), and reads its
+    group (``XREADGROUP``, with the failed attempts of each entry), only while its
+    lease holds its token and the sink is its own with that token: ``{0}``
+    otherwise, and nothing is read nor taken from the group.
 ``ADD``, ``REMOVE``
     The control API's changes of the job set, published on ``<p>intake`` for owners.
 ``COMMIT``
@@ -34,9 +45,10 @@ measures how long ago it renewed its lease (see :mod:`.lease`).
     appended to ``<p>events`` (``XADD``), its entry ID is kept in the job as
     ``e:<seq>``, and a final event takes the job out of its partition's set. So an
     event is in the stream exactly once, and ``seq`` never repeats nor skips, whoever
-    polls the job. Per event: the stream entry ID, ``dup`` (committed already: a retry
-    after a lost reply), ``stale`` (the replica's view of the job is behind: it reloads
-    it), ``unknown`` or ``notmine``.
+    polls the job. Per event: the stream entry ID, ``dup`` (this very event, its body
+    byte for byte, is committed already under its ``seq``: a retry after a lost reply),
+    ``stale`` (the replica's view of the job is behind, or another event holds that
+    ``seq``: it reloads the job), ``unknown`` or ``notmine``.
 """
 
 from __future__ import annotations
@@ -45,11 +57,13 @@ from typing import Final
 
 __all__ = [
     "ADD",
+    "ADOPT",
     "CLAIM",
     "COMMIT",
     "COMMIT_FIELDS",
     "HEARTBEAT",
     "LEAVE",
+    "READ",
     "REGISTER",
     "RELEASE",
     "REMOVE",
@@ -69,11 +83,14 @@ REGISTER: Final = (
 local id, ttl, nonce, version = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local key = p .. 'replica:' .. id
 local held = redis.call('HMGET', key, 'token', 'nonce')
-if held[1] then
-  if held[2] == nonce then return {1, tonumber(held[1])} end
-  return {0, redis.call('PTTL', key)}
-end
 local now = now_ms()
+if held[1] then
+  if held[2] ~= nonce then return {0, redis.call('PTTL', key)} end
+  -- A retry (its reply was lost): the lease runs from now, as the caller counts it.
+  redis.call('PEXPIRE', key, ttl)
+  redis.call('ZADD', p .. 'replicas', now + ttl, id)
+  return {1, tonumber(held[1])}
+end
 local token = redis.call('INCR', p .. 'fence')
 redis.call('HSET', key, 'token', token, 'nonce', nonce, 'since', now, 'version', version)
 redis.call('PEXPIRE', key, ttl)
@@ -127,7 +144,9 @@ for i = 5, #ARGV do
   local wait = -1
   if h[1] == id and h[2] == token then
     wait = 0
-  elseif not h[1] or h[1] == '' then
+  elseif not h[1] then
+    wait = gap
+  elseif h[1] == '' then
     wait = math.max(0, (tonumber(h[3]) or 0) + gap - now)
   elseif redis.call('HGET', p .. 'replica:' .. h[1], 'token') ~= h[2] then
     wait = 0
@@ -157,6 +176,49 @@ for i = 4, #ARGV do
 end
 if n > 0 then redis.call('PUBLISH', p .. 'members', 'release ' .. id) end
 return n
+"""
+)
+
+_HOLDS_SINK: Final = """
+local id, token, group = ARGV[2], ARGV[3], ARGV[4]
+if redis.call('HGET', p .. 'replica:' .. id, 'token') ~= token then return {0} end
+local holder = redis.call('HMGET', p .. 'sink:' .. group, 'owner', 'token')
+if holder[1] ~= id or holder[2] ~= token then return {0} end
+"""
+
+ADOPT: Final = (
+    _NOW
+    + _HOLDS_SINK
+    + """
+local reply = redis.call('XAUTOCLAIM', p .. 'events', group, id, 0, ARGV[5], 'COUNT', ARGV[6],
+  'JUSTID')
+if reply[1] == '0-0' then
+  -- Every pending entry is the holder's now: forget the consumers left with none.
+  for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', p .. 'events', group)) do
+    local info = {}
+    for j = 1, #consumer, 2 do info[consumer[j]] = consumer[j + 1] end
+    if info['name'] ~= id and tonumber(info['pending']) == 0 then
+      redis.call('XGROUP', 'DELCONSUMER', p .. 'events', group, info['name'])
+    end
+  end
+end
+return {1, reply[1], #reply[2]}
+"""
+)
+
+READ: Final = (
+    _NOW
+    + _HOLDS_SINK
+    + """
+local reply = redis.call('XREADGROUP', 'GROUP', group, id, 'COUNT', ARGV[6], 'STREAMS',
+  p .. 'events', ARGV[5])
+local entries, ids, attempts = {}, {}, {}
+if reply then entries = reply[1][2] end
+for i, entry in ipairs(entries) do ids[i] = entry[1] end
+if #ids > 0 then
+  attempts = redis.call('HMGET', p .. 'sink:' .. group .. ':attempts', unpack(ids))
+end
+return {1, entries, attempts}
 """
 )
 
@@ -259,7 +321,16 @@ for i = 4, #ARGV, 12 do
     elseif tonumber(h[2]) ~= gen then
       result = 'stale'
     elseif stored >= seq then
-      result = 'dup'
+      -- The same event again (a retry), or another one under a seq already used.
+      result = 'stale'
+      local entry = redis.call('HGET', key, 'e:' .. seq)
+      local found = entry and redis.call('XRANGE', p .. 'events', entry, entry) or {}
+      if #found > 0 then
+        local fields = found[1][2]
+        for j = 1, #fields, 2 do
+          if fields[j] == 'body' and fields[j + 1] == ARGV[i + 10] then result = 'dup' end
+        end
+      end
     elseif stored ~= seq - 1 or (kind == 'transition' and (h[3] or '') ~= previous) then
       result = 'stale'
     else

@@ -5,15 +5,28 @@
 replica holds at a time, claimed as partitions are (see :mod:`.scripts`); the
 holder reads the group with ``XREADGROUP``, delivers with the sink's own code (order
 per job, retries, dead letters) and acknowledges with ``XACK`` what it delivered.
+Each page is read by a script (``READ``) that first checks that Redis still names
+this replica, with its token, the sink's holder: if not (Redis lost writes, and
+another replica claimed the sink), nothing is read and the sink stops at once. And
+before each read, each send (a webhook's POST) and each acknowledgement, the sink
+checks on its own clock that it still holds the sink on a trusted lease (see
+:mod:`.lease`): after a stall of the event loop past the lease's margin, it stops
+before it sends anything more, and its next holder sends the rest, in order.
 A sink stays with its holder (no rebalancing: a move would only cost a pause) until
 the holder stops, which releases it, or dies, whose lease expiry frees it. The next
 holder first takes every entry still pending in the group (``XAUTOCLAIM``, idle time
-0: the unit's lease says their consumer is gone), delivers them, then reads on. So an
+0: the unit's lease says their consumer is gone; the consumers left with nothing
+pending are deleted), delivers them, then reads on. So an
 event committed by a replica that dies is still delivered, at least once; failed
 attempts are counted in ``<p>sink:<name>:attempts`` so that the dead-letter limit
 holds across holders. The JSON-lines sink writes to the holder's own ``--jsonl``
 file: together, the replicas' files hold every event at least once, each file in
 order per job.
+
+**Redis lost the stream or a group** (a restart without persistence, a failover):
+a sink's holder that finds its group gone (``NOGROUP``) makes it again, from the
+stream's first entry (what was committed since the loss is delivered), and carries
+on.
 
 **The tail.** One ``XREAD BLOCK`` per replica rings the local bell when another
 replica commits, so this replica's sinks and ``/events`` streams wake without
@@ -27,9 +40,9 @@ sink's group has acknowledged *and* that are older than ``history_retention_s``
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
 
 import anyio
@@ -37,7 +50,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from ..outbox import Changes
 from ..rows import Pending
-from ..sinks import Sink, run_sink
+from ..sinks import FeedLost, Sink, run_sink
 from .client import RedisLink
 from .keys import SINK_UNIT
 
@@ -57,7 +70,6 @@ _PAGE: Final = 500
 _POLL_S: Final = 1.0
 _RETRY_MIN_S: Final = 0.25
 _RETRY_MAX_S: Final = 5.0
-_BLOCK_MS: Final = 5000
 
 
 def entry_key(entry_id: str) -> tuple[int, int]:
@@ -74,11 +86,28 @@ async def create_groups(link: RedisLink, sinks: Sequence[str]) -> None:
         RedisError: Redis cannot be reached.
     """
     for name in sinks:
-        try:
-            await link.redis.xgroup_create(link.keys.events, name, id="$", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await _create_group(link, name, "$")
+
+
+async def _create_group(link: RedisLink, name: str, start: str) -> None:
+    try:
+        await link.redis.xgroup_create(link.keys.events, name, id=start, mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+async def _recreate_group(link: RedisLink, name: str, exc: RedisError) -> bool:
+    """Make the group again if ``exc`` says Redis lost it (or the stream); whether it did.
+
+    Raises:
+        RedisError: Redis cannot be reached.
+    """
+    if not isinstance(exc, ResponseError) or "NOGROUP" not in str(exc):
+        return False
+    log.warning("sink %s: Redis lost its consumer group (a restart?): made again", name)
+    await _create_group(link, name, "0")
+    return True
 
 
 class GroupFeed:
@@ -90,20 +119,35 @@ class GroupFeed:
         link: the Redis connections.
         group: the group (the sink's name).
         consumer: this replica's ID.
+        token: the fencing token this replica claimed the sink with.
         changes: the bell rung when events are committed.
+        deliverable: whether this replica may still deliver the sink (asked before each
+            read, send and acknowledgement).
     """
 
     def __init__(
-        self, link: RedisLink, *, group: str, consumer: str, changes: Changes, page: int = _PAGE
+        self,
+        link: RedisLink,
+        *,
+        group: str,
+        consumer: str,
+        token: str,
+        changes: Changes,
+        deliverable: Callable[[], bool] = lambda: True,
+        page: int = _PAGE,
     ) -> None:
         self._link = link
         self._group = group
         self._consumer = consumer
+        self._token = token
+        self.deliverable = deliverable
         self._changes = changes
         self._page = page
         self._attempts_key = link.keys.attempts(group)
         self._position = "0"
         self._entries: dict[int, str] = {}
+        self._unacked: list[str] = []
+        """Entries delivered whose acknowledgement failed: sent again with the next."""
         self._next_rowid = 0
         self._closed = False
 
@@ -118,17 +162,27 @@ class GroupFeed:
         self._entries.clear()
 
     async def next_page(self) -> list[Pending]:
-        """The next events to deliver; empty once closed."""
+        """The next events to deliver; empty once closed.
+
+        Raises:
+            FeedLost: Redis does not name this replica the sink's holder.
+        """
         delay_s = _RETRY_MIN_S
         while not self._closed:
             seen = self._changes.version
             try:
+                if self._unacked and self.deliverable():  # else they hold the trim back
+                    await self._acknowledge()
                 rows = await self._read()
             except RedisError as exc:
+                with contextlib.suppress(RedisError):
+                    if await _recreate_group(self._link, self._group, exc):
+                        continue
                 self._link.failed(exc, f"reading the events of sink {self._group}")
                 await anyio.sleep(delay_s)
                 delay_s = min(_RETRY_MAX_S, delay_s * 2)
                 continue
+            self._link.ok()
             delay_s = _RETRY_MIN_S
             if rows:
                 return rows
@@ -138,30 +192,28 @@ class GroupFeed:
         return []
 
     async def _read(self) -> list[Pending]:
-        redis, events = self._link.redis, self._link.keys.events
-        reply = cast(
-            "list[tuple[str, list[tuple[str, dict[str, str] | None]]]]",
-            await redis.xreadgroup(
-                self._group, self._consumer, {events: self._position}, count=self._page
-            ),
-        )
-        entries = reply[0][1] if reply else []
+        link = self._link
+        if not self.deliverable():
+            raise FeedLost(f"sink {self._group} is no longer this replica's")
+        args = [link.keys.prefix, self._consumer, self._token, self._group]
+        reply = await link.scripts.run(link.scripts.read, [*args, self._position, self._page])
+        if not reply[0]:
+            raise FeedLost(f"sink {self._group} is not this replica's in Redis")
+        entries = cast("list[tuple[str, list[str] | None]]", reply[1])
+        counts = cast("list[str | None]", reply[2])
         if self._position != ">":
             if not entries:
                 self._position = ">"  # every pending one read: on to new ones
                 return []
             self._position = entries[-1][0]
-        live = [(entry, fields) for entry, fields in entries if fields]
         gone = [entry for entry, fields in entries if not fields]
         if gone:  # trimmed while pending (not by this cluster's trimming): nothing to send
-            await redis.xack(events, self._group, *gone)
-        if not live:
-            return []
-        counts = cast(
-            "list[str | None]", await redis.hmget(self._attempts_key, [e for e, _ in live])
-        )
+            await link.redis.xack(link.keys.events, self._group, *gone)
         rows = []
-        for (entry, fields), attempts in zip(live, counts, strict=True):
+        for (entry, flat), attempts in zip(entries, counts, strict=True):
+            if not flat:
+                continue
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
             self._next_rowid += 1
             self._entries[self._next_rowid] = entry
             rows.append(
@@ -177,20 +229,34 @@ class GroupFeed:
 
     async def done(self, rowids: Sequence[int]) -> None:
         """Acknowledge delivered (or dead-lettered) events. If Redis cannot be reached,
-        they stay pending and are sent again later (at least once)."""
+        they are acknowledged with the next ones, or before the next page is read; when
+        the sink is no longer this replica's, they stay pending (its next holder sends
+        them again: at least once)."""
         entries = [self._entries.pop(rowid) for rowid in rowids if rowid in self._entries]
-        if not entries:
+        if not self.deliverable():
             return
+        self._unacked += entries
         for attempt in range(3):
+            if not self._unacked:
+                return
             try:
-                pipe = self._link.redis.pipeline(transaction=False)
-                pipe.xack(self._link.keys.events, self._group, *entries)
-                pipe.hdel(self._attempts_key, *entries)
-                await pipe.execute()
+                await self._acknowledge()
                 return
             except RedisError as exc:
                 self._link.failed(exc, f"acknowledging events of sink {self._group}")
                 await anyio.sleep(_RETRY_MIN_S * 2**attempt)
+
+    async def _acknowledge(self) -> None:
+        """Acknowledge :attr:`_unacked` (kept if Redis cannot be reached)."""
+        entries, self._unacked = self._unacked, []
+        try:
+            pipe = self._link.redis.pipeline(transaction=False)
+            pipe.xack(self._link.keys.events, self._group, *entries)
+            pipe.hdel(self._attempts_key, *entries)
+            await pipe.execute()
+        except BaseException:
+            self._unacked = entries + self._unacked
+            raise
 
     async def attempted(self, rowid: int, attempts: int) -> None:
         """Count failed attempts in Redis, so the count survives a change of holder."""
@@ -207,36 +273,61 @@ class SinkUnit:
     """A push sink as a unit of the cluster: delivered by this replica while it holds
     it (see the module docstring)."""
 
-    def __init__(self, sink: Sink, link: RedisLink, changes: Changes, consumer: str) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        link: RedisLink,
+        changes: Changes,
+        consumer: str,
+        trusted: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.sink = sink
         self.name = sink.name
         self.unit = f"{SINK_UNIT}{sink.name}"
         self._link = link
         self._changes = changes
         self._consumer = consumer
+        self._trusted = trusted
         self._scope: anyio.CancelScope | None = None
         self._feed: GroupFeed | None = None
+        self.token = ""
         self.held = False
         self.running = False
 
-    def take(self) -> None:
-        """This replica claimed the sink: :meth:`run` delivers it."""
+    def take(self, token: str) -> None:
+        """This replica claimed the sink with ``token``: :meth:`run` delivers it."""
+        self.token = token
         self.held = self.running = True
 
-    async def run(self) -> None:
-        """Take over what is pending in the group, then deliver until stopped."""
+    async def run(self, delay_s: float = 0.0) -> None:
+        """After ``delay_s`` (what the claim said to wait), take over what is pending in
+        the group, then deliver until stopped, or until Redis names another holder."""
         self.running = True
         try:
             with anyio.CancelScope() as scope:
                 self._scope = scope
-                await self._adopt()
+                await anyio.sleep(delay_s)
+                await self.adopt()
                 feed = self._feed = GroupFeed(
-                    self._link, group=self.name, consumer=self._consumer, changes=self._changes
+                    self._link,
+                    group=self.name,
+                    consumer=self._consumer,
+                    token=self.token,
+                    changes=self._changes,
+                    deliverable=self.deliverable,
                 )
                 await run_sink(self.sink, feed, errors=(OSError, RedisError))
+        except* FeedLost as lost:
+            self.held = False
+            log.warning("sink %s stopped: %s", self.name, lost.exceptions[0])
         finally:
             self._scope = self._feed = None
             self.running = False
+
+    def deliverable(self) -> bool:
+        """Whether this replica may deliver the sink now: it holds it, and its lease is
+        trusted (asking fences the replica if the lease ran out: see :mod:`.membership`)."""
+        return self.held and self._trusted()
 
     def stop(self) -> None:
         """Finish what was read, then end (a graceful stop)."""
@@ -251,29 +342,34 @@ class SinkUnit:
         if self._scope is not None:
             self._scope.cancel()
 
-    async def _adopt(self) -> None:
-        """Make every entry pending in the group this consumer's (``XAUTOCLAIM``)."""
+    async def adopt(self) -> None:
+        """Make every entry pending in the group this consumer's (``XAUTOCLAIM``, by the
+        ``ADOPT`` script: only while the sink is this replica's in Redis).
+
+        Raises:
+            FeedLost: it is not.
+        """
+        link = self._link
         delay_s = _RETRY_MIN_S
         start = "0-0"
         adopted = 0
         while True:
+            args = [link.keys.prefix, self._consumer, self.token, self.name, start, _PAGE]
             try:
-                # Not JUSTID: redis-py drops the cursor from that form's reply.
-                reply: list[Any] = await self._link.redis.xautoclaim(
-                    self._link.keys.events,
-                    self.name,
-                    self._consumer,
-                    0,
-                    start_id=start,
-                    count=_PAGE,
-                )
+                reply: list[Any] = await link.scripts.run(link.scripts.adopt, args)
             except RedisError as exc:
-                self._link.failed(exc, f"taking over sink {self.name}")
+                with contextlib.suppress(RedisError):
+                    if await _recreate_group(link, self.name, exc):
+                        continue
+                link.failed(exc, f"taking over sink {self.name}")
                 await anyio.sleep(delay_s)
                 delay_s = min(_RETRY_MAX_S, delay_s * 2)
                 continue
-            start = reply[0]
-            adopted += len(reply[1])
+            link.ok()
+            if not reply[0]:
+                raise FeedLost(f"sink {self.name} is not this replica's in Redis")
+            start = str(reply[1])
+            adopted += int(reply[2])
             if start == "0-0":
                 break
         if adopted:
@@ -292,10 +388,15 @@ class StreamTail:
         last = "$"
         while True:
             try:
+                if last == "$":  # from the newest entry: none is missed if a read fails
+                    newest = await self._link.redis.xrevrange(self._link.keys.events, count=1)
+                    last = str(newest[0][0]) if newest else "0-0"
                 reply = cast(
                     "list[tuple[str, list[tuple[str, dict[str, str]]]]]",
                     await self._link.blocking.xread(
-                        {self._link.keys.events: last}, count=_PAGE, block=_BLOCK_MS
+                        {self._link.keys.events: last},
+                        count=_PAGE,
+                        block=int(self._link.block_s * 1000),
                     ),
                 )
             except RedisError:
@@ -306,8 +407,16 @@ class StreamTail:
                 self._changes.ring()
 
 
-async def trim(link: RedisLink, *, retention_s: float, abandon_after_s: float) -> int:
-    """Trim the stream once (see the module docstring); returns the entries removed.
+async def trim(
+    link: RedisLink,
+    *,
+    retention_s: float,
+    abandon_after_s: float,
+    announce: Sequence[str] = (),
+) -> int:
+    """Announce these sinks (as this replica's, now on Redis's clock: the one every
+    replica compares with), then trim the stream once (see the module docstring);
+    returns the entries removed.
 
     Raises:
         RedisError: Redis cannot be reached.
@@ -315,6 +424,8 @@ async def trim(link: RedisLink, *, retention_s: float, abandon_after_s: float) -
     redis, events = link.redis, link.keys.events
     seconds, micros = await redis.time()
     now_ms = int(seconds) * 1000 + int(micros) // 1000
+    if announce:
+        await redis.hset(link.keys.sinks, mapping=dict.fromkeys(announce, now_ms))
     try:
         groups = await redis.xinfo_groups(events)
     except ResponseError:  # no stream yet
@@ -349,10 +460,9 @@ async def trim_forever(
     """Announce this replica's sinks and trim the stream, every ``every_s``."""
     while True:
         try:
-            if sinks:
-                stamp = int(time.time() * 1000)
-                await link.redis.hset(link.keys.sinks, mapping=dict.fromkeys(sinks, stamp))
-            removed = await trim(link, retention_s=retention_s, abandon_after_s=abandon_after_s)
+            removed = await trim(
+                link, retention_s=retention_s, abandon_after_s=abandon_after_s, announce=sinks
+            )
             if removed:
                 log.debug("trimmed %d event(s) from the stream", removed)
         except RedisError as exc:
