@@ -7,7 +7,7 @@ import time
 
 import anyio
 import pytest
-from _redis_fixtures import RedisServer, delay_proxy
+from _redis_fixtures import DelayProxy, RedisServer
 
 from poller.daemon.cluster import scripts
 from poller.daemon.cluster.client import RedisLink
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.anyio
 async def test_a_retried_registration_is_not_trusted_past_its_expiry(
     private_redis: RedisServer,
 ) -> None:
-    async with delay_proxy(private_redis.port) as proxy:
+    async with DelayProxy(private_redis.port) as proxy:
         link = RedisLink(proxy.url, "poller")
         membership = Membership(link, "a", ttl_s=5.0, margin_s=1.5)
         try:
