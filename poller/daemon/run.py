@@ -37,7 +37,7 @@ from ..engine import Poller
 from ..errors import ConfigError
 from ..sched.learn import LearnedDurations
 from ..transport import Transport
-from .api import StoreJobs, build_app
+from .api import StoreJobs
 from .config import Settings, coordinator_for, engine_options
 from .health import (
     Backlog,
@@ -302,15 +302,15 @@ class _Daemon:
             resumed = intake.track(resumable)
             log.info("resumed %d job(s)", resumed, extra={"resumed": resumed})
             events = self.events = EventStream(StoreHistory(self.store), self.changes)
-            app = build_app(
+            server = await open_control_api(
+                settings,
+                self.on_ready,
                 intake=intake,
                 jobs=StoreJobs(self.store),
                 events=events,
                 metrics=self._metrics,
                 health=self._health,
-                token=settings.control_token.reveal() if settings.control_token else None,
             )
-            server = await open_control_api(app, settings, self.on_ready)
             if server is None:
                 return 1
             async with anyio.create_task_group() as intake_tasks:

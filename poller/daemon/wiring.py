@@ -4,12 +4,11 @@ cluster): its push sinks, and its control API's server."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-from aiohttp import web
-
-from .api import ControlServer
+from .api import ControlServer, EventSource, JobIntake, JobsView, build_app
 from .config import Settings
+from .health import Health
 from .signature import signing_key
 from .sinks import JsonlSink, Sink
 from .webhook import DeadLetters, WebhookSink
@@ -43,10 +42,21 @@ def build_sinks(settings: Settings) -> tuple[list[Sink], DeadLetters | None]:
 
 
 async def open_control_api(
-    app: web.Application, settings: Settings, on_ready: Callable[[str], None] | None
+    settings: Settings,
+    on_ready: Callable[[str], None] | None,
+    *,
+    intake: JobIntake,
+    jobs: JobsView,
+    events: EventSource,
+    metrics: Callable[[], Awaitable[str]],
+    health: Callable[[], Awaitable[Health]],
 ) -> ControlServer | None:
-    """Serve the control API where the settings say; tell ``on_ready`` its URL. None
-    (logged) if the address cannot be used."""
+    """Serve the control API (:func:`~.api.build_app` of these parts) where the settings
+    say; tell ``on_ready`` its URL. None (logged) if the address cannot be used."""
+    token = settings.control_token.reveal() if settings.control_token else None
+    app = build_app(
+        intake=intake, jobs=jobs, events=events, metrics=metrics, health=health, token=token
+    )
     server = ControlServer(app, host=settings.host, port=settings.port)
     try:
         url = await server.start()

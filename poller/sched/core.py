@@ -464,12 +464,7 @@ class Scheduler(Generic[C]):
         self._flying.discard(job)
         if self._jobs.get(job.job_id) is not job or job.phase == DONE:
             return
-        if job.phase == SCHEDULED:
-            job.phase = DONE
-            job.bucket.forget_one()
-        else:
-            self._release_probe(job)
-        self._fail(job, error, now)
+        self._end(job, error, now)
 
     def budget_wait(self, credential: C, now: float) -> float:
         """Charge one request to ``credential``'s budget outside the poll cycle (a full-job
@@ -708,12 +703,17 @@ class Scheduler(Generic[C]):
         self._refused[credential] = (error, now + _REFUSAL_S)
         for job in list(self._jobs.values()):
             if job.credential == credential and job.phase in (SCHEDULED, IN_FLIGHT):
-                if job.phase == SCHEDULED:
-                    job.phase = DONE
-                    job.bucket.forget_one()
-                else:
-                    self._release_probe(job)
-                self._fail(job, error, now)
+                self._end(job, error, now)
+
+    def _end(self, job: TrackedJob[C], error: PollerError, now: float) -> None:
+        """End a live job (waiting, or in flight: its outcome will be ignored) with
+        ``error``."""
+        if job.phase == SCHEDULED:
+            job.phase = DONE
+            job.bucket.forget_one()
+        else:
+            self._release_probe(job)
+        self._fail(job, error, now)
 
     def _retire(self, now: float) -> None:
         retired = self._retired

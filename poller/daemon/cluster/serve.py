@@ -34,7 +34,6 @@ from ...engine import Poller
 from ...events import Stats
 from ...options import PollerOptions
 from ...transport import AiohttpTransport, Transport
-from ..api import build_app
 from ..config import Settings, coordinator_for, engine_options
 from ..health import Backlog, ClusterHealth, Health, api_reasons, report, sink_reasons
 from ..intake import read_job_lines
@@ -309,15 +308,15 @@ class _Replica:
 
     async def _control(self, owner: Owner, drain: anyio.CancelScope) -> int:
         settings = self.settings
-        app = build_app(
+        server = await open_control_api(
+            settings,
+            self.on_ready,
             intake=self.jobs,
             jobs=self.jobs,
             events=self.events,
             metrics=self._metrics,
             health=self._health,
-            token=settings.control_token.reveal() if settings.control_token else None,
         )
-        server = await open_control_api(app, settings, self.on_ready)
         if server is None:
             return 1
         async with anyio.create_task_group() as control:
