@@ -122,6 +122,20 @@ class Cluster:
                 async with http.post(url, json={"job_ids": batch}) as response:
                     assert response.status == 201, await response.text()
 
+    async def listening(self, replica: str) -> None:
+        """Once the replica's control API answers (it opens after registering)."""
+        url = f"http://127.0.0.1:{self.ports[replica]}/healthz"
+        async with aiohttp.ClientSession() as http:
+            while True:
+                process = self.processes[replica]
+                assert process.returncode is None, (self.tmp_path / f"{replica}.log").read_text()
+                try:
+                    async with http.get(url) as response:
+                        await response.read()
+                        return
+                except aiohttp.ClientConnectionError:
+                    await anyio.sleep(0.1)
+
     async def sink_holder(self) -> str:
         """The replica that delivers the webhook."""
         sinks = [key async for key in self.redis.scan_iter(match=f"{self.prefix}sink:webhook:*")]
@@ -178,15 +192,18 @@ async def cluster(
                 port = running.ports[replica] = free_port()
                 cmd = command(tmp_path, replica, port, hook, redis_url, namespace)
                 running.processes[replica] = await start(cmd, env, tmp_path / f"{replica}.log")
-            with anyio.fail_after(15):
+            with anyio.fail_after(30):
                 while await redis.zcard(f"{namespace}:replicas") < len(replicas):  # noqa: ASYNC110
                     await anyio.sleep(0.1)
+                for replica in replicas:
+                    await running.listening(replica)
             yield running
     finally:
         for process in running.processes.values():
             if process.returncode is None:
                 process.send_signal(signal.SIGCONT)
                 process.kill()
+            await process.aclose()
         await redis.aclose()
 
 
