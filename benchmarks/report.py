@@ -256,8 +256,28 @@ def _faults(result: Mapping[str, Any], context: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _fleet(result: Mapping[str, Any], context: Mapping[str, Any]) -> list[str]:
+    lines = _generic(result, context)
+    rounds = result.get("cost_rounds")
+    if rounds:
+        rows = [
+            {
+                "round": r["round"],
+                "with_polls_per_s": r["polls_per_s"]["with"],
+                "without_polls_per_s": r["polls_per_s"]["without"],
+                "ratio": r["ratio"],
+                "redis_commands_per_poll": r["commands_per_poll"],
+            }
+            for r in rounds
+        ]
+        lines += ["(c) One engine with the coordinator and one without, side by side:", ""]
+        lines += [markdown_table(rows), ""]
+    return lines
+
+
 RENDERERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], list[str]]] = {
     "faults": _faults,
+    "fleet": _fleet,
     "throughput": _throughput,
     "memory": _memory,
     "decode": _decode,

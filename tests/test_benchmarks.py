@@ -248,6 +248,19 @@ def test_the_fault_benchmark_section_renders_its_tables() -> None:
     assert "HTTP, whole engine, 1% 503" in text
 
 
+def test_the_fleet_report_shows_each_cost_round() -> None:
+    rounds = [
+        {"round": 0, "polls_per_s": {"with": 6553, "without": 6820}, "ratio": 0.961,
+         "commands_per_poll": 0.0069},
+        {"round": 1, "polls_per_s": {"with": 5596, "without": 5794}, "ratio": 0.966,
+         "commands_per_poll": 0.0077},
+    ]  # fmt: skip
+    result = {"name": "fleet", "table": [{"run": "(a) configured 100/s"}], "cost_rounds": rounds}
+    text = "\n".join(report._fleet(result, {}))
+    assert "| (a) configured 100/s |" in text
+    assert "| 1 | 5,596 | 5,794 | 0.966 | 0.0077 |" in text
+
+
 def test_the_cluster_benchmark_reports_the_median_takeover_of_a_kill() -> None:
     """Jobs the victim polled last before the kill at 10 s, polled again by another
     replica 1, 2 and 9 s later: the median is 2 s, the maximum 9 s."""
