@@ -11,7 +11,7 @@ import itertools
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from poller.daemon.cluster import ClusterOptions, serve_cluster
 from poller.daemon.config import Settings, load_settings
 from poller.daemon.records import decode_record
+from poller.daemon.wiring import in_background
 from poller.testing import Change, JobsSimulator, SimServer
 
 pytestmark = pytest.mark.anyio
@@ -57,32 +58,14 @@ def settings_for(
     return load_settings({**base, **flags}, env)
 
 
-@asynccontextmanager
-async def replica(settings: Settings, options: ClusterOptions = FAST) -> AsyncIterator[str]:
-    """A replica in the background; yields its control API's URL, stops it on exit."""
-    stop, ready = anyio.Event(), anyio.Event()
-    urls: list[str] = []
-    statuses: list[int] = []
+def replica(settings: Settings, options: ClusterOptions = FAST) -> AbstractAsyncContextManager[str]:
+    """A replica in the background; yields its control API's URL, stops it on exit
+    (RuntimeError unless it stopped with status 0)."""
 
-    def on_ready(url: str) -> None:
-        urls.append(url)
-        ready.set()
+    def serving(stop: anyio.Event, on_ready: Callable[[str], None]) -> Awaitable[int]:
+        return serve_cluster(settings, stop, on_ready=on_ready, options=options)
 
-    async def main() -> None:
-        try:
-            statuses.append(await serve_cluster(settings, stop, on_ready=on_ready, options=options))
-        finally:
-            ready.set()
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(main)
-        await ready.wait()
-        assert urls, f"the replica did not start (status {statuses})"
-        try:
-            yield urls[0]
-        finally:
-            stop.set()
-    assert statuses == [0]
+    return in_background(serving)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:

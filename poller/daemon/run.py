@@ -26,8 +26,7 @@ import logging
 import signal
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 import anyio
@@ -56,7 +55,7 @@ from .sinks import Feed, Sink, run_sink
 from .sse import EventStream, StoreHistory
 from .store import Store
 from .webhook import DeadLetters
-from .wiring import build_sinks, open_control_api
+from .wiring import build_sinks, in_background, open_control_api
 
 __all__ = ["build_sinks", "open_control_api", "running", "serve", "serve_until_signalled"]
 
@@ -409,41 +408,20 @@ class _Daemon:
         return checks
 
 
-@asynccontextmanager
-async def running(settings: Settings, *, transport: Transport | None = None) -> AsyncIterator[str]:
+def running(
+    settings: Settings, *, transport: Transport | None = None
+) -> contextlib.AbstractAsyncContextManager[str]:
     """Run the daemon in the background (tests, embedding); yields the control API's URL
     and stops it gracefully on exit.
 
     Raises:
         RuntimeError: the daemon could not start, or did not stop with status 0.
     """
-    stop = anyio.Event()
-    ready = anyio.Event()
-    urls: list[str] = []
-    statuses: list[int] = []
 
-    def on_ready(url: str) -> None:
-        urls.append(url)
-        ready.set()
+    def serving(stop: anyio.Event, on_ready: Callable[[str], None]) -> Awaitable[int]:
+        return serve(settings, stop, on_ready=on_ready, transport=transport)
 
-    async def main() -> None:
-        try:
-            statuses.append(await serve(settings, stop, on_ready=on_ready, transport=transport))
-        finally:
-            ready.set()
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(main)
-        await ready.wait()
-        if urls:
-            try:
-                yield urls[0]
-            finally:
-                stop.set()
-    if not urls:
-        raise RuntimeError(f"the daemon did not start (status {statuses})")
-    if statuses != [0]:
-        raise RuntimeError(f"the daemon stopped with status {statuses}")
+    return in_background(serving)
 
 
 async def serve_until_signalled(settings: Settings) -> int:

@@ -1,10 +1,13 @@
 """What ``poller run`` wires the same way in both modes (one node, or a replica of a
-cluster): its push sinks, and its control API's server."""
+cluster): its push sinks, its control API's server, and running it in the background."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import anyio
 
 from .api import ControlServer, EventSource, JobIntake, JobsView, build_app
 from .config import Settings
@@ -13,7 +16,7 @@ from .signature import signing_key
 from .sinks import JsonlSink, Sink
 from .webhook import DeadLetters, WebhookSink
 
-__all__ = ["build_sinks", "open_control_api"]
+__all__ = ["build_sinks", "in_background", "open_control_api"]
 
 log = logging.getLogger("poller.daemon")
 
@@ -67,3 +70,45 @@ async def open_control_api(
     if on_ready is not None:
         on_ready(url)
     return server
+
+
+ServeFunction = Callable[[anyio.Event, Callable[[str], None]], Awaitable[int]]
+"""Serves until the event is set; calls back with the control API's URL once it listens;
+returns the exit status."""
+
+
+@asynccontextmanager
+async def in_background(serve: ServeFunction) -> AsyncIterator[str]:
+    """Run ``serve`` in the background (tests, embedding); yields the control API's URL
+    and stops it gracefully on exit.
+
+    Raises:
+        RuntimeError: it could not start, or did not stop with status 0.
+    """
+    stop = anyio.Event()
+    ready = anyio.Event()
+    urls: list[str] = []
+    statuses: list[int] = []
+
+    def on_ready(url: str) -> None:
+        urls.append(url)
+        ready.set()
+
+    async def main() -> None:
+        try:
+            statuses.append(await serve(stop, on_ready))
+        finally:
+            ready.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(main)
+        await ready.wait()
+        if urls:
+            try:
+                yield urls[0]
+            finally:
+                stop.set()
+    if not urls:
+        raise RuntimeError(f"the daemon did not start (status {statuses})")
+    if statuses != [0]:
+        raise RuntimeError(f"the daemon stopped with status {statuses}")
