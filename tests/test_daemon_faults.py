@@ -84,6 +84,16 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+async def backlog_grows(http: aiohttp.ClientSession, url: str) -> None:
+    """Once the daemon's /healthz counts uncommitted events."""
+
+    async def uncommitted() -> bool:
+        _, health = await get_json(http, f"{url}/healthz")
+        return bool(health["backlog"]["uncommitted"])
+
+    await eventually(uncommitted)
+
+
 def reasons(health: dict[str, Any], component: str) -> list[dict[str, Any]]:
     return [r for r in health["reasons"] if r["component"] == component]
 
@@ -119,12 +129,7 @@ async def test_database_disk_full_is_degraded_and_post_jobs_gets_a_json_503(
         async with http.post(f"{url}/jobs", json={"job_id": job}) as response:
             assert response.status == 201
         disk.fill()
-
-        async def uncommitted() -> bool:
-            _, health = await get_json(http, f"{url}/healthz")
-            return bool(health["backlog"]["uncommitted"])
-
-        await eventually(uncommitted)
+        await backlog_grows(http, url)
         status, health = await get_json(http, f"{url}/healthz")
         assert status == 200 and health["status"] == "degraded"
         (store,) = reasons(health, "store")
@@ -223,12 +228,7 @@ async def test_disk_full_at_the_stop_ends_with_one_line_and_loses_nothing(
         async with http.post(f"{urls[0]}/jobs", json={"job_id": job}) as response:
             assert response.status == 201
         disk.fill()
-
-        async def uncommitted() -> bool:
-            _, health = await get_json(http, f"{urls[0]}/healthz")
-            return bool(health["backlog"]["uncommitted"])
-
-        await eventually(uncommitted)
+        await backlog_grows(http, urls[0])
         stop.set()
     assert statuses == [1]
     failed = [r for r in daemon_log.records if "cannot checkpoint" in r.getMessage()]
