@@ -169,10 +169,12 @@ async def test_a_full_disk_under_the_jsonl_file_is_degraded_until_space_frees(
         return real_write(fd, data)
 
     monkeypatch.setattr(os, "write", write)
-    job = retab_sim.sim.add_job(
-        org_id="org_test", script=[Change("queued", 0.0), Change("completed", 0.1)]
-    )
     async with running(settings_for(retab_sim, tmp_path)) as url:
+        # Made once the daemon listens, and queued long enough for its first poll to see
+        # it queued however slowly the daemon started.
+        job = retab_sim.sim.add_job(
+            org_id="org_test", script=[Change("queued", 0.0), Change("completed", 1.0)]
+        )
         async with http.post(f"{url}/jobs", json={"job_id": job}) as response:
             assert response.status == 201
 
@@ -192,7 +194,9 @@ async def test_a_full_disk_under_the_jsonl_file_is_degraded_until_space_frees(
 
         async def recovered() -> bool:
             _, health = await get_json(http, f"{url}/healthz")
-            return health["status"] == "ok" and health["backlog"]["undelivered"] == {"jsonl": 0}
+            written = [r.current for r in records(out)]
+            healthy = health["status"] == "ok" and health["backlog"]["undelivered"] == {"jsonl": 0}
+            return healthy and written[-1:] == ["completed"]
 
         await eventually(recovered)
     assert [r.current for r in records(out)] == ["queued", "completed"]
